@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv/ itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test unit integration lint bench kafka-start kafka-stop clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/cutline demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+test: install lint
+	$(BIN)/pytest -q tests
+
+bench: install
+	$(BIN)/python -m bench
+
+kafka-start: install
+	$(BIN)/cutline kafka start
+
+kafka-stop: install
+	$(BIN)/cutline kafka stop
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache demo-data

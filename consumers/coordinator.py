@@ -1,0 +1,341 @@
+"""Cut coordination for one replication process, over the control topic.
+
+Who calls what:
+
+* replication threads call :meth:`reached` / :meth:`failed` when a partition meets a
+  marker, then poll :meth:`resolution` without blocking (a thread may serve several
+  partitions, and one held partition must not stall the others);
+* the coordinator's own thread reads the control topic from the beginning, feeds every
+  event to the :class:`~consumers.alignment.Alignment` state machine, publishes ABANDONED
+  for cuts that outlive the alignment timeout, and on READY runs the snapshot.
+
+Exactly one process writes backup M: the writers of one source take an exclusive file
+lock in the backups directory, and whoever holds it first writes; the others find M in
+the catalog. The lock dies with its process, so a writer killed mid-snapshot is replaced
+(its half-written temp directory is never visible and is swept up).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
+
+from consumers.alignment import Alignment, Cut, CutStatus
+from consumers.catalog import has_backup, source_dir
+from consumers.durable import remove_stale_temps
+from consumers.snapshotter import CutPlan, SnapshotError, write_backup
+from cutline.errors import DeadlineExceeded
+from cutline.kafka_clients import make_consumer
+from cutline.settings import Topics
+from schemas.codec import CodecError, decode, encode
+from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
+
+log = logging.getLogger("cutline.coordinator")
+
+WRITER_LOCK = ".writer.lock"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class CutReport:
+    """What happened to one cut, for status lines, benchmarks and tests."""
+
+    marker_id: int
+    status: CutStatus
+    alignment_s: float | None = None
+    snapshot_s: float | None = None
+    written_here: bool = False
+    detail: str | None = None
+
+
+@dataclass
+class CoordinatorStats:
+    published: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    reports: dict[int, CutReport] = field(default_factory=dict)
+
+
+class WriterLock:
+    """An exclusive flock on ``<backups>/<source>/.writer.lock``, taken with a deadline."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / WRITER_LOCK
+        self._fd: int | None = None
+
+    def acquire(self, deadline_s: float, stop: threading.Event) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() > end or stop.is_set():
+                    os.close(fd)
+                    raise DeadlineExceeded(
+                        f"another process held the backup writer lock {self.path} for over "
+                        f"{deadline_s:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class CutCoordinator:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        source: str,
+        member: str,
+        replica_dir: Path,
+        backups_dir: Path,
+        producer: Producer,
+        alignment_timeout_s: float = 120.0,
+        snapshot_deadline_s: float = 600.0,
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.bootstrap = bootstrap
+        self.source = source
+        self.topics = Topics(source)
+        self.member = member
+        self.replica_dir = Path(replica_dir)
+        self.backups_dir = Path(backups_dir)
+        self.producer = producer
+        self.alignment = Alignment(alignment_timeout_s)
+        self.snapshot_deadline_s = snapshot_deadline_s
+        self.progress = progress or log.info
+        self.stats = CoordinatorStats()
+        self._lock = threading.Lock()
+        self._abandon_sent: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshotter")
+        self._caught_up = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        remove_stale_temps(source_dir(self.backups_dir, self.source))
+        self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
+        self._thread.start()
+
+    def wait_caught_up(self, deadline_s: float = 30.0) -> bool:
+        """True once the control topic has been read up to its end at start-up."""
+        return self._caught_up.wait(deadline_s)
+
+    def stop(self, deadline_s: float = 60.0) -> None:
+        """Stop reading; let a running snapshot finish (bounded), so none is left half done."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(deadline_s)
+        self._snapshots.shutdown(wait=True, cancel_futures=True)
+
+    # -- called by replication threads ----------------------------------------------------
+
+    def reached(self, marker: ConsistencyMarker, partition: int, offset: int) -> None:
+        self._send(
+            ControlEvent(
+                kind=ControlKind.REACHED,
+                source=self.source,
+                marker_id=marker.marker_id,
+                partitions=marker.partitions,
+                member=self.member,
+                at_us=_now_us(),
+                partition=partition,
+                offset=offset,
+                t1_us=marker.t1_us,
+                tables=tuple(marker.tables),
+            )
+        )
+
+    def failed(self, marker: ConsistencyMarker, partition: int, offset: int, detail: str) -> None:
+        self.progress(f"cut {marker.marker_id} failed: {detail}")
+        self._send(
+            ControlEvent(
+                kind=ControlKind.FAILED,
+                source=self.source,
+                marker_id=marker.marker_id,
+                partitions=marker.partitions,
+                member=self.member,
+                at_us=_now_us(),
+                partition=partition,
+                offset=offset,
+                detail=detail,
+            )
+        )
+
+    def resolution(self, marker_id: int) -> CutStatus | None:
+        """The cut's final status, or None while it is still open. Never blocks."""
+        with self._lock:
+            status = self.alignment.status(marker_id)
+        if status is not None and status.resolved:
+            return status
+        if has_backup(self.backups_dir, self.source, marker_id):
+            return CutStatus.PUBLISHED
+        return None
+
+    # -- the control loop -----------------------------------------------------------------
+
+    def _send(self, event: ControlEvent) -> None:
+        self.producer.produce(self.topics.control, encode(event), str(event.marker_id).encode())
+        if self.producer.flush(15.0):
+            raise DeadlineExceeded(
+                f"control event for marker {event.marker_id} not acknowledged within 15 s"
+            )
+
+    def _run(self) -> None:
+        consumer = make_consumer(
+            self.bootstrap, f"{self.topics.control}.{self.member}", **{"enable.partition.eof": True}
+        )
+        consumer.assign([TopicPartition(self.topics.control, 0, OFFSET_BEGINNING)])
+        try:
+            while not self._stop.is_set():
+                message = consumer.poll(0.2)
+                now = time.monotonic()
+                if message is not None:
+                    if message.error():
+                        if message.error().code() == message.error()._PARTITION_EOF:
+                            self._caught_up.set()
+                        else:
+                            log.warning("control topic: %s", message.error().str())
+                    else:
+                        self._on_event(message.value(), now)
+                self._expire(now)
+        except Exception:  # the coordinator must say why it stopped, not die silently
+            log.exception("coordinator stopped")
+            raise
+        finally:
+            consumer.close()
+
+    def _on_event(self, value: bytes, now: float) -> None:
+        try:
+            event = decode(value)
+        except CodecError as exc:
+            log.warning("ignoring a control record that is not a cutline event: %s", exc)
+            return
+        if not isinstance(event, ControlEvent) or event.source != self.source:
+            return
+        with self._lock:
+            transition = self.alignment.apply(event, now)
+        if transition is None:
+            return
+        cut = transition.cut
+        if transition.status is CutStatus.READY:
+            plan = CutPlan(
+                source=self.source,
+                marker_id=cut.marker_id,
+                t1_us=event.t1_us or 0,
+                partitions=cut.partitions,
+                offsets=dict(cut.reached),
+                tables=tuple(event.tables or ()),
+                alignment_s=cut.alignment_s,
+            )
+            self._snapshots.submit(self._snapshot, plan)
+        elif transition.status in (CutStatus.ABANDONED, CutStatus.FAILED):
+            self._report(cut, transition.status)
+        elif transition.status is CutStatus.PUBLISHED:
+            self._report(cut, CutStatus.PUBLISHED)
+
+    def _report(self, cut: Cut, status: CutStatus) -> None:
+        report = self.stats.reports.setdefault(cut.marker_id, CutReport(cut.marker_id, status))
+        report.status = status
+        report.alignment_s = cut.alignment_s
+        report.detail = cut.detail
+        if status is CutStatus.PUBLISHED:
+            if cut.marker_id not in self.stats.published:
+                self.stats.published.append(cut.marker_id)
+        elif cut.marker_id not in self.stats.failed:
+            self.stats.failed.append(cut.marker_id)
+            self.progress(f"cut {cut.marker_id} {status.value}: {cut.detail or 'no detail'}")
+
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            expired = [
+                c for c in self.alignment.expired(now) if c.marker_id not in self._abandon_sent
+            ]
+        for cut in expired:
+            self._abandon_sent.add(cut.marker_id)
+            detail = (
+                f"partitions {cut.missing} did not reach marker {cut.marker_id} within "
+                f"{self.alignment.timeout_s:.0f} s (alignment timeout)"
+            )
+            self._send(
+                ControlEvent(
+                    kind=ControlKind.ABANDONED,
+                    source=self.source,
+                    marker_id=cut.marker_id,
+                    partitions=cut.partitions,
+                    member=self.member,
+                    at_us=_now_us(),
+                    detail=detail,
+                )
+            )
+
+    def _snapshot(self, plan: CutPlan) -> None:
+        """Runs on the snapshot thread for every READY cut; writes it unless written."""
+        lock = WriterLock(source_dir(self.backups_dir, self.source))
+        started = time.monotonic()
+        try:
+            lock.acquire(self.snapshot_deadline_s, self._stop)
+        except DeadlineExceeded as exc:
+            log.warning("%s", exc)
+            return
+        try:
+            if has_backup(self.backups_dir, self.source, plan.marker_id):
+                return
+            with self._lock:
+                status = self.alignment.status(plan.marker_id)
+            if status is not CutStatus.READY:
+                return
+            backup = write_backup(self.replica_dir, self.backups_dir, plan, writer=self.member)
+        except SnapshotError as exc:
+            self._send(self._event(ControlKind.FAILED, plan, str(exc)))
+            return
+        except Exception as exc:  # any other failure of the writer fails this cut loudly
+            log.exception("snapshot of marker %s failed", plan.marker_id)
+            self._send(self._event(ControlKind.FAILED, plan, f"snapshot failed: {exc}"))
+            return
+        finally:
+            lock.release()
+        elapsed = time.monotonic() - started
+        self._send(self._event(ControlKind.PUBLISHED, plan, str(backup.path)))
+        report = self.stats.reports.setdefault(
+            plan.marker_id, CutReport(plan.marker_id, CutStatus.PUBLISHED)
+        )
+        report.written_here, report.snapshot_s, report.alignment_s = True, elapsed, plan.alignment_s
+        rows = sum(t["rows"] for t in backup.tables.values())
+        self.progress(
+            f"backup {plan.marker_id} published: primary as of T1 {backup.t1}, {rows} rows in "
+            f"{len(backup.tables)} tables, alignment "
+            f"{(plan.alignment_s or 0) * 1000:.0f} ms, snapshot {elapsed * 1000:.0f} ms"
+        )
+
+    def _event(self, kind: ControlKind, plan: CutPlan, detail: str) -> ControlEvent:
+        return ControlEvent(
+            kind=kind,
+            source=self.source,
+            marker_id=plan.marker_id,
+            partitions=plan.partitions,
+            member=self.member,
+            at_us=_now_us(),
+            detail=detail,
+        )

@@ -1,0 +1,261 @@
+"""The replica, in the primary's own format: one SQLite database per partition.
+
+Why one file per partition: all changes of a row travel in one partition, so the shards
+hold disjoint rows and their union is the replicated table. Each replication thread then
+writes its own file with no lock contention, and records the offset it applied *in the
+same transaction* as the change (invariant 3): after any crash the shard says exactly
+where to resume, and a redelivered record is recognised by its offset and skipped.
+
+The shard also remembers the marker it is held at, so a partition handed to another
+process during a rebalance stays paused at that marker until the cut is resolved.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from producers.sqlite_changelog import ROWID, quote_identifier
+from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
+
+STATE = "_cutline_state"
+TABLES = "_cutline_tables"
+
+
+class ApplyError(Exception):
+    """An operation that cannot be applied to the replica; it goes to the dead letters."""
+
+
+def shard_path(replica_dir: Path, source: str, partition: int) -> Path:
+    return Path(replica_dir) / source / f"partition-{partition:04d}.sqlite"
+
+
+@dataclass(frozen=True)
+class ShardState:
+    offset: int  # last offset applied or skipped; -1 before the first record
+    since_marker: int  # operations applied since the last marker
+    marker_id: int  # last marker reached (0: none)
+    marker_offset: int  # its offset (-1: none)
+    held: bool  # paused at that marker, cut not resolved yet
+    marker_t1_us: int = 0
+    marker_partitions: int = 0
+    marker_tables: tuple[str, ...] = ()
+
+
+class Shard:
+    """One partition's replica. Owned by one replication thread at a time."""
+
+    def __init__(self, path: Path, partition: int):
+        self.path = Path(path)
+        self.partition = partition
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("PRAGMA busy_timeout = 10000")
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {STATE} (partition INTEGER PRIMARY KEY, "
+            "offset INTEGER NOT NULL, since_marker INTEGER NOT NULL, marker_id INTEGER NOT NULL, "
+            "marker_offset INTEGER NOT NULL, held INTEGER NOT NULL, marker_t1_us INTEGER NOT NULL, "
+            "marker_partitions INTEGER NOT NULL, marker_tables TEXT NOT NULL)"
+        )
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLES} (tbl TEXT PRIMARY KEY, ddl TEXT NOT NULL, "
+            "columns TEXT NOT NULL, key_columns TEXT NOT NULL)"
+        )
+        self.conn.execute(
+            f"INSERT OR IGNORE INTO {STATE} VALUES (?, -1, 0, 0, -1, 0, 0, 0, '')", (partition,)
+        )
+        self._statements: dict[tuple[str, OpType], tuple[str, tuple[str, ...]]] = {}
+        self._definitions = {d.table: d for d in self.definitions()}
+        self._in_batch = False
+        self._batch_applied = 0
+
+    # -- state ----------------------------------------------------------------------------
+
+    def state(self) -> ShardState:
+        state = read_state(self.conn, self.partition)
+        assert state is not None  # inserted by __init__
+        return state
+
+    def definitions(self) -> list[TableDefinition]:
+        return load_definitions(self.conn)
+
+    # -- batches: changes and the offset commit together ----------------------------------
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN")
+        self._in_batch = True
+        self._batch_applied = 0
+
+    def commit(self, last_offset: int) -> None:
+        """Record ``last_offset`` with the batch's changes, atomically."""
+        self.conn.execute(
+            f"UPDATE {STATE} SET offset = ?, since_marker = since_marker + ? WHERE partition = ?",
+            (last_offset, self._batch_applied, self.partition),
+        )
+        self.conn.execute("COMMIT")
+        self._in_batch = False
+
+    def rollback(self) -> None:
+        if self._in_batch:
+            self.conn.execute("ROLLBACK")
+            self._in_batch = False
+            self._definitions = {d.table: d for d in self.definitions()}
+
+    def define(self, definition: TableDefinition) -> None:
+        """Create a captured table from the primary's own DDL (native format)."""
+        known = self._definitions.get(definition.table)
+        if known is not None:
+            if known.column_names != definition.column_names:
+                raise ApplyError(
+                    f"table {definition.table!r} changed columns "
+                    f"({','.join(known.column_names)} -> {','.join(definition.column_names)}); "
+                    "schema changes are not replicated"
+                )
+            return
+        try:
+            self.conn.execute(definition.ddl)
+        except sqlite3.Error as exc:
+            raise ApplyError(f"cannot create table {definition.table!r}: {exc}") from exc
+        columns = "\x1f".join(
+            f"{c.name}\x1e{c.declared_type}\x1e{int(c.not_null)}" for c in definition.columns
+        )
+        self.conn.execute(
+            f"INSERT INTO {TABLES} VALUES (?, ?, ?, ?)",
+            (definition.table, definition.ddl, columns, "\x1f".join(definition.key_columns)),
+        )
+        self._definitions[definition.table] = definition
+
+    def apply(self, op: Operation) -> None:
+        """Apply one operation inside the open batch; raise ApplyError if it cannot be."""
+        definition = self._definitions.get(op.table)
+        if definition is None:
+            raise ApplyError(f"operation on table {op.table!r}, which was never defined")
+        image = op.after if op.op is not OpType.DELETE else op.key
+        if image is None:
+            raise ApplyError(f"{op.op} on {op.table!r} without a row image")
+        sql, names = self._statement(definition, op.op, image)
+        try:
+            if op.op is OpType.INSERT:
+                params = [image[n] for n in names]
+            elif op.op is OpType.UPDATE:
+                params = [image[n] for n in names[: -len(definition.key_columns)]]
+                params += [op.key[k] for k in definition.key_columns]
+            else:
+                params = [op.key[k] for k in definition.key_columns]
+        except KeyError as exc:
+            raise ApplyError(f"{op.op} on {op.table!r} lacks column {exc.args[0]!r}") from exc
+        try:
+            cursor = self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise ApplyError(f"{op.op} on {op.table!r} key {op.key!r} failed: {exc}") from exc
+        if op.op is not OpType.INSERT and cursor.rowcount != 1:
+            raise ApplyError(
+                f"{op.op} on {op.table!r} matched {cursor.rowcount} rows for key {op.key!r}"
+            )
+        self._batch_applied += 1
+
+    def _statement(
+        self, definition: TableDefinition, kind: OpType, image: dict
+    ) -> tuple[str, tuple[str, ...]]:
+        cached = self._statements.get((definition.table, kind))
+        if cached is not None:
+            return cached
+        table = quote_identifier(definition.table)
+        keys = definition.key_columns
+        where = " AND ".join(f"{quote_identifier(k)} = ?" for k in keys)
+        columns = definition.column_names
+        if keys == (ROWID,):
+            columns = (*columns, ROWID)
+        if kind is OpType.INSERT:
+            names = columns
+            marks = ",".join("?" * len(names))
+            sql = f"INSERT INTO {table} ({','.join(map(quote_identifier, names))}) VALUES ({marks})"
+        elif kind is OpType.UPDATE:
+            names = tuple(c for c in definition.column_names if c not in keys)
+            first = quote_identifier(keys[0])
+            sets = ",".join(f"{quote_identifier(c)} = ?" for c in names) or f"{first} = {first}"
+            sql = f"UPDATE {table} SET {sets} WHERE {where}"
+            names = (*names, *keys)
+        else:
+            names = keys
+            sql = f"DELETE FROM {table} WHERE {where}"
+        self._statements[(definition.table, kind)] = (sql, names)
+        return sql, names
+
+    # -- markers --------------------------------------------------------------------------
+
+    def reach_marker(self, marker: ConsistencyMarker, offset: int, *, hold: bool) -> None:
+        """Record marker M at ``offset``: counting restarts, and the shard is held at M."""
+        self.conn.execute(
+            f"UPDATE {STATE} SET offset = ?, since_marker = 0, marker_id = ?, marker_offset = ?, "
+            "held = ?, marker_t1_us = ?, marker_partitions = ?, marker_tables = ? "
+            "WHERE partition = ?",
+            (
+                offset,
+                marker.marker_id,
+                offset,
+                int(hold),
+                marker.t1_us,
+                marker.partitions,
+                "\x1f".join(marker.tables),
+                self.partition,
+            ),
+        )
+
+    def release(self) -> None:
+        self.conn.execute(f"UPDATE {STATE} SET held = 0 WHERE partition = ?", (self.partition,))
+
+    def skip(self, offset: int) -> None:
+        """Move past a record that carried no change (a dead letter) outside a batch."""
+        self.conn.execute(
+            f"UPDATE {STATE} SET offset = max(offset, ?) WHERE partition = ?",
+            (offset, self.partition),
+        )
+
+    def close(self) -> None:
+        self.rollback()
+        self.conn.close()
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+def read_state(conn: sqlite3.Connection, partition: int) -> ShardState | None:
+    row = conn.execute(
+        "SELECT offset, since_marker, marker_id, marker_offset, held, marker_t1_us, "
+        f"marker_partitions, marker_tables FROM {STATE} WHERE partition = ?",
+        (partition,),
+    ).fetchone()
+    if row is None:
+        return None
+    tables = tuple(row[7].split("\x1f")) if row[7] else ()
+    return ShardState(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], tables)
+
+
+def load_definitions(conn: sqlite3.Connection) -> list[TableDefinition]:
+    """The table definitions a shard was given, as the primary declared them."""
+    out = []
+    for tbl, ddl, columns, keys in conn.execute(
+        f"SELECT tbl, ddl, columns, key_columns FROM {TABLES} ORDER BY tbl"
+    ):
+        parts = [c.split("\x1e") for c in columns.split("\x1f")] if columns else []
+        cols = tuple(Column(name, declared, flag == "1") for name, declared, flag in parts)
+        out.append(TableDefinition("", tbl, ddl, cols, tuple(keys.split("\x1f"))))
+    return out
+
+
+def iter_rows(
+    conn: sqlite3.Connection, table: str, columns: tuple[str, ...], chunk: int = 50_000
+) -> Iterator[list[tuple]]:
+    cursor = conn.execute(
+        f"SELECT {','.join(map(quote_identifier, columns))} FROM {quote_identifier(table)}"
+    )
+    while rows := cursor.fetchmany(chunk):
+        yield rows

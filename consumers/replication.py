@@ -1,0 +1,260 @@
+"""Replication threads: apply each partition's operations to its replica shard.
+
+A *lane* is one assigned partition: a bounded queue filled by the poll loop, the shard it
+writes, and whether it is held at a marker. A :class:`ReplicationThread` serves one lane
+by default (one thread per partition, as the claim says) or several with ``--threads``.
+
+On marker M a lane compares the operations it applied since the previous marker with
+the count the marker carries. Equal: the shard records "held at M" in the same place as
+its offset, the lane stops applying (the poll loop pauses the partition) and the
+coordinator announces "partition p reached M at offset o". Different: the cut fails
+loudly (invariant 5) and the lane goes on. When the cut is resolved the lane commits the
+group offset at marker offset + 1 (only if the backup was published), then resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+
+from consumers.alignment import CutStatus
+from consumers.coordinator import CutCoordinator
+from consumers.dead_letter import DeadLetters
+from consumers.replica import ApplyError, Shard
+from schemas.codec import CodecError, decode
+from schemas.records import ConsistencyMarker, Operation, TableDefinition
+
+log = logging.getLogger("cutline.replication")
+
+
+@dataclass
+class Hold:
+    marker: ConsistencyMarker
+    offset: int
+    since: float = field(default_factory=time.monotonic)
+    committed: threading.Event | None = None  # set by the poll loop once the commit is done
+
+
+@dataclass
+class LaneStats:
+    applied: int = 0
+    dead_letters: int = 0
+    markers: int = 0
+    pauses_s: list[float] = field(default_factory=list)
+
+
+class Lane:
+    """One partition's queue, shard and hold state. The poll loop fills it; one thread drains it."""
+
+    def __init__(self, partition: int, shard: Shard, wake: threading.Event):
+        self.partition = partition
+        self.shard = shard
+        self.wake = wake
+        state = shard.state()
+        self.applied_offset = state.offset
+        self.hold: Hold | None = None
+        if state.held:
+            marker = ConsistencyMarker(
+                source="",
+                marker_id=state.marker_id,
+                t1_us=state.marker_t1_us,
+                seq=0,
+                partitions=state.marker_partitions,
+                counts=(),
+                tables=state.marker_tables,
+            )
+            self.hold = Hold(marker, state.marker_offset)
+        self._queue: deque[Message] = deque()
+        self._lock = threading.Lock()
+        self.consumer_paused = False
+        self.announced = False
+        self.stats = LaneStats()
+
+    def offer(self, messages: list[Message]) -> None:
+        with self._lock:
+            self._queue.extend(messages)
+        self.wake.set()
+
+    def take(self, limit: int) -> list[Message]:
+        with self._lock:
+            n = min(limit, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+
+    def push_front(self, messages: list[Message]) -> None:
+        with self._lock:
+            self._queue.extendleft(reversed(messages))
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+class ReplicationThread(threading.Thread):
+    """Applies operations for its lanes until stopped. Never blocks on a held lane."""
+
+    def __init__(
+        self,
+        lanes: list[Lane],
+        *,
+        source: str,
+        coordinator: CutCoordinator,
+        dead_letters: DeadLetters,
+        commit: Callable[[int, int], threading.Event],
+        batch_size: int = 1000,
+        name: str = "replication",
+    ):
+        super().__init__(name=name, daemon=True)
+        self.lanes = lanes
+        self.source = source
+        self.coordinator = coordinator
+        self.dead_letters = dead_letters
+        self.commit = commit
+        self.batch_size = batch_size
+        self.stop_event = threading.Event()
+        self.wake = lanes[0].wake if lanes else threading.Event()
+        self.error: BaseException | None = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self.stop_event.is_set():
+            busy = False
+            for lane in self.lanes:
+                if self.stop_event.is_set():
+                    break
+                try:
+                    busy |= self._work(lane)
+                    backoff = 0.1
+                except Exception as exc:  # keep going after a transient failure, loudly
+                    lane.shard.rollback()
+                    log.exception("partition %s: replication step failed", lane.partition)
+                    self.error = exc
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            if not busy:
+                self.wake.wait(0.05)
+                self.wake.clear()
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _work(self, lane: Lane) -> bool:
+        if lane.hold is not None:
+            return self._check_hold(lane)
+        batch = lane.take(self.batch_size)
+        if not batch:
+            return False
+        self._apply(lane, batch)
+        return True
+
+    def _apply(self, lane: Lane, batch: list[Message]) -> None:
+        shard = lane.shard
+        shard.begin()
+        last: int | None = None
+        applied = dead = 0
+        for index, message in enumerate(batch):
+            offset = message.offset()
+            if offset <= lane.applied_offset:
+                continue  # redelivered after a rebalance or restart: already in the shard
+            try:
+                record = decode(message.value())
+            except CodecError as exc:
+                self.dead_letters.send(message, f"{exc.reason}: {exc}")
+                dead, last = dead + 1, offset
+                continue
+            if getattr(record, "source", self.source) != self.source:
+                self.dead_letters.send(
+                    message, f"record of source {record.source!r} on source {self.source!r}'s topic"
+                )
+                dead, last = dead + 1, offset
+                continue
+            if isinstance(record, Operation):
+                try:
+                    shard.apply(record)
+                    applied += 1
+                except ApplyError as exc:
+                    self.dead_letters.send(message, f"cannot apply operation: {exc}")
+                    dead += 1
+                last = offset
+            elif isinstance(record, TableDefinition):
+                try:
+                    shard.define(record)
+                except ApplyError as exc:
+                    self.dead_letters.send(message, f"cannot apply table definition: {exc}")
+                    dead += 1
+                last = offset
+            elif isinstance(record, ConsistencyMarker):
+                self._finish_batch(lane, last, dead)
+                lane.push_front(batch[index + 1 :])
+                lane.stats.applied += applied
+                self._reach(lane, record, offset)
+                return
+            else:
+                self.dead_letters.send(
+                    message, f"a {type(record).__name__} record does not belong on the ops topic"
+                )
+                dead, last = dead + 1, offset
+        self._finish_batch(lane, last, dead)
+        lane.stats.applied += applied
+
+    def _finish_batch(self, lane: Lane, last: int | None, dead: int) -> None:
+        if dead:
+            self.dead_letters.flush()  # durable before the shard moves past them
+            lane.stats.dead_letters += dead
+        if last is None:
+            lane.shard.rollback()
+            return
+        lane.shard.commit(last)
+        lane.applied_offset = last
+
+    def _reach(self, lane: Lane, marker: ConsistencyMarker, offset: int) -> None:
+        p = lane.partition
+        applied = lane.shard.state().since_marker
+        lane.stats.markers += 1
+        expected = marker.counts[p] if p < len(marker.counts) else None
+        if expected is None or marker.partitions != len(marker.counts):
+            detail = (
+                f"marker {marker.marker_id} declares {marker.partitions} partitions with "
+                f"{len(marker.counts)} counts but arrived on partition {p}"
+            )
+        elif applied != expected:
+            detail = (
+                f"partition {p}: marker {marker.marker_id} says {expected} operations since the "
+                f"previous marker, the replica applied {applied}"
+            )
+        else:
+            detail = None
+        lane.shard.reach_marker(marker, offset, hold=detail is None)
+        lane.applied_offset = offset
+        if detail is not None:
+            self.coordinator.failed(marker, p, offset, detail)
+            return
+        lane.hold = Hold(marker, offset)
+        lane.announced = False
+        self._check_hold(lane)
+
+    def _check_hold(self, lane: Lane) -> bool:
+        hold = lane.hold
+        assert hold is not None
+        if not lane.announced:
+            self.coordinator.reached(hold.marker, lane.partition, hold.offset)
+            lane.announced = True
+        status = self.coordinator.resolution(hold.marker.marker_id)
+        if status is None:
+            return False
+        if status is CutStatus.PUBLISHED:
+            if hold.committed is None:
+                hold.committed = self.commit(lane.partition, hold.offset + 1)
+            if not hold.committed.is_set():
+                return False
+        lane.shard.release()
+        lane.stats.pauses_s.append(time.monotonic() - hold.since)
+        lane.hold = None
+        return True

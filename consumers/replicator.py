@@ -1,0 +1,297 @@
+"""One replication process: a member of the source's consumer group.
+
+The poll loop (this module) owns the Kafka consumer: it routes each partition's records
+to that partition's lane, pauses a partition while its lane is held at a marker or its
+queue is full, and handles rebalances. Where a partition starts is decided by its replica
+shard, never by the group's committed offset: the shard's offset was recorded with the
+data, so resuming from it can neither lose nor repeat a change. A partition without a
+shard is rebuilt from the start of the topic.
+
+Group offsets are committed only at markers whose backup is published (marker offset +
+1), and only forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from consumers.coordinator import CutCoordinator
+from consumers.dead_letter import DeadLetters
+from consumers.replica import Shard, shard_path
+from consumers.replication import Lane, ReplicationThread
+from cutline.errors import ConfigError
+from cutline.kafka_clients import make_consumer, make_producer, wait_for_cluster
+from cutline.settings import Topics
+
+log = logging.getLogger("cutline.replicator")
+
+
+@dataclass
+class ReplicateConfig:
+    bootstrap: str
+    replica_dir: Path
+    backups_dir: Path
+    source: str = "default"
+    threads: int | None = None  # None: one replication thread per assigned partition
+    alignment_timeout_s: float = 120.0
+    queue_high: int = 20_000
+    batch_size: int = 1000
+    member: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+
+
+@dataclass
+class ReplicatorStats:
+    applied: int = 0
+    dead_letters: int = 0
+    rebalances: int = 0
+    pauses_s: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+class Replicator:
+    def __init__(self, config: ReplicateConfig, *, progress: Callable[[str], None] | None = None):
+        if config.threads is not None and config.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        self.config = config
+        self.topics = Topics(config.source)
+        self.progress = progress or log.info
+        self.stats = ReplicatorStats()
+        self.lanes: dict[int, Lane] = {}
+        self.threads: list[ReplicationThread] = []
+        self._committed: dict[int, int] = {}
+        self._commit_requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._consumer = None
+        self._producer = None
+        self.coordinator: CutCoordinator | None = None
+        self.dead_letters: DeadLetters | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        cfg = self.config
+        for label, path in (("--replica", cfg.replica_dir), ("--backups", cfg.backups_dir)):
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{label} {path} cannot be used: {exc}") from exc
+            if not os.access(path, os.W_OK):
+                raise ConfigError(f"{label} {path} is not writable")
+        wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+        self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
+        self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter)
+        self.coordinator = CutCoordinator(
+            bootstrap=cfg.bootstrap,
+            source=cfg.source,
+            member=cfg.member,
+            replica_dir=cfg.replica_dir,
+            backups_dir=cfg.backups_dir,
+            producer=self._producer,
+            alignment_timeout_s=cfg.alignment_timeout_s,
+            progress=self.progress,
+        )
+        self.coordinator.start()
+        self._consumer = make_consumer(
+            cfg.bootstrap,
+            self.topics.replication_group,
+            **{
+                "client.id": cfg.member,
+                "session.timeout.ms": 15000,
+                "max.poll.interval.ms": 300000,
+            },
+        )
+        self._consumer.subscribe(
+            [self.topics.ops],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        self.progress(
+            f"replicating {self.topics.ops} into {cfg.replica_dir} (group "
+            f"{self.topics.replication_group}, member {cfg.member}), "
+            f"backups under {cfg.backups_dir}"
+        )
+
+    def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> ReplicatorStats:
+        """Poll until ``stop`` is set, then shut down within bounded time."""
+        last_status = time.monotonic()
+        try:
+            while not stop.is_set():
+                self.poll_once()
+                if time.monotonic() - last_status >= status_every_s:
+                    last_status = time.monotonic()
+                    self.progress(self.status_line())
+        finally:
+            self.close()
+        return self.stats
+
+    def poll_once(self, timeout_s: float = 0.05) -> int:
+        messages = self._consumer.consume(500, timeout_s)
+        routed: dict[int, list] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer: %s", error.str())
+                continue
+            routed.setdefault(message.partition(), []).append(message)
+        for partition, batch in routed.items():
+            lane = self.lanes.get(partition)
+            if lane is not None:  # else: revoked meanwhile; its new owner re-reads it
+                lane.offer(batch)
+        self._drain_commits()
+        self._flow_control()
+        return len(messages)
+
+    def _flow_control(self) -> None:
+        """Pause a partition while held at a marker or backed up; resume when drained."""
+        high = self.config.queue_high
+        for lane in list(self.lanes.values()):
+            want_paused = lane.hold is not None or len(lane) >= high
+            tp = [TopicPartition(self.topics.ops, lane.partition)]
+            if want_paused and not lane.consumer_paused:
+                self._consumer.pause(tp)
+                lane.consumer_paused = True
+            elif not want_paused and lane.consumer_paused and len(lane) <= high // 2:
+                self._consumer.resume(tp)
+                lane.consumer_paused = False
+
+    def status_line(self) -> str:
+        applied = sum(lane.stats.applied for lane in self.lanes.values()) + self.stats.applied
+        rate = applied / max(1e-9, time.monotonic() - self.stats.started)
+        held = sorted(p for p, lane in self.lanes.items() if lane.hold is not None)
+        published = self.coordinator.stats.published if self.coordinator else []
+        return (
+            f"applied {applied} operations ({rate:,.0f} ops/s) on partitions "
+            f"{sorted(self.lanes)}; held at a marker: {held or 'none'}; backups published: "
+            f"{len(published)}{f' (last {published[-1]})' if published else ''}"
+        )
+
+    def close(self, deadline_s: float = 30.0) -> None:
+        if self._consumer is not None:
+            self._stop_threads(deadline_s)
+            try:
+                self._consumer.close()  # leave the group now: others get our partitions
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the consumer: %s", exc)
+            self._consumer = None
+        if self.coordinator is not None:
+            self.coordinator.stop(deadline_s)
+        if self._producer is not None:
+            self._producer.flush(10)
+
+    # -- rebalances -----------------------------------------------------------------------
+
+    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        self._stop_threads()
+        wakes: list[threading.Event] = []
+        count = len(partitions)
+        n_threads = count if self.config.threads is None else min(self.config.threads, count)
+        wakes = [threading.Event() for _ in range(max(1, n_threads))]
+        for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
+            shard = Shard(
+                shard_path(self.config.replica_dir, self.config.source, tp.partition), tp.partition
+            )
+            lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
+            self.lanes[tp.partition] = lane
+            tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
+        for tp in consumer.committed(partitions, timeout=10):
+            if tp.offset >= 0:
+                known = self._committed.get(tp.partition, -1)
+                self._committed[tp.partition] = max(known, tp.offset)
+        consumer.assign(partitions)
+        for index, wake in enumerate(wakes):
+            lanes = [lane for lane in self.lanes.values() if lane.wake is wake]
+            if not lanes:
+                continue
+            thread = ReplicationThread(
+                lanes,
+                source=self.config.source,
+                coordinator=self.coordinator,
+                dead_letters=self.dead_letters,
+                commit=self._commit,
+                batch_size=self.config.batch_size,
+                name=f"replication-{index}",
+            )
+            self.threads.append(thread)
+            thread.start()
+        held = [p for p, lane in self.lanes.items() if lane.hold is not None]
+        self.progress(
+            f"assigned partitions {sorted(self.lanes)} to {len(self.threads)} replication "
+            f"threads" + (f"; partitions {held} stay held at their marker" if held else "")
+        )
+
+    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
+        self._stop_threads()
+        with contextlib.suppress(KafkaException):
+            consumer.unassign()
+
+    def _stop_threads(self, deadline_s: float = 30.0) -> None:
+        for thread in self.threads:
+            thread.stop()
+        end = time.monotonic() + deadline_s
+        for thread in self.threads:
+            thread.join(max(0.0, end - time.monotonic()))
+            if thread.is_alive():
+                log.error(
+                    "replication thread %s did not stop within %.0f s", thread.name, deadline_s
+                )
+        for lane in self.lanes.values():
+            self.stats.applied += lane.stats.applied
+            self.stats.dead_letters += lane.stats.dead_letters
+            self.stats.pauses_s.extend(lane.stats.pauses_s)
+            lane.shard.close()
+        self.threads = []
+        self.lanes = {}
+
+    # -- offsets --------------------------------------------------------------------------
+
+    def _commit(self, partition: int, offset: int) -> threading.Event:
+        """Ask the poll loop to commit a partition's group offset; the event says it did.
+
+        Called by replication threads. Only the poll loop touches the consumer: a commit
+        from another thread while it polls can block indefinitely.
+        """
+        done = threading.Event()
+        self._commit_requests.put((partition, offset, done))
+        return done
+
+    def _drain_commits(self) -> None:
+        """Commit requested offsets (forward only), then release the waiting threads."""
+        requests = []
+        while not self._commit_requests.empty():
+            requests.append(self._commit_requests.get_nowait())
+        if not requests:
+            return
+        best: dict[int, int] = {}
+        for partition, offset, _ in requests:
+            if offset > self._committed.get(partition, -1) and partition in self.lanes:
+                best[partition] = max(best.get(partition, -1), offset)
+        if best:
+            offsets = [TopicPartition(self.topics.ops, p, o) for p, o in best.items()]
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+                self._committed.update(best)
+            except KafkaException as exc:
+                log.warning("commit of %s failed: %s", best, exc)
+        for _, _, done in requests:
+            done.set()
+
+    def all_pauses(self) -> list[float]:
+        return self.stats.pauses_s + [
+            p for lane in self.lanes.values() for p in lane.stats.pauses_s
+        ]

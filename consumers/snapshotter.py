@@ -1,0 +1,373 @@
+"""The snapshotter: backup M from the replica while every partition is held at M.
+
+Order of steps (each one only after the previous is durable):
+
+1. check that every shard of M's declared set is held at M, at the offset it reported
+   (a shard anywhere else means the backup would not be the cut: fail, never guess);
+2. read each table from all shards and write it to a DuckDB database (one table per
+   captured table, plus ``_cutline_backup`` and ``_cutline_tables`` metadata) and to one
+   Avro object container file per table, whose header names marker, T1, T2 and source;
+3. write the manifest (files with SHA-256, sizes, row counts) last, inside a temp dir;
+4. fsync and rename the temp dir into the catalog (``durable.publish_directory``).
+
+Offsets are committed by the caller only after this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fastavro
+import pyarrow as pa
+
+from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
+from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
+from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
+from cutline.errors import CutlineError
+from producers.markers import format_time
+from producers.sqlite_changelog import quote_identifier
+from schemas.records import TableDefinition
+
+DUCKDB_FILE = "backup.duckdb"
+AVRO_DIR = "avro"
+META_TABLE = "_cutline_backup"
+META_TABLES = "_cutline_tables"
+
+
+class SnapshotError(CutlineError):
+    """The replica is not exactly at the cut, or the backup could not be written."""
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """What a backup of marker M needs: the cut's identity and where each partition is."""
+
+    source: str
+    marker_id: int
+    t1_us: int
+    partitions: int
+    offsets: dict[int, int]
+    tables: tuple[str, ...]
+    alignment_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    duckdb: str
+    arrow: pa.DataType
+    avro: str
+    convert: Callable[[Any], Any] | None = None  # for values outside the column's type
+
+
+def _as_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+BIGINT = ColumnType("BIGINT", pa.int64(), "long")
+DOUBLE = ColumnType("DOUBLE", pa.float64(), "double", lambda v: None if v is None else float(v))
+VARCHAR = ColumnType("VARCHAR", pa.string(), "string")
+TEXT_FALLBACK = ColumnType("VARCHAR", pa.string(), "string", _as_text)
+BLOB = ColumnType("BLOB", pa.binary(), "bytes")
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if any(s in t for s in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if any(s in t for s in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def column_type(declared: str, values: list[Any]) -> ColumnType:
+    """The backup type of a column: its declared affinity, unless the data says otherwise.
+
+    SQLite is dynamically typed, so a column can hold values outside its declared type.
+    The backup never drops or alters a value silently: a column whose values do not fit a
+    numeric type is kept as text.
+    """
+    kinds = {type(v) for v in values if v is not None}
+    aff = affinity(declared)
+    if not kinds:
+        return {"INTEGER": BIGINT, "REAL": DOUBLE, "TEXT": VARCHAR, "NUMERIC": DOUBLE}.get(
+            aff, BLOB if aff == "BLOB" and declared else VARCHAR
+        )
+    if kinds == {int}:
+        return DOUBLE if aff == "REAL" else BIGINT
+    if kinds <= {int, float}:
+        return DOUBLE
+    if kinds == {str}:
+        return VARCHAR
+    if kinds == {bytes}:
+        return BLOB
+    return TEXT_FALLBACK
+
+
+_AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+
+def avro_names(names: list[str]) -> list[str]:
+    """Avro field names for arbitrary column names: sanitized, never clashing."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        base = _AVRO_NAME.sub("_", name) or "_"
+        if base[0].isdigit():
+            base = "_" + base
+        candidate, n = base, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{base}_{n}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _check_shards(replica_dir: Path, plan: CutPlan) -> list[Any]:
+    connections = []
+    for p in range(plan.partitions):
+        path = shard_path(replica_dir, plan.source, p)
+        if not path.is_file():
+            raise SnapshotError(f"replica shard for partition {p} is missing ({path})")
+        conn = open_readonly(path)
+        connections.append(conn)
+        conn.execute("BEGIN")
+        state = read_state(conn, p)
+        expected = plan.offsets.get(p)
+        if state is None or not (
+            state.held and state.marker_id == plan.marker_id and state.offset == expected
+        ):
+            raise SnapshotError(
+                f"partition {p} is not held at marker {plan.marker_id} offset {expected} "
+                f"(replica state: {state}); refusing to write a backup that is not the cut"
+            )
+    return connections
+
+
+def _definitions(conn: Any, tables: tuple[str, ...]) -> list[TableDefinition]:
+    known = {d.table: d for d in load_definitions(conn)}
+    missing = [t for t in tables if t not in known]
+    if missing:
+        raise SnapshotError(f"tables {missing} of the cut are not defined in the replica")
+    return [known[t] for t in tables]
+
+
+def write_backup(
+    replica_dir: Path,
+    backups_dir: Path,
+    plan: CutPlan,
+    *,
+    writer: str,
+    avro_codec: str = "deflate",
+) -> Backup:
+    """Write and publish backup ``plan.marker_id``; return it as catalogued."""
+    started = time.monotonic()
+    parent = source_dir(backups_dir, plan.source)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SnapshotError(f"cannot create backups directory {parent}: {exc}") from exc
+    final = parent / backup_dir_name(plan.marker_id)
+    temp = parent / f"{TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    connections = _check_shards(replica_dir, plan)
+    try:
+        temp.mkdir()
+        (temp / AVRO_DIR).mkdir()
+        definitions = _definitions(connections[0], plan.tables) if connections else []
+        tables_meta: dict[str, dict[str, Any]] = {}
+        db = duckdb.connect(str(temp / DUCKDB_FILE))
+        try:
+            avro_files = avro_names([d.table for d in definitions])
+            for definition, avro_base in zip(definitions, avro_files, strict=True):
+                tables_meta[definition.table] = _write_table(
+                    db,
+                    connections,
+                    definition,
+                    temp,
+                    f"{AVRO_DIR}/{avro_base}.avro",
+                    plan,
+                    writer,
+                    avro_codec,
+                )
+            t2_us = time.time_ns() // 1000
+            _write_metadata(db, plan, t2_us, writer, definitions, tables_meta)
+            db.execute("CHECKPOINT")
+        finally:
+            db.close()
+        manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
+        (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        publish_directory(temp, final)
+    except SnapshotError:
+        _discard(temp)
+        raise
+    except (OSError, duckdb.Error, ValueError) as exc:
+        _discard(temp)
+        raise SnapshotError(
+            f"writing backup {plan.marker_id} under {parent} failed: {exc}"
+        ) from exc
+    finally:
+        for conn in connections:
+            conn.close()
+    return Backup(final, manifest)
+
+
+def _discard(temp: Path) -> None:
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _write_table(
+    db: duckdb.DuckDBPyConnection,
+    connections: list[Any],
+    definition: TableDefinition,
+    temp: Path,
+    avro_rel: str,
+    plan: CutPlan,
+    writer: str,
+    codec: str,
+) -> dict[str, Any]:
+    names = definition.column_names
+    rows: list[tuple] = []
+    for conn in connections:
+        for chunk in iter_rows(conn, definition.table, names):
+            rows.extend(chunk)
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    types = [
+        column_type(c.declared_type, list(values))
+        for c, values in zip(definition.columns, columns, strict=True)
+    ]
+    arrays = []
+    for values, ctype in zip(columns, types, strict=True):
+        data = list(values) if ctype.convert is None else [ctype.convert(v) for v in values]
+        arrays.append(pa.array(data, type=ctype.arrow))
+    arrow_table = pa.Table.from_arrays(arrays, names=list(names))
+    db.register("_cutline_rows", arrow_table)
+    db.execute(f"CREATE TABLE {quote_identifier(definition.table)} AS SELECT * FROM _cutline_rows")
+    db.unregister("_cutline_rows")
+
+    fields = avro_names(list(names))
+    schema = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": avro_names([definition.table])[0],
+            "namespace": "io.cutline.backup",
+            "fields": [
+                {"name": f, "type": ["null", t.avro], "default": None, "cutline.column": n}
+                for f, t, n in zip(fields, types, names, strict=True)
+            ],
+        }
+    )
+    metadata = {
+        "cutline.source": plan.source,
+        "cutline.marker_id": str(plan.marker_id),
+        "cutline.t1": format_time(plan.t1_us),
+        "cutline.t2": format_time(time.time_ns() // 1000),
+        "cutline.table": definition.table,
+        "cutline.columns": json.dumps(list(names)),
+    }
+    converted = [
+        [v if t.convert is None else t.convert(v) for v in col]
+        for col, t in zip(columns, types, strict=True)
+    ]
+    with open(temp / avro_rel, "wb") as out:
+        fastavro.writer(
+            out,
+            schema,
+            (dict(zip(fields, row, strict=True)) for row in zip(*converted, strict=True)),
+            codec=codec,
+            metadata=metadata,
+        )
+    return {
+        "rows": len(rows),
+        "columns": [
+            {"name": n, "declared_type": c.declared_type, "type": t.duckdb, "avro_field": f}
+            for n, c, t, f in zip(names, definition.columns, types, fields, strict=True)
+        ],
+        "key_columns": list(definition.key_columns),
+        "avro": avro_rel,
+    }
+
+
+def _write_metadata(
+    db: duckdb.DuckDBPyConnection,
+    plan: CutPlan,
+    t2_us: int,
+    writer: str,
+    definitions: list[TableDefinition],
+    tables_meta: dict[str, dict[str, Any]],
+) -> None:
+    db.execute(
+        f"CREATE TABLE {META_TABLE} (source VARCHAR, marker_id BIGINT, t1 TIMESTAMPTZ, "
+        "t2 TIMESTAMPTZ, partitions INTEGER, offsets VARCHAR, writer VARCHAR)"
+    )
+    db.execute(
+        f"INSERT INTO {META_TABLE} VALUES (?, ?, make_timestamp(?::BIGINT), "
+        "make_timestamp(?::BIGINT), ?, ?, ?)",
+        [
+            plan.source,
+            plan.marker_id,
+            plan.t1_us,
+            t2_us,
+            plan.partitions,
+            json.dumps({str(k): v for k, v in sorted(plan.offsets.items())}),
+            writer,
+        ],
+    )
+    db.execute(
+        f"CREATE TABLE {META_TABLES} (table_name VARCHAR, ddl VARCHAR, key_columns VARCHAR, "
+        "row_count BIGINT, avro_file VARCHAR)"
+    )
+    for d in definitions:
+        meta = tables_meta[d.table]
+        db.execute(
+            f"INSERT INTO {META_TABLES} VALUES (?, ?, ?, ?, ?)",
+            [d.table, d.ddl, ",".join(d.key_columns), meta["rows"], meta["avro"]],
+        )
+
+
+def _manifest(
+    temp: Path,
+    plan: CutPlan,
+    t2_us: int,
+    writer: str,
+    tables_meta: dict[str, dict[str, Any]],
+    snapshot_s: float,
+) -> dict[str, Any]:
+    files = []
+    for rel in [DUCKDB_FILE, *(meta["avro"] for meta in tables_meta.values())]:
+        path = temp / rel
+        files.append({"path": rel, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
+    return {
+        "format": MANIFEST_FORMAT,
+        "source": plan.source,
+        "marker_id": plan.marker_id,
+        "t1": format_time(plan.t1_us),
+        "t1_us": plan.t1_us,
+        "t2": format_time(t2_us),
+        "t2_us": t2_us,
+        "partitions": plan.partitions,
+        "offsets": {str(k): v for k, v in sorted(plan.offsets.items())},
+        "duckdb": DUCKDB_FILE,
+        "tables": tables_meta,
+        "files": files,
+        "writer": writer,
+        "alignment_ms": None if plan.alignment_s is None else round(plan.alignment_s * 1000, 3),
+        "snapshot_ms": round(snapshot_s * 1000, 3),
+    }

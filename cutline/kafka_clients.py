@@ -1,0 +1,160 @@
+"""Thin wrappers over confluent-kafka: configs with safe defaults, topic creation, waits.
+
+librdkafka logs through the ``cutline.kafka`` logger (silent unless ``--verbose``), so an
+unreachable broker is reported once by our own bounded wait instead of a flood of
+connection errors on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from cutline.errors import BrokerError, DeadlineExceeded
+
+log = logging.getLogger("cutline.kafka")
+_client_log = logging.getLogger("cutline.kafka.librdkafka")
+
+
+def _base(bootstrap: str, extra: dict[str, Any] | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _client_log}
+    if extra:
+        config.update(extra)
+    return config
+
+
+def make_admin(bootstrap: str, **extra: Any) -> AdminClient:
+    return AdminClient(_base(bootstrap, extra))
+
+
+def make_producer(bootstrap: str, **extra: Any) -> Producer:
+    """An idempotent producer (acks=all): a retried send is never written twice."""
+    config = _base(bootstrap, {"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    config.update(extra)
+    return Producer(config)
+
+
+def make_consumer(bootstrap: str, group_id: str, **extra: Any) -> Consumer:
+    """A consumer that sees only committed transactions and never commits by itself."""
+    config = _base(
+        bootstrap,
+        {
+            "group.id": group_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        },
+    )
+    config.update(extra)
+    return Consumer(config)
+
+
+def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
+    """Block until the cluster answers a metadata request; return its broker count."""
+    admin = make_admin(bootstrap)
+    end = time.monotonic() + deadline_s
+    last: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            metadata = admin.list_topics(timeout=min(2.0, max(0.1, end - time.monotonic())))
+            if metadata.brokers:
+                return len(metadata.brokers)
+        except KafkaException as exc:
+            last = exc
+        time.sleep(0.2)
+    detail = f" (last error: {last})" if last else ""
+    raise BrokerError(
+        f"Kafka at {bootstrap} did not answer a metadata request within {deadline_s:.0f} s"
+        f"{detail}: check the address, or start a local broker with `cutline kafka start`"
+    )
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def default_replication(broker_count: int) -> tuple[int, str]:
+    """Replication factor and min.insync.replicas for a cluster of this size."""
+    factor = min(3, broker_count)
+    return factor, str(1 if factor == 1 else 2)
+
+
+def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec], deadline_s: float = 30.0
+) -> dict[str, int]:
+    """Create missing topics; return every topic's actual partition count.
+
+    Existing topics are left as they are: their partition count wins and is returned, so
+    a caller can refuse a mismatch with a clear message.
+    """
+    specs = list(specs)
+    admin = make_admin(bootstrap)
+    brokers = wait_for_cluster(bootstrap, deadline_s=min(deadline_s, 15.0))
+    factor, min_isr = default_replication(brokers)
+    existing = admin.list_topics(timeout=10).topics
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        new = [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=factor,
+                config={"min.insync.replicas": min_isr, **s.config},
+            )
+            for s in missing
+        ]
+        for name, future in admin.create_topics(new, request_timeout=deadline_s).items():
+            try:
+                future.result(timeout=deadline_s)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise BrokerError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+    end = time.monotonic() + deadline_s
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        counts = {
+            s.name: len(topics[s.name].partitions)
+            for s in specs
+            if s.name in topics and topics[s.name].error is None and topics[s.name].partitions
+        }
+        if len(counts) == len(specs):
+            return counts
+        if time.monotonic() > end:
+            raise DeadlineExceeded(
+                f"topics {[s.name for s in specs if s.name not in counts]} not visible in "
+                f"metadata after {deadline_s:.0f} s"
+            )
+        time.sleep(0.1)
+
+
+def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    admin = make_admin(bootstrap)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    result = admin.describe_configs([resource])[resource].result(timeout=10)
+    return {k: v.value for k, v in result.items()}
+
+
+def committed_offsets(
+    bootstrap: str, group_id: str, topic: str, partitions: int, timeout_s: float = 10.0
+) -> dict[int, int]:
+    """The group's committed offsets for a topic (partitions without one are left out)."""
+    consumer = make_consumer(bootstrap, group_id)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {
+            tp.partition: tp.offset
+            for tp in consumer.committed(tps, timeout=timeout_s)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()

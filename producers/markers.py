@@ -1,0 +1,69 @@
+"""Marker requests: a consistency point is a row committed on the primary.
+
+Because the request is written to the same change log as the data, in its own write
+transaction, every change committed before it precedes it in the log and every change
+committed after it follows it: the cut sits exactly at a commit boundary (the DBLog /
+Debezium signal-table idea). Capture turns the row into a marker on every partition.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cutline.errors import ConfigError
+from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
+
+
+@dataclass(frozen=True)
+class MarkerTicket:
+    marker_id: int
+    t1_us: int
+
+    @property
+    def t1(self) -> str:
+        return format_time(self.t1_us)
+
+    def as_json(self) -> dict[str, object]:
+        return {"marker_id": self.marker_id, "t1": self.t1}
+
+
+def format_time(t_us: int) -> str:
+    """ISO-8601 UTC with microseconds, the one time format users see."""
+    return datetime.fromtimestamp(t_us / 1_000_000, tz=UTC).isoformat(timespec="microseconds")
+
+
+def request_marker_in_transaction(
+    conn: sqlite3.Connection, note: str | None = None
+) -> MarkerTicket:
+    """Write a marker request inside the caller's open write transaction.
+
+    T1 is read after the write lock is held, so every transaction that committed before
+    this one has a commit time at or before T1. The caller commits.
+    """
+    t1 = now_us()
+    cursor = conn.execute(f"INSERT INTO {MARKERS}(t1_us, note) VALUES (?, ?)", (t1, note))
+    marker_id = int(cursor.lastrowid or 0)
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, marker_id, at_us) VALUES (?, ?, ?)",
+        (KIND_MARKER, marker_id, t1),
+    )
+    return MarkerTicket(marker_id=marker_id, t1_us=t1)
+
+
+def request_marker(conn: sqlite3.Connection, note: str | None = None) -> MarkerTicket:
+    """Commit one marker request on the primary and return its id and T1."""
+    if not installed_tables(conn):
+        raise ConfigError(
+            "capture is not installed on this database: run `cutline capture --db PATH "
+            "--tables ...` first, then cut markers"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ticket = request_marker_in_transaction(conn, note)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return ticket

@@ -1,0 +1,248 @@
+"""Change capture inside a SQLite primary: triggers append every change to a change log.
+
+Why triggers and a log table: SQLite has one writer at a time, so the change log's
+AUTOINCREMENT sequence is exactly the primary's commit order, with no gaps from
+in-flight transactions. A marker request is one more row in the same log (see
+``markers.py``), so its place among the changes is exact.
+
+Row images are stored as SQL literals (SQLite's ``quote()``), comma separated: ``quote``
+round-trips every storage class exactly, REALs included, and needs no JSON extension in
+the application's SQLite library. (Known limit: ``quote`` stops TEXT at a NUL character.)
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cutline.errors import ConfigError
+from schemas.records import Column, TableDefinition, Value
+
+CHANGES = "_cutline_changes"
+MARKERS = "_cutline_markers"
+TABLES = "_cutline_tables"
+INTERNAL_PREFIX = "_cutline_"
+ROWID = "rowid"
+
+KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
+
+_NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+_LITERAL = re.compile(r"'(?:[^']|'')*'|[Xx]'[0-9A-Fa-f]*'|[^,]+")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {CHANGES} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    tbl TEXT,
+    before TEXT,
+    after TEXT,
+    marker_id INTEGER,
+    at_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {MARKERS} (
+    marker_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    t1_us INTEGER NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS {TABLES} (
+    tbl TEXT PRIMARY KEY,
+    columns TEXT NOT NULL,
+    key_columns TEXT NOT NULL,
+    installed_at_us INTEGER NOT NULL
+);
+"""
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a table or column name so that no name can escape it."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def parse_literal(text: str) -> Value:
+    """Turn one ``quote()`` output back into the value it quotes."""
+    first = text[:1]
+    if first == "'":
+        return text[1:-1].replace("''", "'")
+    if text == "NULL":
+        return None
+    if first in "Xx" and text[1:2] == "'":
+        return bytes.fromhex(text[2:-1])
+    if any(ch in text for ch in ".eEIN"):
+        return float(text)
+    return int(text)
+
+
+def split_literals(image: str) -> list[str]:
+    return _LITERAL.findall(image)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def connect(db_path: str | Path, *, must_exist: bool = True, timeout_s: float = 10.0):
+    """Open the primary. A missing file is an error, never a new empty database."""
+    path = Path(db_path)
+    if must_exist and not path.is_file():
+        raise ConfigError(
+            f"primary database {path} does not exist: pass the path of an existing SQLite file"
+        )
+    uri = f"file:{path.resolve()}?mode={'rw' if must_exist else 'rwc'}"
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path} is not a usable SQLite database: {exc}") from exc
+    return conn
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One row of the change log, still as stored (images are literal lists)."""
+
+    seq: int
+    kind: str
+    table: str | None
+    before: str | None
+    after: str | None
+    marker_id: int | None
+    at_us: int
+
+
+def describe_table(conn: sqlite3.Connection, source: str, table: str) -> TableDefinition:
+    """Read a table's native definition; error clearly on missing or internal tables."""
+    if table.startswith(INTERNAL_PREFIX):
+        raise ConfigError(f"table {table!r} belongs to cutline itself and cannot be captured")
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if row is None:
+        known = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_cutline\\_%' ESCAPE '\\' "
+                "ORDER BY name"
+            )
+        ]
+        raise ConfigError(
+            f"table {table!r} does not exist in the primary; "
+            f"tables there: {', '.join(known) or 'none'}"
+        )
+    info = conn.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
+    columns = tuple(Column(name=r[1], declared_type=r[2] or "", not_null=bool(r[3])) for r in info)
+    keyed = sorted((r[5], r[1]) for r in info if r[5] > 0)
+    key_columns = tuple(name for _, name in keyed) or (ROWID,)
+    return TableDefinition(
+        source=source, table=table, ddl=row[0], columns=columns, key_columns=key_columns
+    )
+
+
+def image_columns(definition: TableDefinition) -> tuple[str, ...]:
+    """Columns a row image holds, in order: the table's, plus rowid when it is the key."""
+    names = definition.column_names
+    return (*names, ROWID) if definition.key_columns == (ROWID,) else names
+
+
+def _image_sql(definition: TableDefinition, alias: str) -> str:
+    parts = [f"quote({alias}.{quote_identifier(c)})" for c in definition.column_names]
+    if definition.key_columns == (ROWID,):
+        parts.append(f"quote({alias}.rowid)")
+    return " || ',' || ".join(parts)
+
+
+def _trigger_sql(definition: TableDefinition) -> list[str]:
+    table = quote_identifier(definition.table)
+    literal = quote_text(definition.table)
+    new, old = _image_sql(definition, "NEW"), _image_sql(definition, "OLD")
+    insert = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES"
+    name = definition.table
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ai_' + name)} "
+        f"AFTER INSERT ON {table} BEGIN {insert} ('I', {literal}, NULL, {new}, {_NOW_US}); END",
+        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_au_' + name)} "
+        f"AFTER UPDATE ON {table} BEGIN {insert} ('U', {literal}, {old}, {new}, {_NOW_US}); END",
+        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ad_' + name)} "
+        f"AFTER DELETE ON {table} BEGIN {insert} ('D', {literal}, {old}, NULL, {_NOW_US}); END",
+    ]
+
+
+def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[TableDefinition]:
+    """Install capture on ``tables`` (idempotent) and return their definitions.
+
+    A table captured for the first time gets its existing rows written to the change log
+    as INSERTs in the same transaction that creates its triggers, so the replica starts
+    from exactly the primary's content at that commit and misses nothing after it.
+    """
+    if not tables:
+        raise ConfigError("no tables to capture: pass --tables T1,T2")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        definitions = []
+        for table in tables:
+            definition = describe_table(conn, source, table)
+            definitions.append(definition)
+            columns = ",".join(definition.column_names)
+            known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
+            if known is not None:
+                if known[0] != columns:
+                    raise ConfigError(
+                        f"table {table!r} changed columns since capture was installed "
+                        f"({known[0]} -> {columns}); schema changes are not captured yet: "
+                        "start a new source (--source) for the new layout"
+                    )
+                continue
+            for statement in _trigger_sql(definition):
+                conn.execute(statement)
+            conn.execute(
+                f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
+                f"SELECT 'I', ?, NULL, {_image_sql(definition, 't')}, ? "
+                f"FROM {quote_identifier(table)} AS t",
+                (table, now_us()),
+            )
+            conn.execute(
+                f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) "
+                "VALUES (?, ?, ?, ?)",
+                (table, columns, ",".join(definition.key_columns), now_us()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return definitions
+
+
+def installed_tables(conn: sqlite3.Connection) -> list[str]:
+    try:
+        return [r[0] for r in conn.execute(f"SELECT tbl FROM {TABLES} ORDER BY tbl")]
+    except sqlite3.OperationalError:
+        return []
+
+
+def read_changes(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[ChangeRow]:
+    """Committed changes with ``seq > after_seq``, in commit order."""
+    rows = conn.execute(
+        f"SELECT seq, kind, tbl, before, after, marker_id, at_us FROM {CHANGES} "
+        "WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    return [ChangeRow(*r) for r in rows]
+
+
+def forget_changes(conn: sqlite3.Connection, up_to_seq: int) -> None:
+    """Drop change-log rows that Kafka holds durably (a short write on the primary)."""
+    conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ?", (up_to_seq,))
