@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from cutline.errors import ConfigError, CutlineError
 from cutline.settings import resolve_bootstrap, validate_source
 
@@ -371,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CutlineError as exc:
         print(f"cutline {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KafkaException as exc:
+        print(f"cutline {args.command}: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -125,14 +125,17 @@ def ensure_topics(
         counts = {
             s.name: len(topics[s.name].partitions)
             for s in specs
-            if s.name in topics and topics[s.name].error is None and topics[s.name].partitions
+            if s.name in topics
+            and topics[s.name].error is None
+            and topics[s.name].partitions
+            and all(p.leader >= 0 for p in topics[s.name].partitions.values())
         }
         if len(counts) == len(specs):
             return counts
         if time.monotonic() > end:
             raise DeadlineExceeded(
-                f"topics {[s.name for s in specs if s.name not in counts]} not visible in "
-                f"metadata after {deadline_s:.0f} s"
+                f"topics {[s.name for s in specs if s.name not in counts]} have no leader for "
+                f"every partition after {deadline_s:.0f} s"
             )
         time.sleep(0.1)
 

@@ -324,7 +324,7 @@ def read_last_position(
     consumer = make_consumer(bootstrap, f"{topics.capture_position}.reader")
     try:
         tp = TopicPartition(topics.capture_position, 0)
-        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        low, high = _watermarks(consumer, tp, deadline_s)
         if high <= low:
             return None
         consumer.assign([TopicPartition(tp.topic, 0, max(low, high - 64))])
@@ -353,3 +353,23 @@ def read_last_position(
         )
     finally:
         consumer.close()
+
+
+def _watermarks(consumer, tp: TopicPartition, deadline_s: float) -> tuple[int, int]:
+    """Watermarks of a partition, retrying while leadership settles (new topics)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=5)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() not in (
+                KafkaError.NOT_LEADER_FOR_PARTITION,
+                KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError._TRANSPORT,
+            ):
+                raise BrokerError(f"cannot read {tp.topic}: {exc.args[0].str()}") from exc
+            if time.monotonic() > end:
+                raise DeadlineExceeded(
+                    f"no leader answered for {tp.topic} within {deadline_s:.0f} s"
+                ) from exc
+            time.sleep(0.2)

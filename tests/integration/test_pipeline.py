@@ -1,0 +1,153 @@
+"""The claim end to end on a real broker: capture -> markers -> parallel replication ->
+DuckDB/Avro backups that are exactly the primary at each marker's commit boundary."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+
+from cutline.kafka_clients import committed_offsets
+from cutline.settings import Topics
+from tests.integration.pipeline import (
+    TABLES,
+    Pipeline,
+    avro_rows,
+    backup_rows,
+    manifest_json,
+    wait_until,
+)
+
+
+def _last_assignment(log: str) -> list[int]:
+    found = re.findall(r"assigned partitions \[([0-9, ]*)\]", log)
+    return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
+
+
+def _workload(pipeline: Pipeline, stop: threading.Event, seed: int) -> int:
+    """Random transactions across tables and partitions until ``stop``; returns the count."""
+    rng = random.Random(seed)
+    conn = pipeline.connect()
+    done = 0
+    next_account = 10_000
+    while not stop.is_set():
+        conn.execute("BEGIN IMMEDIATE")
+        ids = [r[0] for r in conn.execute("SELECT id FROM accounts")]
+        choice = rng.random()
+        if choice < 0.55 and len(ids) >= 2:
+            # a transfer: two accounts, most likely in different partitions, one transaction
+            src, dst = rng.sample(ids, 2)
+            amount = rng.randint(1, 50)
+            conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
+            conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
+            conn.execute(
+                "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
+                (src, dst, amount, rng.choice(["rent", "it's, fine", None, "ünïcode"])),
+            )
+        elif choice < 0.65:
+            next_account += 1
+            conn.execute(
+                "INSERT INTO accounts VALUES (?, ?, 0, ?, NULL)",
+                (next_account, f"new-{next_account}", rng.random()),
+            )
+            conn.execute("INSERT INTO tags VALUES (?, 'new')", (next_account,))
+        elif choice < 0.72:
+            conn.execute(
+                "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers ORDER BY random() "
+                "LIMIT 2)"
+            )
+        elif choice < 0.78 and ids:
+            # a primary-key change: the row moves to another key (and likely partition)
+            old = rng.choice(ids)
+            next_account += 1
+            conn.execute("UPDATE accounts SET id = ? WHERE id = ?", (next_account, old))
+        elif choice < 0.88:
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?)", ("tick", rng.randbytes(rng.randint(0, 8)))
+            )
+        else:
+            conn.execute(
+                "UPDATE accounts SET rate = ?, avatar = ? WHERE id = ?",
+                (rng.random() * 1e6, rng.randbytes(4), rng.choice(ids) if ids else -1),
+            )
+        conn.execute("COMMIT")
+        done += 1
+        time.sleep(rng.random() * 0.004)
+    conn.close()
+    return done
+
+
+def test_backups_are_exact_cuts_under_concurrent_writes(pipeline: Pipeline) -> None:
+    pipeline.create_primary()
+    capture = pipeline.start_capture(partitions=6)
+    worker_a = pipeline.start_replicator("replicate-a")
+    worker_b = pipeline.start_replicator("replicate-b")
+
+    stop = threading.Event()
+    counts: list[int] = []
+    writer = threading.Thread(target=lambda: counts.append(_workload(pipeline, stop, seed=7)))
+    conn = pipeline.connect()
+    try:
+        wait_until(
+            lambda: conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = '_cutline_changes'"
+            ).fetchone()[0],
+            30,
+            "capture to install its change log",
+        )
+        writer.start()
+        for _ in range(5):
+            time.sleep(0.6)
+            pipeline.cut(conn)  # markers cut while the writer keeps committing
+    finally:
+        stop.set()
+        writer.join(30)
+    final = pipeline.cut(conn)  # after the writer stopped: the primary as it now is
+    assert counts and counts[0] > 50, "the workload should have committed many transactions"
+
+    published = pipeline.wait_for_backups(sorted(pipeline.oracle), deadline_s=180)
+
+    for marker_id, expected in pipeline.oracle.items():
+        backup = published[marker_id]
+        in_duckdb = backup_rows(backup)
+        assert set(in_duckdb) == set(TABLES)
+        for table in TABLES:
+            assert in_duckdb[table] == expected[table], (
+                f"backup {marker_id} table {table} differs from the primary at its cut"
+            )
+        in_avro, headers = avro_rows(backup)
+        assert in_avro == in_duckdb, f"backup {marker_id}: Avro files and DuckDB disagree"
+        ticket = pipeline.tickets[marker_id]
+        for table in TABLES:
+            assert headers[table]["cutline.marker_id"] == str(marker_id)
+            assert headers[table]["cutline.t1"] == ticket.t1
+            assert headers[table]["cutline.source"] == pipeline.source
+            assert headers[table]["cutline.t2"] >= ticket.t1
+        assert backup.t1 == ticket.t1, "a backup is catalogued as the primary at T1"
+        assert backup.t2 > backup.t1, "and was written later, at T2"
+
+    # the final backup equals the primary as it is now (nothing written after the cut)
+    assert backup_rows(published[final.marker_id]) == pipeline.state(conn)
+
+    # offsets committed for the group: marker offset + 1 on every partition
+    manifest = manifest_json(published[final.marker_id])
+    expected_offsets = {int(p): o + 1 for p, o in manifest["offsets"].items()}
+    assert sorted(expected_offsets) == list(range(6))
+    topics = Topics(pipeline.source)
+    wait_until(
+        lambda: (
+            committed_offsets(pipeline.bootstrap, topics.replication_group, topics.ops, 6)
+            == expected_offsets
+        ),
+        30,
+        f"committed offsets {expected_offsets}",
+    )
+
+    # both replication processes did real work: the group split the partitions
+    shares = [_last_assignment(worker.log.read_text()) for worker in (worker_a, worker_b)]
+    assert all(shares), f"each process should own partitions, got {shares}"
+    assert sorted(shares[0] + shares[1]) == list(range(6))
+    for process in (capture, worker_a, worker_b):
+        assert process.stop() == 0, process.tail()
+    conn.close()
