@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -110,16 +111,21 @@ def column_type(declared: str, values: list[Any]) -> ColumnType:
         return {"INTEGER": BIGINT, "REAL": DOUBLE, "TEXT": VARCHAR, "NUMERIC": DOUBLE}.get(
             aff, BLOB if aff == "BLOB" and declared else VARCHAR
         )
+    exact_in_double = all(abs(v) <= _DOUBLE_EXACT for v in values if type(v) is int)
     if kinds == {int}:
-        return DOUBLE if aff == "REAL" else BIGINT
+        if aff != "REAL":
+            return BIGINT
+        return DOUBLE if exact_in_double else TEXT_FALLBACK
     if kinds <= {int, float}:
-        return DOUBLE
+        return DOUBLE if exact_in_double else TEXT_FALLBACK
     if kinds == {str}:
         return VARCHAR
     if kinds == {bytes}:
         return BLOB
     return TEXT_FALLBACK
 
+
+_DOUBLE_EXACT = 2**53  # integers up to this magnitude survive a DOUBLE unchanged
 
 _AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
 
@@ -142,23 +148,37 @@ def avro_names(names: list[str]) -> list[str]:
 
 
 def _check_shards(replica_dir: Path, plan: CutPlan) -> list[Any]:
-    connections = []
-    for p in range(plan.partitions):
-        path = shard_path(replica_dir, plan.source, p)
-        if not path.is_file():
-            raise SnapshotError(f"replica shard for partition {p} is missing ({path})")
-        conn = open_readonly(path)
-        connections.append(conn)
-        conn.execute("BEGIN")
-        state = read_state(conn, p)
-        expected = plan.offsets.get(p)
-        if state is None or not (
-            state.held and state.marker_id == plan.marker_id and state.offset == expected
-        ):
+    """Open every shard in a read transaction and check it is held at the cut.
+
+    The read transaction pins each shard's content as of the check, so what is read
+    afterwards is exactly what was checked.
+    """
+    connections: list[Any] = []
+    try:
+        for p in range(plan.partitions):
+            path = shard_path(replica_dir, plan.source, p)
+            if not path.is_file():
+                raise SnapshotError(f"replica shard for partition {p} is missing ({path})")
+            conn = open_readonly(path)
+            connections.append(conn)
+            conn.execute("BEGIN")
+            state = read_state(conn, p)
+            expected = plan.offsets.get(p)
+            if state is None or not (
+                state.held and state.marker_id == plan.marker_id and state.offset == expected
+            ):
+                raise SnapshotError(
+                    f"partition {p} is not held at marker {plan.marker_id} offset {expected} "
+                    f"(replica state: {state}); refusing to write a backup that is not the cut"
+                )
+    except BaseException as exc:
+        for conn in connections:
+            conn.close()
+        if isinstance(exc, sqlite3.Error):
             raise SnapshotError(
-                f"partition {p} is not held at marker {plan.marker_id} offset {expected} "
-                f"(replica state: {state}); refusing to write a backup that is not the cut"
-            )
+                f"cannot read the replica for marker {plan.marker_id}: {exc}"
+            ) from exc
+        raise
     return connections
 
 
@@ -188,6 +208,7 @@ def write_backup(
     final = parent / backup_dir_name(plan.marker_id)
     temp = parent / f"{TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     connections = _check_shards(replica_dir, plan)
+    t2_us = time.time_ns() // 1000  # T2: the instant the replica is copied
     try:
         temp.mkdir()
         (temp / AVRO_DIR).mkdir()
@@ -204,10 +225,9 @@ def write_backup(
                     temp,
                     f"{AVRO_DIR}/{avro_base}.avro",
                     plan,
-                    writer,
+                    t2_us,
                     avro_codec,
                 )
-            t2_us = time.time_ns() // 1000
             _write_metadata(db, plan, t2_us, writer, definitions, tables_meta)
             db.execute("CHECKPOINT")
         finally:
@@ -218,7 +238,7 @@ def write_backup(
     except SnapshotError:
         _discard(temp)
         raise
-    except (OSError, duckdb.Error, ValueError) as exc:
+    except (OSError, duckdb.Error, sqlite3.Error, ValueError) as exc:
         _discard(temp)
         raise SnapshotError(
             f"writing backup {plan.marker_id} under {parent} failed: {exc}"
@@ -240,7 +260,7 @@ def _write_table(
     temp: Path,
     avro_rel: str,
     plan: CutPlan,
-    writer: str,
+    t2_us: int,
     codec: str,
 ) -> dict[str, Any]:
     names = definition.column_names
@@ -278,7 +298,7 @@ def _write_table(
         "cutline.source": plan.source,
         "cutline.marker_id": str(plan.marker_id),
         "cutline.t1": format_time(plan.t1_us),
-        "cutline.t2": format_time(time.time_ns() // 1000),
+        "cutline.t2": format_time(t2_us),
         "cutline.table": definition.table,
         "cutline.columns": json.dumps(list(names)),
     }

@@ -43,13 +43,16 @@ def recorded_bootstrap() -> str | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(state, dict):
+        return None
     value = state.get("bootstrap_servers")
     return value if isinstance(value, str) and value else None
 
 
 def resolve_bootstrap(explicit: str | None) -> str:
     """Bootstrap servers from the flag, the environment, or the recorded local broker."""
-    for candidate in (explicit, os.environ.get(ENV_BOOTSTRAP), recorded_bootstrap()):
+    for lookup in (lambda: explicit, lambda: os.environ.get(ENV_BOOTSTRAP), recorded_bootstrap):
+        candidate = lookup()
         if candidate:
             return candidate
     raise ConfigError(
@@ -60,7 +63,7 @@ def resolve_bootstrap(explicit: str | None) -> str:
 
 def validate_source(name: str) -> str:
     """Source names become topic and directory names, so keep them to a safe alphabet."""
-    if not _SOURCE_NAME.match(name):
+    if not _SOURCE_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid source name {name!r}: use letters, digits, '.', '_' or '-' "
             "(at most 100 characters, starting with a letter or digit)"

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from cutline.errors import ConfigError
 from schemas.records import Column, TableDefinition, Value
@@ -94,7 +95,7 @@ def connect(db_path: str | Path, *, must_exist: bool = True, timeout_s: float = 
         raise ConfigError(
             f"primary database {path} does not exist: pass the path of an existing SQLite file"
         )
-    uri = f"file:{path.resolve()}?mode={'rw' if must_exist else 'rwc'}"
+    uri = f"file:{quote(str(path.resolve()))}?mode={'rw' if must_exist else 'rwc'}"
     try:
         conn = sqlite3.connect(
             uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
@@ -131,7 +132,8 @@ def describe_table(conn: sqlite3.Connection, source: str, table: str) -> TableDe
             r[0]
             for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_cutline\\_%' ESCAPE '\\' "
+                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "AND name NOT LIKE '\\_cutline\\_%' ESCAPE '\\' "
                 "ORDER BY name"
             )
         ]
@@ -142,7 +144,13 @@ def describe_table(conn: sqlite3.Connection, source: str, table: str) -> TableDe
     info = conn.execute(f"PRAGMA table_info({quote_identifier(table)})").fetchall()
     columns = tuple(Column(name=r[1], declared_type=r[2] or "", not_null=bool(r[3])) for r in info)
     keyed = sorted((r[5], r[1]) for r in info if r[5] > 0)
-    key_columns = tuple(name for _, name in keyed) or (ROWID,)
+    if not keyed:
+        raise ConfigError(
+            f"table {table!r} has no PRIMARY KEY: cutline keys every change by primary key, "
+            "and SQLite may renumber the rowids of such a table (VACUUM), which would "
+            "misplace later changes; add a PRIMARY KEY (e.g. id INTEGER PRIMARY KEY)"
+        )
+    key_columns = tuple(name for _, name in keyed)
     return TableDefinition(
         source=source, table=table, ddl=row[0], columns=columns, key_columns=key_columns
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cutline.broker.provision import provide_cluster
+from cutline.broker.provision import Provided, provide_cluster
 from tests.integration.pipeline import Pipeline
 
 
@@ -36,13 +36,18 @@ def cutline_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def kafka(cutline_home: Path) -> Iterator[str]:
+def cluster(cutline_home: Path) -> Iterator[Provided]:
     provided = provide_cluster(progress=_progress)
     _progress(f"{provided.kind} cluster at {provided.bootstrap_servers}")
     try:
-        yield provided.bootstrap_servers
+        yield provided
     finally:
         provided.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(cluster: Provided) -> str:
+    return cluster.bootstrap_servers
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, balance INTE
 CREATE TABLE transfers (id INTEGER PRIMARY KEY AUTOINCREMENT, src INTEGER, dst INTEGER,
                         amount INTEGER, note TEXT);
 CREATE TABLE tags (account INTEGER, tag TEXT, PRIMARY KEY (account, tag)) WITHOUT ROWID;
-CREATE TABLE events (kind TEXT, payload BLOB);
+CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT, payload BLOB);
 """
 TABLES = ["accounts", "transfers", "tags", "events"]
 
@@ -121,7 +121,7 @@ class Pipeline:
             "INSERT INTO accounts VALUES (?, ?, ?, ?, ?)",
             [(i, f"owner-{i} ✓", 1000, i / 3, bytes([i % 256, 0, 255])) for i in range(accounts)],
         )
-        conn.execute("INSERT INTO events VALUES ('created', x'00ff')")
+        conn.execute("INSERT INTO events (kind, payload) VALUES ('created', x'00ff')")
         conn.commit()
         conn.close()
 
@@ -161,6 +161,22 @@ class Pipeline:
         return process
 
     def start_capture(self, partitions: int = 6, *extra: str) -> Process:
+        """Start ``cutline capture`` and wait until it has installed on the primary."""
+        process = self._start_capture(partitions, *extra)
+
+        def installed() -> bool:
+            self.check_alive()
+            with sqlite3.connect(self.db) as conn:
+                return bool(
+                    conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name = '_cutline_markers'"
+                    ).fetchone()
+                )
+
+        wait_until(installed, 60, "capture to install its change log")
+        return process
+
+    def _start_capture(self, partitions: int, *extra: str) -> Process:
         return self.start(
             "capture",
             "capture",

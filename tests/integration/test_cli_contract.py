@@ -1,0 +1,95 @@
+"""The command-line contract of issue 2, exercised through the real `cutline` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import pytest
+
+from cutline.broker.provision import Provided
+from tests.integration.pipeline import CUTLINE, Pipeline
+
+
+def test_mark_backups_and_query_speak_json(pipeline: Pipeline) -> None:
+    pipeline.create_primary(accounts=10)
+    pipeline.start_capture(partitions=4)
+    pipeline.start_replicator("replicate", "--threads", "2")
+    conn = pipeline.connect()
+
+    marked = pipeline.cli("mark", "--db", str(pipeline.db))
+    assert marked.returncode == 0, marked.stderr
+    first = json.loads(marked.stdout)
+    assert set(first) == {"marker_id", "t1"}
+    t1 = datetime.fromisoformat(first["t1"])
+    assert t1.utcoffset() == timedelta(0), "T1 is reported in UTC"
+
+    conn.execute("DELETE FROM accounts WHERE id >= 5")
+    second = json.loads(pipeline.cli("mark", "--db", str(pipeline.db)).stdout)
+    assert second["marker_id"] == first["marker_id"] + 1
+    pipeline.wait_for_backups([first["marker_id"], second["marker_id"]])
+
+    listed = pipeline.cli("backups", "--backups", str(pipeline.backups), "--json")
+    entries = json.loads(listed.stdout)
+    assert [e["marker_id"] for e in entries] == [first["marker_id"], second["marker_id"]]
+    for entry in entries:
+        assert set(entry) == {"marker_id", "t1", "t2", "source", "tables", "files"}
+        assert entry["source"] == pipeline.source
+        assert all(os.path.isfile(f) for f in entry["files"])
+    assert entries[0]["tables"]["accounts"] == 10
+    assert entries[1]["tables"]["accounts"] == 5
+    assert entries[0]["t1"] == first["t1"]
+
+    def query(*args: str) -> list[dict]:
+        result = pipeline.cli(
+            "query", "--backups", str(pipeline.backups), "--source", pipeline.source,
+            "--json", *args, "SELECT count(*) AS n FROM accounts",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert query("--marker", str(first["marker_id"])) == [{"n": 10}]
+    assert query() == [{"n": 5}], "without a selector: the newest backup"
+    between = (t1 + (datetime.fromisoformat(second["t1"]) - t1) / 2).isoformat()
+    assert query("--as-of", between) == [{"n": 10}], "as-of picks the newest T1 <= T"
+    assert query("--as-of", second["t1"]) == [{"n": 5}]
+
+    too_early = pipeline.cli(
+        "query", "--backups", str(pipeline.backups), "--source", pipeline.source,
+        "--as-of", "2001-01-01T00:00:00Z", "SELECT 1",
+    )  # fmt: skip
+    assert too_early.returncode == 1 and "no backup" in too_early.stderr
+
+    write = pipeline.cli(
+        "query", "--backups", str(pipeline.backups), "--source", pipeline.source,
+        "DELETE FROM accounts",
+    )  # fmt: skip
+    assert write.returncode == 1 and "read-only" in write.stderr
+    conn.close()
+
+
+def test_kafka_start_reuses_the_running_local_broker(cluster: Provided) -> None:
+    """`cutline kafka start` prints the bootstrap servers last, and a second start reuses."""
+    if cluster.kind != "local":
+        pytest.skip(f"the suite runs on a {cluster.kind} cluster, not a local broker to reuse")
+    result = subprocess.run(
+        [*CUTLINE, "kafka", "start"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == cluster.bootstrap_servers
+    assert "reus" in result.stderr.lower()
+
+
+def test_help_teaches_every_command() -> None:
+    for command in ["kafka", "capture", "mark", "replicate", "backups", "query", "demo"]:
+        result = subprocess.run(
+            [sys.executable, "-m", "cutline.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0
+        assert "usage: cutline" in result.stdout
