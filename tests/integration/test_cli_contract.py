@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from cutline.broker.provision import Provided
-from tests.integration.pipeline import CUTLINE, Pipeline
+from tests.integration.pipeline import CUTLINE, Pipeline, wait_until
 
 
 def test_mark_backups_and_query_speak_json(pipeline: Pipeline) -> None:
@@ -93,3 +93,24 @@ def test_help_teaches_every_command() -> None:
         )
         assert result.returncode == 0
         assert "usage: cutline" in result.stdout
+
+
+def test_mark_every_cuts_markers_on_its_own(pipeline: Pipeline) -> None:
+    """`capture --mark-every` commits marker requests itself; each becomes a backup."""
+    pipeline.create_primary(accounts=5)
+    pipeline.start_capture(4, "--mark-every", "0.5")
+    pipeline.start_replicator("replicate")
+    conn = pipeline.connect()
+    conn.execute("UPDATE accounts SET balance = 7 WHERE id = 1")
+
+    def two_backups() -> list[int]:
+        pipeline.check_alive()
+        return sorted(pipeline.published())[:2] if len(pipeline.published()) >= 2 else []
+
+    first, second = wait_until(two_backups, 60, "two backups cut by --mark-every")
+    assert second > first
+    requested = conn.execute(
+        "SELECT count(*) FROM _cutline_markers WHERE note = 'mark-every'"
+    ).fetchone()[0]
+    assert requested >= 2, "the markers were requested as rows on the primary"
+    conn.close()
