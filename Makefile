@@ -31,7 +31,7 @@ test: install lint
 	$(BIN)/pytest -q tests
 
 bench: install
-	$(BIN)/python -m bench
+	@$(BIN)/python -m bench
 
 kafka-start: install
 	$(BIN)/cutline kafka start

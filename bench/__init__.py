@@ -1,0 +1,1 @@
+"""Benchmarks of cutline against bare Kafka clients and DuckDB: ``python -m bench``."""
