@@ -6,8 +6,8 @@ by default (one thread per partition, as the claim says) or several with ``--thr
 
 On marker M a lane compares the operations it applied since the previous marker with
 the count the marker carries. Equal: the shard records "held at M" in the same place as
-its offset, the lane stops applying (the poll loop pauses the partition) and the
-coordinator announces "partition p reached M at offset o". Different: the cut fails
+its offset, the lane stops applying (records behind the marker wait in its bounded
+queue) and the coordinator announces "partition p reached M at offset o". Different: the cut fails
 loudly (invariant 5) and the lane goes on. When the cut is resolved the lane commits the
 group offset at marker offset + 1 (only if the backup was published), then resumes.
 """

@@ -20,6 +20,7 @@ import fastavro
 from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from schemas.operation_codec import encode_operation
 from schemas.records import (
     CapturePosition,
     Column,
@@ -232,8 +233,13 @@ def _bind() -> tuple[dict[type, _Binding], dict[bytes, _Binding]]:
 _BY_TYPE, _BY_HEADER = _bind()
 
 
+_OPERATION_HEADER = _BY_TYPE[Operation].header
+
+
 def encode(record: Record) -> bytes:
     """Serialize one record as a single-object encoded Avro value."""
+    if type(record) is Operation:
+        return encode_operation(record, _OPERATION_HEADER)
     binding = _BY_TYPE[type(record)]
     out = io.BytesIO()
     out.write(binding.header)
