@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
@@ -153,13 +154,10 @@ class CutCoordinator:
 
     def reached(self, marker: ConsistencyMarker, partition: int, offset: int) -> None:
         self._send(
-            ControlEvent(
-                kind=ControlKind.REACHED,
-                source=self.source,
-                marker_id=marker.marker_id,
-                partitions=marker.partitions,
-                member=self.member,
-                at_us=_now_us(),
+            self._event(
+                ControlKind.REACHED,
+                marker.marker_id,
+                marker.partitions,
                 partition=partition,
                 offset=offset,
                 t1_us=marker.t1_us,
@@ -170,13 +168,10 @@ class CutCoordinator:
     def failed(self, marker: ConsistencyMarker, partition: int, offset: int, detail: str) -> None:
         self.progress(f"cut {marker.marker_id} failed: {detail}")
         self._send(
-            ControlEvent(
-                kind=ControlKind.FAILED,
-                source=self.source,
-                marker_id=marker.marker_id,
-                partitions=marker.partitions,
-                member=self.member,
-                at_us=_now_us(),
+            self._event(
+                ControlKind.FAILED,
+                marker.marker_id,
+                marker.partitions,
                 partition=partition,
                 offset=offset,
                 detail=detail,
@@ -279,15 +274,7 @@ class CutCoordinator:
                 f"{self.alignment.timeout_s:.0f} s (alignment timeout)"
             )
             self._send(
-                ControlEvent(
-                    kind=ControlKind.ABANDONED,
-                    source=self.source,
-                    marker_id=cut.marker_id,
-                    partitions=cut.partitions,
-                    member=self.member,
-                    at_us=_now_us(),
-                    detail=detail,
-                )
+                self._event(ControlKind.ABANDONED, cut.marker_id, cut.partitions, detail=detail)
             )
 
     def _snapshot(self, plan: CutPlan) -> None:
@@ -308,16 +295,16 @@ class CutCoordinator:
                 return
             backup = write_backup(self.replica_dir, self.backups_dir, plan, writer=self.member)
         except SnapshotError as exc:
-            self._send(self._event(ControlKind.FAILED, plan, str(exc)))
+            self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return
         except Exception as exc:  # any other failure of the writer fails this cut loudly
             log.exception("snapshot of marker %s failed", plan.marker_id)
-            self._send(self._event(ControlKind.FAILED, plan, f"snapshot failed: {exc}"))
+            self._send(self._plan_event(ControlKind.FAILED, plan, f"snapshot failed: {exc}"))
             return
         finally:
             lock.release()
         elapsed = time.monotonic() - started
-        self._send(self._event(ControlKind.PUBLISHED, plan, str(backup.path)))
+        self._send(self._plan_event(ControlKind.PUBLISHED, plan, str(backup.path)))
         report = self.stats.reports.setdefault(
             plan.marker_id, CutReport(plan.marker_id, CutStatus.PUBLISHED)
         )
@@ -329,13 +316,19 @@ class CutCoordinator:
             f"{(plan.alignment_s or 0) * 1000:.0f} ms, snapshot {elapsed * 1000:.0f} ms"
         )
 
-    def _event(self, kind: ControlKind, plan: CutPlan, detail: str) -> ControlEvent:
+    def _event(
+        self, kind: ControlKind, marker_id: int, partitions: int, **fields: Any
+    ) -> ControlEvent:
+        """A control event from this process, stamped now."""
         return ControlEvent(
             kind=kind,
             source=self.source,
-            marker_id=plan.marker_id,
-            partitions=plan.partitions,
+            marker_id=marker_id,
+            partitions=partitions,
             member=self.member,
             at_us=_now_us(),
-            detail=detail,
+            **fields,
         )
+
+    def _plan_event(self, kind: ControlKind, plan: CutPlan, detail: str) -> ControlEvent:
+        return self._event(kind, plan.marker_id, plan.partitions, detail=detail)
