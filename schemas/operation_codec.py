@@ -23,15 +23,37 @@ _NULL, _LONG, _DOUBLE_BRANCH, _STRING, _BYTES = 0, 2, 4, 6, 8
 
 def _write_long(n: int, out: bytearray) -> None:
     z = (n << 1) ^ (n >> 63)
+    if 0 <= z <= 0x7F:
+        out.append(z)
+        return
     while z > 0x7F:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
 
 
+_NAMES: dict[str, bytes] = {}
+
+
+def _name(s: str) -> bytes:
+    """The encoded form of a string that repeats (column, table, source names), cached."""
+    encoded = _NAMES.get(s)
+    if encoded is None:
+        out = bytearray()
+        _write_string(s, out)
+        encoded = bytes(out)
+        if len(_NAMES) < 100_000:
+            _NAMES[s] = encoded
+    return encoded
+
+
 def _write_string(s: str, out: bytearray) -> None:
     b = s.encode("utf-8")
-    _write_long(len(b), out)
+    size = len(b)
+    if size < 64:
+        out.append(size << 1)
+    else:
+        _write_long(size, out)
     out += b
 
 
@@ -62,16 +84,16 @@ def _write_map(m: RowImage, out: bytearray) -> None:
     if m:
         _write_long(len(m), out)
         for key, value in m.items():
-            _write_string(key, out)
+            out += _name(key)
             _write_value(value, out)
     out.append(0)
 
 
 def encode_operation(op: Operation, header: bytes) -> bytes:
     out = bytearray(header)
-    _write_string(op.source, out)
+    out += _name(op.source)
     _write_long(op.seq, out)
-    _write_string(op.table, out)
+    out += _name(op.table)
     out.append(_OP_INDEX[op.op])
     _write_map(op.key, out)
     for image in (op.before, op.after):
