@@ -34,7 +34,14 @@ from consumers.dead_letter import DeadLetters
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
 from cutline.errors import ConfigError
-from cutline.kafka_clients import make_consumer, make_producer, wait_for_cluster
+from cutline.kafka_clients import (
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    source_topic_specs,
+    wait_for_cluster,
+    wait_for_topic,
+)
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.replicator")
@@ -50,6 +57,7 @@ class ReplicateConfig:
     alignment_timeout_s: float = 120.0
     queue_high: int = 20_000
     batch_size: int = 1000
+    topic_wait_s: float = 120.0
     member: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -93,6 +101,18 @@ class Replicator:
             if not os.access(path, os.W_OK):
                 raise ConfigError(f"{label} {path} is not writable")
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+        # the single-partition topics replication writes to; capture creates the ops topic
+        mine = (self.topics.control, self.topics.dead_letter)
+        ensure_topics(
+            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
+        )
+        wait_for_topic(
+            cfg.bootstrap,
+            self.topics.ops,
+            cfg.topic_wait_s,
+            f"start `cutline capture --source {cfg.source}` to create it",
+            self.progress,
+        )
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
         self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter)
         self.coordinator = CutCoordinator(
@@ -112,6 +132,7 @@ class Replicator:
             **{
                 "client.id": cfg.member,
                 "session.timeout.ms": 15000,
+                "heartbeat.interval.ms": 1000,  # notice a rebalance within ~1 s, not 3
                 "max.poll.interval.ms": 300000,
             },
         )

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cutline.errors import BrokerError, DeadlineExceeded
+from cutline.settings import Topics
 
 log = logging.getLogger("cutline.kafka")
 _client_log = logging.getLogger("cutline.kafka.librdkafka")
@@ -81,6 +82,40 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+
+
+def source_topic_specs(topics: Topics, partitions: int) -> list[TopicSpec]:
+    """Every topic of a source. Ops and dead letters are kept forever (replay needs them)."""
+    return [
+        TopicSpec(topics.ops, partitions, {"retention.ms": "-1"}),
+        TopicSpec(topics.capture_position, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(topics.control, 1),
+        TopicSpec(topics.dead_letter, 1, {"retention.ms": "-1"}),
+    ]
+
+
+def wait_for_topic(bootstrap: str, topic: str, deadline_s: float, hint: str, progress=None) -> int:
+    """Wait until ``topic`` exists with leaders; return its partition count."""
+    admin = make_admin(bootstrap)
+    end = time.monotonic() + deadline_s
+    told = False
+    while True:
+        found = admin.list_topics(timeout=10).topics.get(topic)
+        if (
+            found is not None
+            and found.error is None
+            and found.partitions
+            and all(p.leader >= 0 for p in found.partitions.values())
+        ):
+            return len(found.partitions)
+        if time.monotonic() > end:
+            raise DeadlineExceeded(
+                f"topic {topic} did not appear within {deadline_s:.0f} s: {hint}"
+            )
+        if not told and progress is not None:
+            progress(f"waiting up to {deadline_s:.0f} s for topic {topic} ({hint})")
+            told = True
+        time.sleep(0.5)
 
 
 def default_replication(broker_count: int) -> tuple[int, str]:

@@ -27,10 +27,10 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cutline.errors import BrokerError, ConfigError, DeadlineExceeded
 from cutline.kafka_clients import (
-    TopicSpec,
     ensure_topics,
     make_consumer,
     make_producer,
+    source_topic_specs,
     wait_for_cluster,
 )
 from cutline.settings import Topics
@@ -54,16 +54,6 @@ DEFAULT_PARTITIONS = 4
 MARKER_KEY = b"\x00cutline-marker"
 TABLE_KEY = b"\x00cutline-table"
 POSITION_KEY = b"position"
-
-
-def ops_topic_specs(topics: Topics, partitions: int) -> list[TopicSpec]:
-    """Every topic of a source. Ops and dead letters are kept forever (replay needs them)."""
-    return [
-        TopicSpec(topics.ops, partitions, {"retention.ms": "-1"}),
-        TopicSpec(topics.capture_position, 1, {"cleanup.policy": "compact"}),
-        TopicSpec(topics.control, 1),
-        TopicSpec(topics.dead_letter, 1, {"retention.ms": "-1"}),
-    ]
 
 
 @dataclass
@@ -121,7 +111,7 @@ class Capture:
             t: TableLayout.of(describe_table(conn, cfg.source, t)) for t in installed_tables(conn)
         }
         counts = ensure_topics(
-            cfg.bootstrap, ops_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
+            cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
         )
         self.partitions = counts[self.topics.ops]
         if cfg.partitions and cfg.partitions != self.partitions:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -114,3 +115,16 @@ def test_mark_every_cuts_markers_on_its_own(pipeline: Pipeline) -> None:
     ).fetchone()[0]
     assert requested >= 2, "the markers were requested as rows on the primary"
     conn.close()
+
+
+def test_replicate_started_before_capture_waits_for_the_topics(pipeline: Pipeline) -> None:
+    """Start order does not matter: replication waits for capture's ops topic."""
+    pipeline.create_primary(accounts=3)
+    pipeline.start_replicator("replicate-first")
+    time.sleep(2)
+    pipeline.check_alive()
+    pipeline.start_capture(partitions=3)
+    ticket = pipeline.cut(pipeline.connect())
+    pipeline.wait_for_backups([ticket.marker_id])
+    log = pipeline.processes[0].log.read_text()
+    assert "waiting up to" in log and f"cutline capture --source {pipeline.source}" in log

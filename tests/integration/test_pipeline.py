@@ -85,6 +85,12 @@ def test_backups_are_exact_cuts_under_concurrent_writes(pipeline: Pipeline) -> N
     worker_a = pipeline.start_replicator("replicate-a")
     worker_b = pipeline.start_replicator("replicate-b")
 
+    def split() -> bool:
+        pipeline.check_alive()
+        shares = [_last_assignment(w.log.read_text()) for w in (worker_a, worker_b)]
+        return all(shares) and sorted(shares[0] + shares[1]) == list(range(6))
+
+    wait_until(split, 60, "the two replication processes to share the 6 partitions")
     stop = threading.Event()
     counts: list[int] = []
     writer = threading.Thread(target=lambda: counts.append(_workload(pipeline, stop, seed=7)))
