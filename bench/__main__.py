@@ -6,7 +6,8 @@ source name unique to the run (runs never collide on a shared broker):
 1. capture: ``Capture`` publishing a pre-filled change log vs a bare producer;
 2. replication: bare consume-and-decode, then a ``Replicator`` applying the same topic;
 3. markers: capture, a writer and the replicator run while markers are cut;
-4. backup: ``write_backup`` over held shards vs DuckDB loading an Arrow table.
+4. backup: ``write_backup`` over held shards vs DuckDB loading an Arrow table;
+5. incremental: a full backup, 1 % of rows changed, then an incremental: size and time.
 
 Kafka: ``--bootstrap-servers``, else ``$KAFKA_BOOTSTRAP_SERVERS``, else a cluster from
 ``cutline.broker.provision.provide_cluster`` (stopped at the end if this run started it).
@@ -33,6 +34,7 @@ from typing import Any
 from bench.backup_bench import backup_phase
 from bench.capture_bench import bare_producer_phase, capture_phase
 from bench.common import PARTITIONS, BenchError, build_primary, log, read_topic, timed
+from bench.incremental_bench import incremental_phase
 from bench.replication_bench import (
     bare_consumer_phase,
     marker_phase,
@@ -43,8 +45,8 @@ from cutline.errors import CutlineError
 from cutline.kafka_clients import make_admin, wait_for_cluster
 from cutline.settings import ENV_BOOTSTRAP, Topics
 
-QUICK = {"ops": 20_000, "markers": 5, "rows": 20_000}
-FULL = {"ops": 200_000, "markers": 20, "rows": 200_000}
+QUICK = {"ops": 20_000, "markers": 5, "rows": 20_000, "incremental_rows": 100_000}
+FULL = {"ops": 200_000, "markers": 20, "rows": 200_000, "incremental_rows": 1_000_000}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,6 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ops", type=int, help=f"captured operations (default {FULL['ops']})")
     parser.add_argument("--markers", type=int, help=f"markers to cut (default {FULL['markers']})")
     parser.add_argument("--rows", type=int, help=f"rows in the backup (default {FULL['rows']})")
+    parser.add_argument(
+        "--incremental-rows",
+        type=int,
+        help=f"rows of the incremental phase (default {FULL['incremental_rows']})",
+    )
     parser.add_argument("--quick", action="store_true", help=f"small run: defaults become {QUICK}")
     parser.add_argument(
         "--bootstrap-servers",
@@ -68,8 +75,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.ops < 200 or args.markers < 1 or args.rows < 1:
-        parser.error("--ops must be at least 200, --markers and --rows at least 1")
+    if args.ops < 200 or args.markers < 1 or args.rows < 1 or args.incremental_rows < 100:
+        parser.error(
+            "--ops must be at least 200, --markers and --rows at least 1, "
+            "--incremental-rows at least 100"
+        )
     return args
 
 
@@ -144,6 +154,8 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path, source: str) ->
 
     log(f"backup of {args.rows} rows")
     out["backup"] = backup_phase(workdir, source, args.rows)
+    log(f"incremental backup of {args.incremental_rows} rows, 1 % changed")
+    out["incremental"] = incremental_phase(workdir, source, args.incremental_rows)
     return out
 
 
@@ -154,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Last resort: every wait has its own deadline, but if something still wedges (a native
     # call), dump every thread's stack and exit instead of hanging forever.
     faulthandler.dump_traceback_later(
-        1800 + args.ops / 100 + args.rows / 1000 + args.markers * 90, exit=True
+        1800 + args.ops / 100 + (args.rows + args.incremental_rows) / 1000 + args.markers * 90,
+        exit=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="cutline-bench-"))
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731

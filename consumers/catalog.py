@@ -62,6 +62,17 @@ class Backup:
         return str(self.manifest["t2"])
 
     @property
+    def kind(self) -> str:
+        """``full`` or ``incremental`` (manifests written before chains existed are full)."""
+        return str(self.manifest.get("kind", "full"))
+
+    @property
+    def parent_marker_id(self) -> int | None:
+        """The backup an incremental applies on top of (None for a full backup)."""
+        parent = self.manifest.get("parent_marker_id")
+        return None if parent is None else int(parent)
+
+    @property
     def duckdb_path(self) -> Path:
         return self.path / self.manifest["duckdb"]
 
@@ -79,6 +90,8 @@ class Backup:
             "t1": self.t1,
             "t2": self.t2,
             "source": self.source,
+            "kind": self.kind,
+            "parent_marker_id": self.parent_marker_id,
             "tables": {name: info["rows"] for name, info in self.tables.items()},
             "files": [str(self.path / f["path"]) for f in self.manifest["files"]],
         }

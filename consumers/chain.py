@@ -3,22 +3,200 @@
 Every reader of a backup (query, diff, restore, verify) goes through
 :func:`resolved_database`, so an incremental answers exactly like a full backup of the
 same marker. A full backup resolves to its own DuckDB file, untouched.
+
+Layout of an incremental ``marker-M`` (manifest ``"kind": "incremental"``, with
+``parent_marker_id`` P and ``base_marker_id``, the full backup at the chain's start):
+
+* ``backup.duckdb`` table ``T``: the rows of T inserted or updated since P, whole, with the
+  same columns and types as T in a full backup;
+* ``backup.duckdb`` table ``_cutline_deleted.T``: what was removed from T since P. When
+  T's key identifies its rows (``"match": "key"``) these are the deleted keys (the key
+  columns only). Otherwise (the key is SQLite's hidden rowid, or keys repeat because
+  SQLite allows NULLs in a PRIMARY KEY) it holds whole removed rows, with repeats
+  (``"match": "row"``);
+* ``avro/<T>.avro`` holds the same rows as table T, ``avro/<T>.deleted.avro`` the same
+  rows as ``_cutline_deleted.T``.
+
+Applying an incremental to the table as of P: with ``"match": "key"``, drop every row
+whose key is among the changed rows or the deleted keys, then add the changed rows; with
+``"match": "row"``, take away the removed rows (as a multiset) and add the changed rows.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from consumers.catalog import Backup
+import duckdb
+
+from consumers.catalog import Backup, backup_dir_name, read_backup
+from cutline.errors import CutlineError
+
+FULL = "full"
+INCREMENTAL = "incremental"
+DELETED_SCHEMA = "_cutline_deleted"
+MATCH_KEY = "key"
+MATCH_ROW = "row"
+METADATA_TABLES = ("_cutline_backup", "_cutline_tables")
+
+
+class ChainError(CutlineError):
+    """An incremental backup cannot be resolved: a backup of its chain is missing or bad."""
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def deleted_avro_path(backup: Backup, table: str) -> Path | None:
+    rel = backup.manifest["tables"][table].get("deleted_avro")
+    return None if rel is None else backup.path / rel
+
+
+def chain_of(backup: Backup) -> list[Backup]:
+    """The backups needed to resolve ``backup``: its full base first, ``backup`` last.
+
+    Raises ChainError naming the missing or inconsistent link and what to do about it.
+    """
+    chain = [backup]
+    current = backup
+    while current.kind == INCREMENTAL:
+        parent_id = current.parent_marker_id
+        if parent_id is None or parent_id >= current.marker_id:
+            raise ChainError(
+                f"incremental backup {current.marker_id} ({current.path}) names no valid "
+                f"parent ({parent_id!r}) in its manifest; it cannot be resolved"
+            )
+        parent_path = current.path.parent / backup_dir_name(parent_id)
+        parent = read_backup(parent_path)
+        if parent is None:
+            raise ChainError(
+                f"backup {backup.marker_id} is incremental and needs backup {parent_id} "
+                f"({parent_path}), which is missing or has no readable manifest; restore that "
+                f"directory from a copy, or use a full backup"
+            )
+        if parent.marker_id != parent_id or parent.source != current.source:
+            raise ChainError(
+                f"{parent_path} does not hold backup {parent_id} of source "
+                f"{current.source!r}, which backup {current.marker_id} needs"
+            )
+        chain.append(parent)
+        current = parent
+    base_id = backup.manifest.get("base_marker_id")
+    if backup.kind == INCREMENTAL and base_id is not None and int(base_id) != current.marker_id:
+        raise ChainError(
+            f"backup {backup.marker_id} expects full backup {base_id} at the start of its "
+            f"chain, but its parents lead to backup {current.marker_id}"
+        )
+    chain.reverse()
+    return chain
+
+
+def table_columns(backup: Backup, table: str) -> list[str]:
+    return [c["name"] for c in backup.manifest["tables"][table]["columns"]]
+
+
+def _check_same_tables(base: Backup, link: Backup) -> None:
+    def shape(b: Backup) -> dict[str, Any]:
+        return {
+            name: [(c["name"], c["type"]) for c in info["columns"]]
+            for name, info in b.manifest["tables"].items()
+        }
+
+    if shape(base) != shape(link):
+        raise ChainError(
+            f"backup {link.marker_id} does not have the tables and columns of backup "
+            f"{base.marker_id} it builds on; the chain is inconsistent"
+        )
+
+
+def apply_link(db: duckdb.DuckDBPyConnection, alias: str, link: Backup) -> None:
+    """Apply incremental ``link`` (attached as ``alias``) to the full tables in ``db``."""
+    for table, info in link.manifest["tables"].items():
+        target = quote(table)
+        changed = f"{alias}.main.{target}"
+        deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
+        if info.get("match", MATCH_KEY) == MATCH_ROW:
+            db.execute(
+                f"CREATE OR REPLACE TABLE {target} AS "
+                f"(SELECT * FROM {target} EXCEPT ALL SELECT * FROM {deleted}) "
+                f"UNION ALL SELECT * FROM {changed}"
+            )
+            continue
+        keys = [quote(k) for k in info["key_columns"]]
+        key_list = ", ".join(keys)
+        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
+        db.execute(
+            f"CREATE OR REPLACE TABLE {target} AS "
+            f"SELECT t.* FROM {target} t ANTI JOIN "
+            f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
+            f"ON {on} UNION ALL SELECT * FROM {changed}"
+        )
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def build_resolved(backup: Backup, out: Path) -> None:
+    """Write every table of ``backup`` in full (its chain applied in order) to ``out``."""
+    chain = chain_of(backup)
+    base = chain[0]
+    db = duckdb.connect(str(out))
+    try:
+        for i, link in enumerate(chain):
+            alias = f"link{i}"
+            if not link.duckdb_path.is_file():
+                raise ChainError(
+                    f"backup {link.marker_id} (needed by {backup.marker_id}) lacks its "
+                    f"DuckDB file {link.duckdb_path}"
+                )
+            db.execute(f"ATTACH {_sql_path(link.duckdb_path)} AS {alias} (READ_ONLY)")
+            try:
+                if i == 0:
+                    for table in base.manifest["tables"]:
+                        db.execute(
+                            f"CREATE TABLE {quote(table)} AS "
+                            f"SELECT * FROM {alias}.main.{quote(table)}"
+                        )
+                else:
+                    _check_same_tables(base, link)
+                    apply_link(db, alias, link)
+                if link is backup:
+                    for meta in METADATA_TABLES:
+                        db.execute(f"CREATE TABLE {meta} AS SELECT * FROM {alias}.main.{meta}")
+            finally:
+                db.execute(f"DETACH {alias}")
+        db.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        raise ChainError(
+            f"cannot resolve backup {backup.marker_id} from its chain "
+            f"({', '.join(str(b.marker_id) for b in chain)}): {exc}; run `cutline verify` on "
+            f"the backups directory to find the damaged file"
+        ) from exc
+    finally:
+        db.close()
 
 
 @contextmanager
-def resolved_database(backup: Backup) -> Iterator[Path]:
+def resolved_database(backup: Backup, *, tmp_dir: Path | None = None) -> Iterator[Path]:
     """A DuckDB file holding every table of ``backup`` in full (open it read-only).
 
     The path is valid only inside the ``with`` block: for an incremental it is a
-    temporary file built from the chain.
+    temporary file built from the chain (under ``tmp_dir``, default the system's temp
+    directory), deleted afterwards.
     """
-    yield backup.duckdb_path
+    if backup.kind != INCREMENTAL:
+        yield backup.duckdb_path
+        return
+    work = Path(tempfile.mkdtemp(prefix=f"cutline-resolved-{backup.marker_id}-", dir=tmp_dir))
+    try:
+        path = work / "resolved.duckdb"
+        build_resolved(backup, path)
+        yield path
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -224,8 +224,8 @@ def _restore_table(
             f"CREATE TABLE defines {columns}"
         )
     names = ",".join(quote_identifier(c) for c in columns)
-    total = source.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()
-    expected = int(total[0]) if total else 0
+    total = source.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchall()
+    expected = int(total[0][0]) if total else 0
     insert = (
         f"INSERT INTO {quote_identifier(table)} ({names}) VALUES ({','.join('?' * len(columns))})"
     )

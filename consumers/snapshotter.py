@@ -6,7 +6,9 @@ Order of steps (each one only after the previous is durable):
    (a shard anywhere else means the backup would not be the cut: fail, never guess);
 2. read each table from all shards and write it to a DuckDB database (one table per
    captured table, plus ``_cutline_backup`` and ``_cutline_tables`` metadata) and to one
-   Avro object container file per table, whose header names marker, T1, T2 and source;
+   Avro object container file per table, whose header names marker, T1, T2 and source
+   (an incremental, see ``consumers.incremental``, keeps only the rows changed since the
+   previous backup, and the keys deleted; ``consumers.chain`` describes the layout);
 3. write the manifest (files with SHA-256, sizes, row counts) last, inside a temp dir;
 4. fsync and rename the temp dir into the catalog (``durable.publish_directory``).
 
@@ -15,6 +17,7 @@ Offsets are committed by the caller only after this returns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -31,7 +34,17 @@ import fastavro
 import pyarrow as pa
 
 from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
+from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
 from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
+from consumers.incremental import (
+    BLOCK_SIZE,
+    PREVIOUS,
+    KindChoice,
+    NeedsFull,
+    choose_kind,
+    types_mismatch,
+    write_changes,
+)
 from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
 from cutline.errors import CutlineError
 from producers.markers import format_time
@@ -197,8 +210,14 @@ def write_backup(
     *,
     writer: str,
     avro_codec: str = "deflate",
+    full_every: int = 1,
 ) -> Backup:
-    """Write and publish backup ``plan.marker_id``; return it as catalogued."""
+    """Write and publish backup ``plan.marker_id``; return it as catalogued.
+
+    ``full_every`` N > 1 makes the backup an incremental (only what changed since the
+    previous backup) while the chain since the last full is shorter than N; see
+    ``consumers.incremental``.
+    """
     started = time.monotonic()
     parent = source_dir(backups_dir, plan.source)
     try:
@@ -211,34 +230,27 @@ def write_backup(
     t2_us = time.time_ns() // 1000  # T2: the instant the replica is copied
     try:
         temp.mkdir()
-        (temp / AVRO_DIR).mkdir()
         definitions = _definitions(connections[0], plan.tables) if connections else []
-        tables_meta: dict[str, dict[str, Any]] = {}
-        db = duckdb.connect(str(temp / DUCKDB_FILE))
+        choice = choose_kind(backups_dir, plan.source, plan.marker_id, definitions, full_every)
         try:
-            avro_files = avro_names([d.table for d in definitions])
-            for definition, avro_base in zip(definitions, avro_files, strict=True):
-                tables_meta[definition.table] = _write_table(
-                    db,
-                    connections,
-                    definition,
-                    temp,
-                    f"{AVRO_DIR}/{avro_base}.avro",
-                    plan,
-                    t2_us,
-                    avro_codec,
-                )
-            _write_metadata(db, plan, t2_us, writer, definitions, tables_meta)
-            db.execute("CHECKPOINT")
-        finally:
-            db.close()
+            tables_meta = _write_files(
+                temp, connections, definitions, plan, t2_us, writer, avro_codec, choice
+            )
+        except NeedsFull as exc:  # a column's type changed: this backup cannot be incremental
+            choice = choice.as_full(str(exc))
+            shutil.rmtree(temp)
+            temp.mkdir()
+            tables_meta = _write_files(
+                temp, connections, definitions, plan, t2_us, writer, avro_codec, choice
+            )
         manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
+        manifest.update(choice.manifest_fields(plan.marker_id))
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         publish_directory(temp, final)
     except SnapshotError:
         _discard(temp)
         raise
-    except (OSError, duckdb.Error, sqlite3.Error, ValueError) as exc:
+    except (OSError, duckdb.Error, sqlite3.Error, ValueError, CutlineError) as exc:
         _discard(temp)
         raise SnapshotError(
             f"writing backup {plan.marker_id} under {parent} failed: {exc}"
@@ -253,6 +265,56 @@ def _discard(temp: Path) -> None:
     shutil.rmtree(temp, ignore_errors=True)
 
 
+def _write_files(
+    temp: Path,
+    connections: list[Any],
+    definitions: list[TableDefinition],
+    plan: CutPlan,
+    t2_us: int,
+    writer: str,
+    codec: str,
+    choice: KindChoice,
+) -> dict[str, dict[str, Any]]:
+    """Write the DuckDB file and the Avro files into ``temp``, full or incremental."""
+    (temp / AVRO_DIR).mkdir()
+    tables_meta: dict[str, dict[str, Any]] = {}
+    # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
+    config = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
+    db = duckdb.connect(str(temp / DUCKDB_FILE), config=config)
+    try:
+        with contextlib.ExitStack() as previous:
+            parent = choice.parent if choice.kind == INCREMENTAL else None
+            if parent is not None:
+                try:
+                    path = previous.enter_context(resolved_database(parent))
+                except ChainError as exc:
+                    raise NeedsFull(f"the previous backup cannot be resolved: {exc}") from exc
+                db.execute(f"ATTACH '{_sql_text(str(path))}' AS {PREVIOUS} (READ_ONLY)")
+                previous.callback(db.execute, f"DETACH {PREVIOUS}")
+            avro_files = avro_names([d.table for d in definitions])
+            for definition, avro_base in zip(definitions, avro_files, strict=True):
+                tables_meta[definition.table] = _write_table(
+                    db,
+                    connections,
+                    definition,
+                    temp,
+                    f"{AVRO_DIR}/{avro_base}.avro",
+                    plan,
+                    t2_us,
+                    codec,
+                    parent,
+                )
+        _write_metadata(db, plan, t2_us, writer, definitions, tables_meta, choice)
+        db.execute("CHECKPOINT")
+    finally:
+        db.close()
+    return tables_meta
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
 def _write_table(
     db: duckdb.DuckDBPyConnection,
     connections: list[Any],
@@ -262,7 +324,9 @@ def _write_table(
     plan: CutPlan,
     t2_us: int,
     codec: str,
+    parent: Backup | None = None,
 ) -> dict[str, Any]:
+    """Write one table; with ``parent`` (attached, resolved) only what changed since it."""
     names = definition.column_names
     rows: list[tuple] = []
     for conn in connections:
@@ -279,7 +343,18 @@ def _write_table(
         arrays.append(pa.array(data, type=ctype.arrow))
     arrow_table = pa.Table.from_arrays(arrays, names=list(names))
     db.register("_cutline_rows", arrow_table)
-    db.execute(f"CREATE TABLE {quote_identifier(definition.table)} AS SELECT * FROM _cutline_rows")
+    changes: dict[str, Any] | None = None
+    if parent is not None:
+        mismatch = types_mismatch(parent, definition.table, [t.duckdb for t in types])
+        if mismatch:
+            raise NeedsFull(mismatch)
+        changes = write_changes(
+            db, "_cutline_rows", definition.table, list(names), list(definition.key_columns)
+        )
+    else:
+        db.execute(
+            f"CREATE TABLE {quote_identifier(definition.table)} AS SELECT * FROM _cutline_rows"
+        )
     db.unregister("_cutline_rows")
 
     fields = avro_names(list(names))
@@ -302,19 +377,18 @@ def _write_table(
         "cutline.table": definition.table,
         "cutline.columns": json.dumps(list(names)),
     }
-    converted = [
-        [v if t.convert is None else t.convert(v) for v in col]
-        for col, t in zip(columns, types, strict=True)
-    ]
+    if changes is None:
+        converted = [
+            [v if t.convert is None else t.convert(v) for v in col]
+            for col, t in zip(columns, types, strict=True)
+        ]
+        records = (dict(zip(fields, row, strict=True)) for row in zip(*converted, strict=True))
+    else:  # the changed rows, as DuckDB holds them (values already converted)
+        changed = db.execute(f"SELECT * FROM {quote_identifier(definition.table)}").fetchall()
+        records = (dict(zip(fields, row, strict=True)) for row in changed)
     with open(temp / avro_rel, "wb") as out:
-        fastavro.writer(
-            out,
-            schema,
-            (dict(zip(fields, row, strict=True)) for row in zip(*converted, strict=True)),
-            codec=codec,
-            metadata=metadata,
-        )
-    return {
+        fastavro.writer(out, schema, records, codec=codec, metadata=metadata)
+    meta = {
         "rows": len(rows),
         "columns": [
             {"name": n, "declared_type": c.declared_type, "type": t.duckdb, "avro_field": f}
@@ -323,6 +397,49 @@ def _write_table(
         "key_columns": list(definition.key_columns),
         "avro": avro_rel,
     }
+    if changes is not None:
+        meta.update(changes)
+        meta["deleted_avro"] = avro_rel.removesuffix(".avro") + ".deleted.avro"
+        _write_deleted_avro(db, definition.table, meta, temp, schema, codec, metadata)
+    return meta
+
+
+def _write_deleted_avro(
+    db: duckdb.DuckDBPyConnection,
+    table: str,
+    meta: dict[str, Any],
+    temp: Path,
+    table_schema: Any,
+    codec: str,
+    metadata: dict[str, str],
+) -> None:
+    """``avro/<T>.deleted.avro``: the same rows as ``_cutline_deleted.T``."""
+    by_column = {f["cutline.column"]: f for f in table_schema["fields"]}
+    fields = [by_column[c] for c in meta["deleted_columns"]]  # the DuckDB table's order
+    schema = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": table_schema["name"].rsplit(".", 1)[-1] + "_deleted",
+            "namespace": "io.cutline.backup",
+            "fields": [
+                {k: f[k] for k in ("name", "type", "default", "cutline.column")} for f in fields
+            ],
+        }
+    )
+    order = [f["cutline.column"] for f in fields]
+    columns = ", ".join(quote_identifier(c) for c in order)
+    rows = db.execute(
+        f"SELECT {columns} FROM {DELETED_SCHEMA}.{quote_identifier(table)}"
+    ).fetchall()
+    names = [f["name"] for f in fields]
+    with open(temp / meta["deleted_avro"], "wb") as out:
+        fastavro.writer(
+            out,
+            schema,
+            (dict(zip(names, row, strict=True)) for row in rows),
+            codec=codec,
+            metadata={**metadata, "cutline.columns": json.dumps(order), "cutline.kind": "deleted"},
+        )
 
 
 def _write_metadata(
@@ -332,14 +449,17 @@ def _write_metadata(
     writer: str,
     definitions: list[TableDefinition],
     tables_meta: dict[str, dict[str, Any]],
+    choice: KindChoice,
 ) -> None:
     db.execute(
         f"CREATE TABLE {META_TABLE} (source VARCHAR, marker_id BIGINT, t1 TIMESTAMPTZ, "
-        "t2 TIMESTAMPTZ, partitions INTEGER, offsets VARCHAR, writer VARCHAR)"
+        "t2 TIMESTAMPTZ, partitions INTEGER, offsets VARCHAR, writer VARCHAR, kind VARCHAR, "
+        "parent_marker_id BIGINT, base_marker_id BIGINT)"
     )
+    chain = choice.manifest_fields(plan.marker_id)
     db.execute(
         f"INSERT INTO {META_TABLE} VALUES (?, ?, make_timestamp(?::BIGINT), "
-        "make_timestamp(?::BIGINT), ?, ?, ?)",
+        "make_timestamp(?::BIGINT), ?, ?, ?, ?, ?, ?)",
         [
             plan.source,
             plan.marker_id,
@@ -348,6 +468,9 @@ def _write_metadata(
             plan.partitions,
             json.dumps({str(k): v for k, v in sorted(plan.offsets.items())}),
             writer,
+            chain["kind"],
+            chain["parent_marker_id"],
+            chain["base_marker_id"],
         ],
     )
     db.execute(
@@ -371,7 +494,13 @@ def _manifest(
     snapshot_s: float,
 ) -> dict[str, Any]:
     files = []
-    for rel in [DUCKDB_FILE, *(meta["avro"] for meta in tables_meta.values())]:
+    avro_rels = [
+        rel
+        for meta in tables_meta.values()
+        for rel in (meta["avro"], meta.get("deleted_avro"))
+        if rel is not None
+    ]
+    for rel in [DUCKDB_FILE, *avro_rels]:
         path = temp / rel
         files.append({"path": rel, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
     return {

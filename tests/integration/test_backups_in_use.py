@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from consumers.chain import kind_of
 from tests.integration.pipeline import TABLES, Pipeline, Rows, primary_columns, table_rows
 
 KEYS = {"accounts": ["id"], "transfers": ["id"], "tags": ["account", "tag"], "events": ["id"]}
@@ -153,7 +152,7 @@ def test_restore_of_every_marker_equals_the_primary_at_its_cut(history: Pipeline
         assert sorted(rows) == sorted(TABLES)
         for table in TABLES:
             assert typed(rows[table]) == typed(expected[table]), (
-                f"restore of marker {marker_id} ({kind_of(published[marker_id])}): table "
+                f"restore of marker {marker_id} ({published[marker_id].kind}): table "
                 f"{table} differs from the primary at its cut"
             )
             assert info[table] == primary_info[table], f"{table}: columns, types, keys"
@@ -161,7 +160,7 @@ def test_restore_of_every_marker_equals_the_primary_at_its_cut(history: Pipeline
 
 def test_restore_after_an_incremental_chain(history: Pipeline) -> None:
     published = history.published()
-    kinds = [kind_of(published[m]) for m in sorted(published)]
+    kinds = [published[m].kind for m in sorted(published)]
     assert kinds == ["full", "incremental", "incremental", "full", "incremental", "incremental"]
     last = max(published)
     target = history.root / "restore-chain.sqlite"

@@ -237,6 +237,8 @@ def test_backups_json_and_query_json_over_a_published_backup(tmp_path, capsys):
             "t1": format_time(1_764_065_700_000_000),
             "t2": format_time(1_764_065_700_000_005),
             "source": "shop",
+            "kind": "full",
+            "parent_marker_id": None,
             "tables": {"accounts": 2},
             "files": [str(path / "backup.duckdb")],
         }

@@ -22,7 +22,6 @@ import pytest
 
 from consumers import restore as restore_module
 from consumers.catalog import Backup
-from consumers.chain import kind_of
 from consumers.diff import diff_backups, summary_lines
 from consumers.query import QueryError, check_read_only, run_query, run_query_all
 from consumers.replica import Shard, shard_path
@@ -212,7 +211,7 @@ def test_restore_of_each_backup_of_an_incremental_chain(tmp_path):
             )
             history.execute('DELETE FROM "order lines" WHERE line = ?', (step % 3,))
             history.cut()
-        kinds = [kind_of(history.published[m]) for m in sorted(history.published)]
+        kinds = [history.published[m].kind for m in sorted(history.published)]
         assert kinds.count("incremental") >= 2, kinds
         for marker_id, backup in history.published.items():
             target = tmp_path / f"restored-{marker_id}.sqlite"
@@ -548,7 +547,7 @@ def test_query_all_over_an_incremental_chain_equals_the_primary(tmp_path):
                     "SELECT count(*), sum(balance) FROM accounts"
                 ).fetchone())
             )  # fmt: skip
-        assert "incremental" in {kind_of(b) for b in history.published.values()}
+        assert "incremental" in {b.kind for b in history.published.values()}
         _, rows = run_query_all(
             list(history.published.values()),
             "SELECT marker_id, count(*), sum(balance) FROM accounts GROUP BY ALL ORDER BY 1",
@@ -585,7 +584,7 @@ def chain(tmp_path_factory):
     fill(history)
     history.cut()
     history.execute("DELETE FROM accounts WHERE id = 1")
-    assert kind_of(history.cut()) == "incremental"
+    assert history.cut().kind == "incremental"
     yield history
     history.close()
 

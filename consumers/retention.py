@@ -1,0 +1,106 @@
+"""Retention: remove old backups, never one that a kept incremental still needs.
+
+``prune --keep-last N`` keeps, per source, the newest N backups and every backup their
+chains reach back to (an incremental is useless without its parent, its parent's parent,
+... down to the full base). Everything else is removed.
+
+Removal never leaves a half backup visible: each directory is first renamed to a
+``.tmp-`` name (the catalog ignores those, see ``consumers.durable``), the rename made
+durable, and only then deleted. Backups are removed newest first, so if prune stops
+half way, no remaining backup is an incremental whose parent is already gone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consumers.catalog import Backup, list_backups
+from consumers.durable import TEMP_PREFIX, fsync_dir
+from cutline.errors import ConfigError, CutlineError
+
+
+class PruneError(CutlineError):
+    """A backup could not be removed."""
+
+
+@dataclass
+class SourcePlan:
+    """What prune does to one source's backups."""
+
+    source: str
+    newest: list[Backup] = field(default_factory=list)  # the newest N, kept
+    for_chains: dict[int, list[int]] = field(default_factory=dict)  # kept id -> needed by
+    remove: list[Backup] = field(default_factory=list)  # newest first
+    broken: list[str] = field(default_factory=list)  # chains that already miss a backup
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kept": [b.marker_id for b in self.newest],
+            "kept_for_chains": {str(k): v for k, v in sorted(self.for_chains.items())},
+            "removed": [b.marker_id for b in self.remove],
+            "broken_chains": self.broken,
+        }
+
+
+def plan_prune(backups_dir: Path, keep_last: int, source: str | None = None) -> list[SourcePlan]:
+    """Decide, per source, which backups stay and which go; touches nothing."""
+    if keep_last < 1:
+        raise ConfigError("--keep-last must be at least 1")
+    by_source: dict[str, list[Backup]] = {}
+    for backup in list_backups(backups_dir, source):
+        by_source.setdefault(backup.source, []).append(backup)
+    plans = []
+    for name, backups in sorted(by_source.items()):
+        plan = SourcePlan(name, newest=backups[-keep_last:])
+        by_id = {b.marker_id: b for b in backups}
+        kept = {b.marker_id for b in plan.newest}
+        for backup in plan.newest:
+            current = backup
+            while current.kind == "incremental":
+                parent_id = current.parent_marker_id
+                parent = by_id.get(parent_id) if parent_id is not None else None
+                if parent is None:
+                    plan.broken.append(
+                        f"backup {current.marker_id} needs backup {parent_id}, which is missing"
+                    )
+                    break
+                if parent.marker_id not in kept or parent.marker_id in plan.for_chains:
+                    plan.for_chains.setdefault(parent.marker_id, []).append(backup.marker_id)
+                kept.add(parent.marker_id)
+                current = parent
+        for needers in plan.for_chains.values():
+            needers.sort()
+        plan.remove = [b for b in reversed(backups) if b.marker_id not in kept]
+        plans.append(plan)
+    return plans
+
+
+def remove_backup(backup: Backup) -> None:
+    """Hide ``backup`` from the catalog atomically (rename to ``.tmp-``), then delete it."""
+    hidden = backup.path.parent / f"{TEMP_PREFIX}prune-{backup.path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        backup.path.rename(hidden)
+        fsync_dir(backup.path.parent)
+    except OSError as exc:
+        raise PruneError(
+            f"cannot remove backup {backup.marker_id} ({backup.path}): {exc}; check the "
+            "directory's permissions, then run prune again"
+        ) from exc
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def prune(
+    backups_dir: Path, keep_last: int, source: str | None = None, *, dry_run: bool = False
+) -> list[SourcePlan]:
+    """Apply :func:`plan_prune` (unless ``dry_run``); return the plans."""
+    plans = plan_prune(backups_dir, keep_last, source)
+    if not dry_run:
+        for plan in plans:
+            for backup in plan.remove:  # newest first: no survivor loses its parent
+                remove_backup(backup)
+    return plans
