@@ -67,3 +67,33 @@ def test_incremental_backups_are_exact_cuts(pipeline: Pipeline) -> None:
     assert prune.returncode == 0, prune.stderr
     # The newest (5) is an incremental on full backup 4: both stay.
     assert sorted(pipeline.published()) == [4, 5]
+
+    # A flipped byte in the full base and a truncated Avro file of the incremental: verify
+    # names both files and markers, exits 1, and restore refuses the damaged backup.
+    kept = pipeline.published()
+    duck = kept[4].duckdb_path
+    data = bytearray(duck.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    duck.write_bytes(bytes(data))
+    avro = kept[5].avro_path("accounts")
+    avro.write_bytes(avro.read_bytes()[: avro.stat().st_size // 2])
+    damaged = pipeline.cli("verify", "--backups", str(pipeline.backups))
+    assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+    report = damaged.stdout + damaged.stderr
+    assert "marker 4" in report and "backup.duckdb" in report, report
+    assert "marker 5" in report and avro.name in report, report
+    target = pipeline.root / "restored.sqlite"
+    restore = pipeline.cli(
+        "restore",
+        "--backups",
+        str(pipeline.backups),
+        "--source",
+        pipeline.source,
+        "--marker",
+        "5",
+        "--to",
+        str(target),
+    )
+    assert restore.returncode == 1, restore.stdout + restore.stderr
+    assert "verif" in restore.stderr and avro.name in restore.stderr, restore.stderr
+    assert not target.exists()
