@@ -5,22 +5,27 @@ AUTOINCREMENT sequence is exactly the primary's commit order, with no gaps from
 in-flight transactions. A marker request is one more row in the same log (see
 ``markers.py``), so its place among the changes is exact.
 
-Row images are stored as SQL literals (SQLite's ``quote()``), comma separated: ``quote``
-round-trips every storage class exactly, REALs included, and needs no JSON extension in
-the application's SQLite library. (Known limit: ``quote`` stops TEXT at a NUL character.)
+Row images are stored as SQL literals (SQLite's ``quote()``, and ``printf('%!.20g')`` for
+REALs), comma separated: they round-trip every storage class exactly and need no JSON
+extension in the application's SQLite library. ``quote`` stops TEXT at a NUL character, so TEXT that
+holds one is written as ``T'<hex of its bytes>'`` instead, and TEXT that is not valid
+UTF-8 (which Python cannot read as text) is read byte for byte (see ``read_changes``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
 from cutline.errors import ConfigError
 from schemas.records import Column, TableDefinition, Value
+
+log = logging.getLogger("cutline.capture")
 
 CHANGES = "_cutline_changes"
 MARKERS = "_cutline_markers"
@@ -29,6 +34,7 @@ INTERNAL_PREFIX = "_cutline_"
 ROWID = "rowid"
 
 KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
+TEXT_AS_HEX = "T"  # prefix of the literal T'<hex>' for TEXT that quote() would cut at a NUL
 
 _NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
 _LITERAL = re.compile(r"'(?:[^']|'')*'|[Xx]'[0-9A-Fa-f]*'|[^,]+")
@@ -75,9 +81,26 @@ def parse_literal(text: str) -> Value:
         return None
     if first in "Xx" and text[1:2] == "'":
         return bytes.fromhex(text[2:-1])
+    if first == TEXT_AS_HEX and text[1:2] == "'":
+        value = text_from_bytes(bytes.fromhex(text[2:-1]))
+        if isinstance(value, bytes):
+            log.warning("a TEXT value holding NUL is not valid UTF-8: captured as a BLOB")
+        return value
     if any(ch in text for ch in ".eEIN"):
         return float(text)
     return int(text)
+
+
+def text_from_bytes(raw: bytes) -> str | bytes:
+    """TEXT read as bytes: the string it holds, or, if not UTF-8, the exact bytes.
+
+    Avro strings and DuckDB VARCHARs must be valid UTF-8, so TEXT that is not is carried
+    byte for byte as a BLOB (and capture logs a warning naming the change), never altered.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def split_literals(image: str) -> list[str]:
@@ -118,6 +141,7 @@ class ChangeRow:
     after: str | None
     marker_id: int | None
     at_us: int
+    raw_text: bool = False  # holds TEXT that is not valid UTF-8 (read byte for byte)
 
 
 def describe_table(conn: sqlite3.Connection, source: str, table: str) -> TableDefinition:
@@ -162,8 +186,28 @@ def image_columns(definition: TableDefinition) -> tuple[str, ...]:
     return (*names, ROWID) if definition.key_columns == (ROWID,) else names
 
 
+REAL_FORMAT = "%!.20g"  # 20 significant digits: read back exactly by a correct parser
+
+
+def value_sql(expression: str) -> str:
+    """SQL for one value's literal: ``quote()``, except for TEXT holding a NUL and REALs.
+
+    TEXT holding a NUL is written as hex. A REAL is printed with 20 significant digits:
+    ``quote()`` keeps 15 whenever SQLite's own (inexact) text-to-double conversion reads
+    them back to the same double, but Python's correctly rounded ``float()`` then reads
+    another one for about one value in 25,000 (e.g. 591027.4716637121).
+    """
+    as_blob = f"CAST({expression} AS BLOB)"
+    return (
+        f"CASE WHEN typeof({expression}) = 'text' AND instr({as_blob}, x'00') > 0 "
+        f"THEN '{TEXT_AS_HEX}''' || hex({as_blob}) || '''' "
+        f"WHEN typeof({expression}) = 'real' THEN printf('{REAL_FORMAT}', {expression}) "
+        f"ELSE quote({expression}) END"
+    )
+
+
 def _image_sql(definition: TableDefinition, alias: str) -> str:
-    parts = [f"quote({alias}.{quote_identifier(c)})" for c in definition.column_names]
+    parts = [value_sql(f"{alias}.{quote_identifier(c)}") for c in definition.column_names]
     if definition.key_columns == (ROWID,):
         parts.append(f"quote({alias}.rowid)")
     return " || ',' || ".join(parts)
@@ -241,14 +285,76 @@ def installed_tables(conn: sqlite3.Connection) -> list[str]:
         return []
 
 
-def read_changes(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[ChangeRow]:
-    """Committed changes with ``seq > after_seq``, in commit order."""
-    rows = conn.execute(
+READ_BATCH_BYTES = 64 << 20  # a batch of change rows stops growing past this many bytes
+
+
+def read_changes(
+    conn: sqlite3.Connection, after_seq: int, limit: int, max_bytes: int = READ_BATCH_BYTES
+) -> list[ChangeRow]:
+    """Committed changes with ``seq > after_seq``, in commit order.
+
+    At most ``limit`` rows, and no more once their images add up to ``max_bytes`` (always
+    at least one row), so a run of large rows never has to fit in memory at once. A batch
+    holding TEXT that is not valid UTF-8 is read again byte for byte (``raw_text``).
+    """
+    try:
+        return _read_changes(conn, after_seq, limit, max_bytes)
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    previous = conn.text_factory
+    conn.text_factory = _text_keeping_bytes
+    try:
+        rows = _read_changes(conn, after_seq, limit, max_bytes)
+    finally:
+        conn.text_factory = previous
+    return [
+        replace(r, raw_text=True) if _has_raw_bytes(r.before) or _has_raw_bytes(r.after) else r
+        for r in rows
+    ]
+
+
+def _read_changes(
+    conn: sqlite3.Connection, after_seq: int, limit: int, max_bytes: int
+) -> list[ChangeRow]:
+    cursor = conn.execute(
         f"SELECT seq, kind, tbl, before, after, marker_id, at_us FROM {CHANGES} "
         "WHERE seq > ? ORDER BY seq LIMIT ?",
         (after_seq, limit),
-    ).fetchall()
-    return [ChangeRow(*r) for r in rows]
+    )
+    rows: list[ChangeRow] = []
+    size = 0
+    try:
+        for r in cursor:
+            rows.append(ChangeRow(*r))
+            size += len(r[3] or "") + len(r[4] or "")
+            if size >= max_bytes:
+                break
+    finally:
+        cursor.close()
+    return rows
+
+
+def _text_keeping_bytes(raw: bytes) -> str:
+    """Bytes that are not UTF-8 survive as lone surrogates (undone by ``raw_text_value``)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _has_raw_bytes(text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def raw_text_value(value: Value) -> Value:
+    """A value parsed from a ``raw_text`` row: undecodable TEXT becomes its exact bytes."""
+    if isinstance(value, str) and _has_raw_bytes(value):
+        return text_from_bytes(value.encode("utf-8", "surrogateescape"))
+    return value
 
 
 def forget_changes(conn: sqlite3.Connection, up_to_seq: int) -> None:

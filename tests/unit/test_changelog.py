@@ -673,3 +673,21 @@ def test_without_rowid_table_with_primary_key_is_captured(conn, app):
 def test_changes_table_is_named_as_documented(conn):
     install(conn, "shop", ["accounts"])
     assert conn.execute(f"SELECT count(*) FROM {CHANGES}").fetchone()[0] == 2
+
+
+def test_reals_round_trip_exactly_where_quote_would_round_them(conn, app):
+    """SQLite's quote() gives 591027.471663712 for 591027.4716637121: capture must not."""
+    app.execute("CREATE TABLE reals(id INTEGER PRIMARY KEY, x REAL)")
+    install(conn, "shop", ["reals"])
+    start = read_changes(conn, 0, 1000)
+    start_seq = start[-1].seq if start else 0
+    app.execute("INSERT INTO reals(x) VALUES (591027.4716637121)")  # parsed by SQLite
+    rng = random.Random(11)
+    bound = [rng.random() * 10 ** rng.randint(-300, 300) for _ in range(2000)]
+    bound += [5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -0.5, 1e22]
+    app.executemany("INSERT INTO reals(x) VALUES (?)", [(v,) for v in bound])
+    stored = [r[0] for r in app.execute("SELECT x FROM reals ORDER BY id")]
+    changes = read_changes(conn, start_seq, 10_000)
+    captured = [parse_literal(split_literals(c.after)[1]) for c in changes]
+    assert len(captured) == len(stored)
+    assert [same(a, b) for a, b in zip(captured, stored, strict=True)] == [True] * len(stored)
