@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration lint bench kafka-start kafka-stop clean
+.PHONY: install demo test unit integration lint bench faults kafka-start kafka-stop clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ integration: install
 
 test: install lint
 	$(BIN)/pytest -q tests
+
+# Seeded fault injection (kills, stalls, rebalances, zombies) with every backup checked;
+# SOAK=1 runs every scenario for FAULTS_SECONDS (default 300). One summary line on stdout.
+faults: install
+	SOAK=$(SOAK) $(BIN)/python -m tests.faults
 
 bench: install
 	@$(BIN)/python -m bench

@@ -13,6 +13,16 @@ Exactly one process writes backup M: the writers of one source take an exclusive
 lock in the backups directory, and whoever holds it first writes; the others find M in
 the catalog. The lock dies with its process, so a writer killed mid-snapshot is replaced
 (its half-written temp directory is never visible and is swept up).
+
+Start-up replays the control topic from its beginning, but only to rebuild state: no
+snapshot is run and no cut is abandoned until the replay has reached the topic's end.
+Then every cut still READY is written (its writer died before publishing, or nobody
+was left to take it over), and cuts still aligning get the full timeout from then on.
+A cut READY whose writer lock cannot be had within the snapshot deadline is reported
+FAILED, so held partitions never wait forever. A backup found published without its
+PUBLISHED event (the writer died in between) gets the event, from whoever finds it.
+
+Failpoint ``snapshot.after_publish``: the backup is visible, PUBLISHED not yet sent.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import has_backup, source_dir
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
+from cutline import failpoints
 from cutline.errors import DeadlineExceeded
 from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics
@@ -112,6 +123,7 @@ class CutCoordinator:
         producer: Producer,
         alignment_timeout_s: float = 120.0,
         snapshot_deadline_s: float = 600.0,
+        full_every: int = 1,
         progress: Callable[[str], None] | None = None,
     ):
         self.bootstrap = bootstrap
@@ -123,6 +135,7 @@ class CutCoordinator:
         self.producer = producer
         self.alignment = Alignment(alignment_timeout_s)
         self.snapshot_deadline_s = snapshot_deadline_s
+        self.full_every = full_every  # passed to write_backup: a full backup every N
         self.progress = progress or log.info
         self.stats = CoordinatorStats()
         self._lock = threading.Lock()
@@ -131,11 +144,11 @@ class CutCoordinator:
         self._thread: threading.Thread | None = None
         self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshotter")
         self._caught_up = threading.Event()
+        self._replayed_ready: dict[int, CutPlan] = {}  # READY during the start-up replay
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        remove_stale_temps(source_dir(self.backups_dir, self.source))
         self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
         self._thread.start()
 
@@ -209,17 +222,37 @@ class CutCoordinator:
                 if message is not None:
                     if message.error():
                         if message.error().code() == message.error()._PARTITION_EOF:
-                            self._caught_up.set()
+                            if not self._caught_up.is_set():
+                                self._finish_replay()
                         else:
                             log.warning("control topic: %s", message.error().str())
                     else:
                         self._on_event(message.value(), now)
-                self._expire(now)
+                if self._caught_up.is_set():
+                    self._expire(now)
         except Exception:  # the coordinator must say why it stopped, not die silently
             log.exception("coordinator stopped")
             raise
         finally:
             consumer.close()
+
+    def _finish_replay(self) -> None:
+        """The start-up replay reached the end: write every cut that is still READY."""
+        now = time.monotonic()
+        with self._lock:
+            for cut in self.alignment.cuts.values():
+                if cut.status is CutStatus.ALIGNING:
+                    cut.first_seen = now  # the timeout counts from when we can act on it
+            pending = [
+                plan
+                for plan in self._replayed_ready.values()
+                if self.alignment.status(plan.marker_id) is CutStatus.READY
+            ]
+        self._replayed_ready.clear()
+        self._caught_up.set()
+        for plan in pending:
+            self.progress(f"cut {plan.marker_id} is ready but unpublished: taking it over")
+            self._snapshots.submit(self._snapshot, plan)
 
     def _on_event(self, value: bytes, now: float) -> None:
         try:
@@ -244,7 +277,10 @@ class CutCoordinator:
                 tables=tuple(event.tables or ()),
                 alignment_s=cut.alignment_s,
             )
-            self._snapshots.submit(self._snapshot, plan)
+            if self._caught_up.is_set():
+                self._snapshots.submit(self._snapshot, plan)
+            else:
+                self._replayed_ready[cut.marker_id] = plan
         elif transition.status in (CutStatus.ABANDONED, CutStatus.FAILED):
             self._report(cut, transition.status)
         elif transition.status is CutStatus.PUBLISHED:
@@ -260,7 +296,8 @@ class CutCoordinator:
                 self.stats.published.append(cut.marker_id)
         elif cut.marker_id not in self.stats.failed:
             self.stats.failed.append(cut.marker_id)
-            self.progress(f"cut {cut.marker_id} {status.value}: {cut.detail or 'no detail'}")
+            if self._caught_up.is_set():  # history replayed at start-up was reported then
+                self.progress(f"cut {cut.marker_id} {status.value}: {cut.detail or 'no detail'}")
 
     def _expire(self, now: float) -> None:
         with self._lock:
@@ -285,15 +322,27 @@ class CutCoordinator:
             lock.acquire(self.snapshot_deadline_s, self._stop)
         except DeadlineExceeded as exc:
             log.warning("%s", exc)
+            if not self._stop.is_set() and self._still_ready(plan.marker_id):
+                # held partitions must not wait forever on a writer that is stuck
+                self._send(self._plan_event(ControlKind.FAILED, plan, f"no backup: {exc}"))
             return
         try:
+            # half-written backups of dead writers; only under the lock, never a live one's
+            remove_stale_temps(source_dir(self.backups_dir, self.source))
             if has_backup(self.backups_dir, self.source, plan.marker_id):
+                if self._still_ready(plan.marker_id):  # its writer died before saying so
+                    self._send(self._plan_event(ControlKind.PUBLISHED, plan, "found published"))
                 return
-            with self._lock:
-                status = self.alignment.status(plan.marker_id)
-            if status is not CutStatus.READY:
+            if not self._still_ready(plan.marker_id):
                 return
-            backup = write_backup(self.replica_dir, self.backups_dir, plan, writer=self.member)
+            backup = write_backup(
+                self.replica_dir,
+                self.backups_dir,
+                plan,
+                writer=self.member,
+                full_every=self.full_every,
+            )
+            failpoints.hit("snapshot.after_publish")
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return
@@ -315,6 +364,10 @@ class CutCoordinator:
             f"{len(backup.tables)} tables, alignment "
             f"{(plan.alignment_s or 0) * 1000:.0f} ms, snapshot {elapsed * 1000:.0f} ms"
         )
+
+    def _still_ready(self, marker_id: int) -> bool:
+        with self._lock:
+            return self.alignment.status(marker_id) is CutStatus.READY
 
     def _event(
         self, kind: ControlKind, marker_id: int, partitions: int, **fields: Any

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cutline import failpoints
+
 TEMP_PREFIX = ".tmp-"
 
 
@@ -47,6 +49,7 @@ def publish_directory(temp: Path, final: Path) -> None:
     for path in sorted((p for p in temp.rglob("*") if p.is_dir()), reverse=True):
         fsync_dir(path)
     fsync_dir(temp)
+    failpoints.hit("snapshot.before_publish")  # written and durable, not yet visible
     os.rename(temp, final)
     fsync_dir(final.parent)
 

@@ -29,6 +29,13 @@ class ApplyError(Exception):
     """An operation that cannot be applied to the replica; it goes to the dead letters."""
 
 
+class ShardFenced(Exception):
+    """A newer owner claimed this shard: this writer is stale and must not write again.
+
+    Raised inside the write transaction, so the stale writer's batch is rolled back.
+    """
+
+
 def shard_path(replica_dir: Path, source: str, partition: int) -> Path:
     return Path(replica_dir) / source / f"partition-{partition:04d}.sqlite"
 
@@ -66,13 +73,87 @@ class Shard:
             f"CREATE TABLE IF NOT EXISTS {TABLES} (tbl TEXT PRIMARY KEY, ddl TEXT NOT NULL, "
             "columns TEXT NOT NULL, key_columns TEXT NOT NULL)"
         )
+        self._add_owner_columns()
         self.conn.execute(
-            f"INSERT OR IGNORE INTO {STATE} VALUES (?, -1, 0, 0, -1, 0, 0, 0, '')", (partition,)
+            f"INSERT OR IGNORE INTO {STATE} (partition, offset, since_marker, marker_id, "
+            "marker_offset, held, marker_t1_us, marker_partitions, marker_tables) "
+            "VALUES (?, -1, 0, 0, -1, 0, 0, 0, '')",
+            (partition,),
         )
+        self.epoch: int | None = None  # None: not claimed, writes are not fenced
         self._statements: dict[tuple[str, OpType], tuple[str, tuple[str, ...]]] = {}
         self._definitions = {d.table: d for d in self.definitions()}
         self._in_batch = False
         self._batch_applied = 0
+
+    def _add_owner_columns(self) -> None:
+        """Shards written before fencing existed get the owner columns (idempotent)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({STATE})")}
+            if "owner_epoch" not in have:
+                self.conn.execute(
+                    f"ALTER TABLE {STATE} ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0"
+                )
+            if "owner" not in have:
+                self.conn.execute(f"ALTER TABLE {STATE} ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    # -- ownership: fencing stale writers -------------------------------------------------
+
+    def claim(self, owner: str) -> int:
+        """Become the shard's only writer: bump its owner epoch and remember ours.
+
+        Called by a process when the group assigns it the partition. Every later write of
+        this object checks, inside its write transaction, that the epoch is still ours, so
+        a writer that was replaced (a zombie process, a thread that did not stop in time)
+        can never write again, even if it wakes up mid-batch.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                f"UPDATE {STATE} SET owner_epoch = owner_epoch + 1, owner = ? WHERE partition = ?",
+                (owner, self.partition),
+            )
+            (epoch,) = self.conn.execute(
+                f"SELECT owner_epoch FROM {STATE} WHERE partition = ?", (self.partition,)
+            ).fetchone()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.epoch = int(epoch)
+        return self.epoch
+
+    def _check_owner(self) -> int:
+        """Inside a write transaction: the recorded offset, if this writer still owns the shard."""
+        epoch, owner, offset = self.conn.execute(
+            f"SELECT owner_epoch, owner, offset FROM {STATE} WHERE partition = ?",
+            (self.partition,),
+        ).fetchone()
+        if self.epoch is not None and epoch != self.epoch:
+            raise ShardFenced(
+                f"partition {self.partition}: shard {self.path} was claimed by {owner!r} "
+                f"(epoch {epoch}) after this writer (epoch {self.epoch}); not writing"
+            )
+        return int(offset)
+
+    def _write_state(self, sql: str, params: tuple) -> None:
+        """One fenced state update, in the open batch or in a transaction of its own."""
+        if self._in_batch:
+            self.conn.execute(sql, params)
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_owner()
+            self.conn.execute(sql, params)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     # -- state ----------------------------------------------------------------------------
 
@@ -86,10 +167,22 @@ class Shard:
 
     # -- batches: changes and the offset commit together ----------------------------------
 
-    def begin(self) -> None:
-        self.conn.execute("BEGIN")
+    def begin(self) -> int:
+        """Open a batch; return the offset the shard already holds (skip records up to it).
+
+        The write lock is taken now and held to the commit, and ownership is checked under
+        it: a stale writer fails here, before it changes anything. Reading the offset under
+        the same lock makes apply idempotent whatever the caller remembers.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            offset = self._check_owner()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self._in_batch = True
         self._batch_applied = 0
+        return offset
 
     def commit(self, last_offset: int) -> None:
         """Record ``last_offset`` with the batch's changes, atomically."""
@@ -102,8 +195,11 @@ class Shard:
 
     def rollback(self) -> None:
         if self._in_batch:
-            self.conn.execute("ROLLBACK")
             self._in_batch = False
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.ProgrammingError:
+                return  # closed under a stuck thread: SQLite rolled back on close
             self._definitions = {d.table: d for d in self.definitions()}
 
     def define(self, definition: TableDefinition) -> None:
@@ -191,7 +287,7 @@ class Shard:
 
     def reach_marker(self, marker: ConsistencyMarker, offset: int, *, hold: bool) -> None:
         """Record marker M at ``offset``: counting restarts, and the shard is held at M."""
-        self.conn.execute(
+        self._write_state(
             f"UPDATE {STATE} SET offset = ?, since_marker = 0, marker_id = ?, marker_offset = ?, "
             "held = ?, marker_t1_us = ?, marker_partitions = ?, marker_tables = ? "
             "WHERE partition = ?",
@@ -208,11 +304,11 @@ class Shard:
         )
 
     def release(self) -> None:
-        self.conn.execute(f"UPDATE {STATE} SET held = 0 WHERE partition = ?", (self.partition,))
+        self._write_state(f"UPDATE {STATE} SET held = 0 WHERE partition = ?", (self.partition,))
 
     def skip(self, offset: int) -> None:
         """Move past a record that carried no change (a dead letter) outside a batch."""
-        self.conn.execute(
+        self._write_state(
             f"UPDATE {STATE} SET offset = max(offset, ?) WHERE partition = ?",
             (offset, self.partition),
         )

@@ -10,6 +10,14 @@ its offset, the lane stops applying (records behind the marker wait in its bound
 queue) and the coordinator announces "partition p reached M at offset o". Different: the cut fails
 loudly (invariant 5) and the lane goes on. When the cut is resolved the lane commits the
 group offset at marker offset + 1 (only if the backup was published), then resumes.
+
+A lane whose shard was claimed by a newer owner (another process after a rebalance, or
+this process after a thread failed to stop in time) is *fenced*: its thread drops it
+and never writes, announces or commits for that partition again.
+
+Failpoints (``cutline.failpoints``, off unless armed): ``apply.batch`` inside an open
+shard batch, ``marker.held`` once a partition is held at a marker and announced, and
+``commit.before`` after a backup was published but before the offset commit.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from confluent_kafka import Message
 from consumers.alignment import CutStatus
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
-from consumers.replica import ApplyError, Shard
+from consumers.replica import ApplyError, Shard, ShardFenced
+from cutline import failpoints
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, Operation, TableDefinition
 
@@ -74,6 +83,7 @@ class Lane:
         self._lock = threading.Lock()
         self.consumer_paused = False
         self.announced = False
+        self.fenced = False  # a newer owner claimed the shard; nothing more happens here
         self.stats = LaneStats()
 
     def offer(self, messages: list[Message]) -> None:
@@ -92,6 +102,29 @@ class Lane:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+
+def stale_marker(marker: ConsistencyMarker, last_id: int, partition: int) -> str | None:
+    """Why ``marker`` must not start a cut on ``partition``, or None if it may.
+
+    Capture numbers markers in the primary's commit order, so on one partition each
+    marker id is greater than the last. An id already reached (or lower) is a duplicate
+    or a stray record: starting its cut again could publish a second, different backup M.
+    """
+    if marker.marker_id < 1:
+        return f"marker id {marker.marker_id} is not positive: capture numbers markers from 1"
+    if marker.marker_id > last_id:
+        return None
+    if marker.marker_id == last_id:
+        return (
+            f"duplicated marker id {marker.marker_id}: partition {partition} already reached "
+            f"marker {last_id} at an earlier offset; this copy is set aside and cut "
+            f"{marker.marker_id} is left as it was"
+        )
+    return (
+        f"marker {marker.marker_id} arrived after marker {last_id} on partition {partition}: "
+        "marker ids only grow, so this one is a duplicate or out of order; set aside"
+    )
 
 
 class ReplicationThread(threading.Thread):
@@ -127,12 +160,17 @@ class ReplicationThread(threading.Thread):
         backoff = 0.1
         while not self.stop_event.is_set():
             busy = False
-            for lane in self.lanes:
+            for lane in list(self.lanes):
                 if self.stop_event.is_set():
                     break
                 try:
                     busy |= self._work(lane)
                     backoff = 0.1
+                except ShardFenced as exc:  # a newer owner has it: never touch it again
+                    lane.shard.rollback()
+                    log.warning("%s; dropping the partition from this thread", exc)
+                    lane.fenced = True
+                    self.lanes.remove(lane)
                 except Exception as exc:  # keep going after a transient failure, loudly
                     lane.shard.rollback()
                     log.exception("partition %s: replication step failed", lane.partition)
@@ -151,17 +189,24 @@ class ReplicationThread(threading.Thread):
         batch = lane.take(self.batch_size)
         if not batch:
             return False
-        self._apply(lane, batch)
+        try:
+            self._apply(lane, batch)
+        except BaseException:
+            # nothing taken may be lost: apply skips whatever the shard already holds
+            lane.push_front(batch)
+            raise
         return True
 
     def _apply(self, lane: Lane, batch: list[Message]) -> None:
         shard = lane.shard
-        shard.begin()
+        # what the shard holds, read under its write lock: apply stays idempotent even if
+        # this lane's memory is behind the shard
+        done_up_to = max(shard.begin(), lane.applied_offset)
         last: int | None = None
         applied = dead = 0
         for index, message in enumerate(batch):
             offset = message.offset()
-            if offset <= lane.applied_offset:
+            if offset <= done_up_to:
                 continue  # redelivered after a rebalance or restart: already in the shard
             try:
                 record = decode(message.value())
@@ -191,6 +236,11 @@ class ReplicationThread(threading.Thread):
                     dead += 1
                 last = offset
             elif isinstance(record, ConsistencyMarker):
+                stale = stale_marker(record, shard.state().marker_id, lane.partition)
+                if stale is not None:  # never re-opens (or overwrites) a cut: set aside
+                    self.dead_letters.send(message, stale)
+                    dead, last = dead + 1, offset
+                    continue
                 self._finish_batch(lane, last, dead)
                 lane.push_front(batch[index + 1 :])
                 lane.stats.applied += applied
@@ -205,6 +255,8 @@ class ReplicationThread(threading.Thread):
         lane.stats.applied += applied
 
     def _finish_batch(self, lane: Lane, last: int | None, dead: int) -> None:
+        if last is not None:
+            failpoints.hit("apply.batch", lane.partition)  # changes applied, not committed
         if dead:
             self.dead_letters.flush()  # durable before the shard moves past them
             lane.stats.dead_letters += dead
@@ -246,11 +298,13 @@ class ReplicationThread(threading.Thread):
         if not lane.announced:
             self.coordinator.reached(hold.marker, lane.partition, hold.offset)
             lane.announced = True
+            failpoints.hit("marker.held", lane.partition)
         status = self.coordinator.resolution(hold.marker.marker_id)
         if status is None:
             return False
         if status is CutStatus.PUBLISHED:
             if hold.committed is None:
+                failpoints.hit("commit.before", lane.partition)
                 hold.committed = self.commit(lane.partition, hold.offset + 1)
             if not hold.committed.is_set():
                 return False

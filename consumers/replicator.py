@@ -10,7 +10,9 @@ can neither lose nor repeat a change. A partition without a
 shard is rebuilt from the start of the topic.
 
 Group offsets are committed only at markers whose backup is published (marker offset +
-1), and only forward.
+1), and only forward. On assignment the process claims each shard (a new owner epoch),
+which fences any stale writer of it: a zombie process or a thread that did not stop.
+A zombie's offset commits are refused by Kafka itself (its group generation is stale).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
+from cutline.directories import writable_directory
 from cutline.errors import ConfigError
 from cutline.kafka_clients import (
     ensure_topics,
@@ -58,6 +61,8 @@ class ReplicateConfig:
     queue_high: int = 20_000
     batch_size: int = 1000
     topic_wait_s: float = 120.0
+    session_timeout_s: float = 15.0  # how long the group waits for a silent process
+    full_every: int = 1  # a full backup every N; incrementals in between
     member: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -94,12 +99,7 @@ class Replicator:
     def open(self) -> None:
         cfg = self.config
         for label, path in (("--replica", cfg.replica_dir), ("--backups", cfg.backups_dir)):
-            try:
-                Path(path).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"{label} {path} cannot be used: {exc}") from exc
-            if not os.access(path, os.W_OK):
-                raise ConfigError(f"{label} {path} is not writable")
+            writable_directory(label, path)
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
         # the single-partition topics replication writes to; capture creates the ops topic
         mine = (self.topics.control, self.topics.dead_letter)
@@ -123,6 +123,7 @@ class Replicator:
             backups_dir=cfg.backups_dir,
             producer=self._producer,
             alignment_timeout_s=cfg.alignment_timeout_s,
+            full_every=cfg.full_every,
             progress=self.progress,
         )
         self.coordinator.start()
@@ -131,7 +132,7 @@ class Replicator:
             self.topics.replication_group,
             **{
                 "client.id": cfg.member,
-                "session.timeout.ms": 15000,
+                "session.timeout.ms": int(cfg.session_timeout_s * 1000),
                 "heartbeat.interval.ms": 1000,  # notice a rebalance within ~1 s, not 3
                 "max.poll.interval.ms": 300000,
             },
@@ -235,6 +236,7 @@ class Replicator:
             shard = Shard(
                 shard_path(self.config.replica_dir, self.config.source, tp.partition), tp.partition
             )
+            shard.claim(self.config.member)  # fences whoever wrote this shard before us
             lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
             self.lanes[tp.partition] = lane
             tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING

@@ -1,0 +1,1 @@
+"""Fault injection: runs that kill, stall and rebalance replication, and check every backup."""

@@ -1,0 +1,305 @@
+"""The checker: every published backup against the oracle, and the replica against the primary.
+
+What counts, and as what:
+
+* **mismatch**: a backup (its DuckDB tables or its Avro files) that differs from the
+  primary at its marker's commit boundary; a backup whose manifest offsets are not where
+  that marker sits in every partition of the ops topic (a cut not all partitions
+  reached); a file whose SHA-256 differs from its manifest (a partial backup); a backup
+  of a cut the control topic resolved as abandoned or failed; a cut left unresolved
+  (neither published nor reported) after the drain; a replica that differs from the
+  primary once drained; a group offset that moved backwards.
+* **lost**: rows the oracle has and the backup or replica lacks, and operations a
+  partition missed (a gap reported at a marker).
+* **duplicated**: rows the backup or replica has beyond the oracle, operations a
+  partition applied twice (a gap the other way), and changes the replica refused (a
+  dead letter in a run without bad input means an operation was applied out of order
+  or twice).
+
+The control topic's final status of each cut is computed by replaying it through the
+same :class:`~consumers.alignment.Alignment` rules every replication process uses.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from consumers.alignment import Alignment, CutStatus
+from consumers.catalog import Backup, list_backups
+from consumers.durable import sha256_of
+from consumers.replica import open_readonly, read_state, shard_path
+from cutline.kafka_clients import make_consumer
+from cutline.settings import Topics
+from schemas.codec import CodecError, decode
+from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, Operation
+from tests.integration.pipeline import TABLES, Rows, avro_rows, backup_rows, table_rows
+
+_GAP = re.compile(r"says (\d+) operations since the previous marker, the replica applied (\d+)")
+
+
+@dataclass
+class Verdict:
+    backups_verified: int = 0
+    mismatches: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    problems: list[str] = field(default_factory=list)
+    statuses: dict[int, CutStatus] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.lost or self.duplicated or self.problems)
+
+    def problem(self, text: str, *, mismatch: bool = True) -> None:
+        self.problems.append(text)
+        if mismatch:
+            self.mismatches += 1
+
+    def merge(self, other: Verdict) -> None:
+        self.backups_verified += other.backups_verified
+        self.mismatches += other.mismatches
+        self.lost += other.lost
+        self.duplicated += other.duplicated
+        self.problems.extend(other.problems)
+
+
+def read_topic(
+    bootstrap: str, topic: str, partitions: int, deadline_s: float = 30.0
+) -> dict[int, list[tuple[int, bytes]]]:
+    """Every committed record of a topic, per partition, read up to its current end."""
+    consumer = make_consumer(
+        bootstrap, f"cutline-faults-reader-{time.monotonic_ns()}", **{"enable.partition.eof": True}
+    )
+    out: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        at_end: set[int] = set()
+        end = time.monotonic() + deadline_s
+        while len(at_end) < partitions:
+            if time.monotonic() > end:
+                raise AssertionError(f"reading {topic} did not reach its end in {deadline_s} s")
+            for message in consumer.consume(1000, 0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition())
+                    continue
+                at_end.discard(message.partition())
+                out[message.partition()].append((message.offset(), message.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+def control_events(bootstrap: str, source: str) -> list[ControlEvent]:
+    events = []
+    for _, value in read_topic(bootstrap, Topics(source).control, 1)[0]:
+        try:
+            record = decode(value)
+        except CodecError:
+            continue
+        if isinstance(record, ControlEvent) and record.source == source:
+            events.append(record)
+    return events
+
+
+def ops_records(bootstrap: str, source: str, partitions: int) -> list[tuple[int, int, object]]:
+    """Every decodable record of the ops topic as (partition, offset, record)."""
+    out = []
+    for p, records in read_topic(bootstrap, Topics(source).ops, partitions).items():
+        for offset, value in records:
+            try:
+                out.append((p, offset, decode(value)))
+            except CodecError:
+                continue
+    return out
+
+
+def marker_positions(records: list[tuple[int, int, object]]) -> dict[int, dict[int, int]]:
+    """Where each marker sits in each partition of the ops topic: {marker: {p: offset}}."""
+    found: dict[int, dict[int, int]] = {}
+    for p, offset, record in records:
+        if isinstance(record, ConsistencyMarker):
+            found.setdefault(record.marker_id, {})[p] = offset
+    return found
+
+
+def explain_missing(
+    records: list[tuple[int, int, object]],
+    table: str,
+    row: tuple,
+    columns: list[str],
+) -> str:
+    """Whether a row missing from a backup or the replica was ever published by capture."""
+    image = dict(zip(columns, row, strict=True))
+    for p, offset, record in records:
+        if isinstance(record, Operation) and record.table == table and record.after == image:
+            return f"published at partition {p} offset {offset} ({record.op})"
+    return "never published on the ops topic (lost before replication)"
+
+
+def final_statuses(events: list[ControlEvent]) -> dict[int, CutStatus]:
+    alignment = Alignment(timeout_s=float("inf"))
+    for event in events:
+        alignment.apply(event, 0.0)
+    return {m: cut.status for m, cut in alignment.cuts.items()}
+
+
+def diff_rows(expected: Rows, observed: Rows) -> tuple[int, int]:
+    """(lost, extra) rows between two table sets, as multisets."""
+    lost = extra = 0
+    for table in set(expected) | set(observed):
+        want, have = Counter(expected.get(table, [])), Counter(observed.get(table, []))
+        lost += sum((want - have).values())
+        extra += sum((have - want).values())
+    return lost, extra
+
+
+def replica_rows(
+    replica: Path, source: str, partitions: int, columns: dict[str, list[str]]
+) -> Rows:
+    """The replica as one store: the union of every partition's shard."""
+    out: Rows = {t: [] for t in TABLES}
+    for p in range(partitions):
+        conn = open_readonly(shard_path(replica, source, p))
+        try:
+            known = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            for table in TABLES:
+                if table in known:
+                    out[table].extend(table_rows(conn, table, columns[table]))
+        finally:
+            conn.close()
+    return {t: sorted(rows, key=repr) for t, rows in out.items()}
+
+
+def shards_settled(replica: Path, source: str, partitions: int, marker_id: int) -> bool:
+    """True once every shard has passed ``marker_id`` and holds no marker."""
+    for p in range(partitions):
+        path = shard_path(replica, source, p)
+        if not path.is_file():
+            return False
+        try:
+            conn = open_readonly(path)
+        except sqlite3.Error:
+            return False
+        try:
+            state = read_state(conn, p)
+        except sqlite3.Error:
+            return False
+        finally:
+            conn.close()
+        if state is None or state.marker_id < marker_id or state.held:
+            return False
+    return True
+
+
+def check_backup_files(backup: Backup) -> list[str]:
+    """Every file the manifest lists exists with the recorded size and SHA-256."""
+    problems = []
+    for entry in backup.manifest["files"]:
+        path = backup.path / entry["path"]
+        if not path.is_file():
+            problems.append(f"backup {backup.marker_id}: {entry['path']} is missing")
+        elif path.stat().st_size != entry["bytes"] or sha256_of(path) != entry["sha256"]:
+            problems.append(f"backup {backup.marker_id}: {entry['path']} differs from its manifest")
+    return problems
+
+
+def verify_run(
+    *,
+    bootstrap: str,
+    source: str,
+    partitions: int,
+    backups: Path,
+    replica: Path,
+    oracle: dict[int, Rows],
+    primary_now: Rows,
+    primary_columns: dict[str, list[str]],
+    check_replica: bool = True,
+) -> Verdict:
+    """Check one finished (drained) run; see the module docstring for what counts."""
+    verdict = Verdict()
+    events = control_events(bootstrap, source)
+    statuses = final_statuses(events)
+    verdict.statuses = statuses
+    records = ops_records(bootstrap, source, partitions)
+    positions = marker_positions(records)
+
+    for event in events:
+        if event.kind is ControlKind.FAILED and event.detail and (gap := _GAP.search(event.detail)):
+            expected, applied = int(gap.group(1)), int(gap.group(2))
+            if applied > expected:
+                verdict.duplicated += applied - expected
+            else:
+                verdict.lost += expected - applied
+            verdict.problem(f"marker {event.marker_id}: {event.detail}", mismatch=False)
+
+    published = {b.marker_id: b for b in list_backups(backups, source)}
+    for marker_id, backup in sorted(published.items()):
+        if marker_id not in oracle:
+            verdict.problem(f"backup {marker_id} is of a marker the workload never cut")
+            continue
+        status = statuses.get(marker_id)
+        if status is not CutStatus.PUBLISHED:
+            verdict.problem(f"backup {marker_id} exists but the control topic says {status}")
+        offsets = {int(p): o for p, o in backup.manifest["offsets"].items()}
+        if offsets != positions.get(marker_id):
+            verdict.problem(
+                f"backup {marker_id} covers offsets {offsets}, but the marker sits at "
+                f"{positions.get(marker_id)}: not a cut every partition reached"
+            )
+        for text in check_backup_files(backup):
+            verdict.problem(text)
+        expected = oracle[marker_id]
+        for label, rows in (("DuckDB", backup_rows(backup)), ("Avro", avro_rows(backup)[0])):
+            lost, extra = diff_rows(expected, rows)
+            if lost or extra:
+                verdict.lost += lost
+                verdict.duplicated += extra
+                verdict.problem(
+                    f"backup {marker_id} ({label}) differs from the primary at its cut: "
+                    f"{lost} rows missing, {extra} rows extra"
+                )
+                for table in TABLES if label == "DuckDB" else ():
+                    for row in list(Counter(expected[table]) - Counter(rows[table]))[:2]:
+                        why = explain_missing(records, table, row, primary_columns[table])
+                        verdict.problems.append(f"  {table} row {row!r} missing: {why}")
+        verdict.backups_verified += 1
+
+    for marker_id in sorted(oracle):
+        status = statuses.get(marker_id)
+        if status is None or not status.resolved:
+            verdict.problem(f"cut {marker_id} was never resolved (status {status})")
+        elif status is CutStatus.PUBLISHED and marker_id not in published:
+            verdict.problem(f"cut {marker_id} is PUBLISHED on the control topic but has no backup")
+
+    dead = sum(len(r) for r in read_topic(bootstrap, Topics(source).dead_letter, 1).values())
+    if dead:
+        verdict.duplicated += dead
+        verdict.problem(f"{dead} dead letters in a run without bad input", mismatch=False)
+
+    if check_replica:
+        in_replica = replica_rows(replica, source, partitions, primary_columns)
+        lost, extra = diff_rows(primary_now, in_replica)
+        if lost or extra:
+            verdict.lost += lost
+            verdict.duplicated += extra
+            verdict.problem(f"the drained replica differs from the primary: -{lost} +{extra} rows")
+            for table in TABLES:
+                missing = Counter(primary_now[table]) - Counter(in_replica[table])
+                surplus = Counter(in_replica[table]) - Counter(primary_now[table])
+                for row in list(missing)[:3]:
+                    why = explain_missing(records, table, row, primary_columns[table])
+                    verdict.problems.append(
+                        f"  {table} row {row!r} missing from the replica: {why}"
+                    )
+                for row in list(surplus)[:3]:
+                    verdict.problems.append(f"  {table} row {row!r} is in the replica only")
+    return verdict

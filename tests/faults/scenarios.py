@@ -1,0 +1,219 @@
+"""The fault scenarios. Each is a function of (bootstrap, root, seed) that runs and checks.
+
+Every scenario ends the same way: the workload stops, a final marker is cut, the run
+drains (every cut resolved, every shard past the final marker) and the checker compares
+every backup with the oracle and the replica with the primary. Scenarios that expect a
+specific outcome (a cut abandoned, every idle cut published) record it in
+``RunReport.verdict.problems`` when it does not happen, so the soak counts it too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from consumers.alignment import CutStatus
+from consumers.catalog import has_backup
+from consumers.replica import open_readonly, read_state, shard_path
+from tests.faults.runner import FaultRun, RunConfig, RunReport
+
+Scenario = Callable[[str, Path, int], RunReport]
+
+
+def _finish(run: FaultRun) -> RunReport:
+    run.drain()
+    report = run.verify()
+    run.shutdown()
+    return report
+
+
+def _any_held(run: FaultRun) -> bool:
+    p = run.pipeline
+    for partition in range(run.config.partitions):
+        path = shard_path(p.replica, p.source, partition)
+        if not path.is_file():
+            continue
+        conn = open_readonly(path)
+        try:
+            state = read_state(conn, partition)
+        finally:
+            conn.close()
+        if state is not None and state.held:
+            return True
+    return False
+
+
+def kill_mid_apply(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """SIGKILL inside a shard batch (changes applied, not committed), then a restart."""
+    config = RunConfig(seed, processes=2)
+    nth = 3 + seed % 20
+    config.arms = {"replicate-0": f"apply.batch=kill@{nth}", "replicate-1": "apply.batch=kill@40"}
+    with FaultRun(bootstrap, root, "kill-mid-apply", config) as run:
+        run.start()
+        run.write_for(7)
+        return _finish(run)
+
+
+def kill_while_held(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """SIGKILL while partitions are held at a marker (REACHED sent, cut open)."""
+    config = RunConfig(seed, processes=2)
+    config.arms = {"replicate-0": f"marker.held=kill@{2 + seed % 6}"}
+    with FaultRun(bootstrap, root, "kill-while-held", config) as run:
+        run.start()
+        run.write_for(10)
+        return _finish(run)
+
+
+def kill_while_snapshotting(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """SIGKILL of the backup writer after its files are written, before they are visible.
+
+    Armed in every process, so whoever writes first dies; another process (or the
+    restarted one) must take the READY cut over, from the same shards, still held.
+    """
+    config = RunConfig(seed, processes=2)
+    spec = f"snapshot.before_publish=kill@{1 + seed % 3}"
+    config.arms = {"replicate-0": spec, "replicate-1": spec}
+    with FaultRun(bootstrap, root, "kill-while-snapshotting", config) as run:
+        run.start()
+        run.write_for(7)
+        return _finish(run)
+
+
+def kill_after_publish(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """SIGKILL after the backup is visible: before PUBLISHED is sent, and before the commit."""
+    config = RunConfig(seed, processes=2)
+    config.arms = {
+        "replicate-0": f"snapshot.after_publish=kill@{1 + seed % 2}",
+        "replicate-1": f"commit.before=kill@{2 + seed % 5}",
+    }
+    with FaultRun(bootstrap, root, "kill-after-publish", config) as run:
+        run.start()
+        run.write_for(7)
+        return _finish(run)
+
+
+def rebalance_while_held(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """A process joins, then one leaves, while every partition is held at a marker.
+
+    Every backup writer sleeps 2 s before publishing, so each cut holds its partitions
+    for that long; the join and the leave are started while a shard is seen held.
+    """
+    config = RunConfig(seed, processes=2)
+    slow = "snapshot.before_publish=sleep:2"
+    config.arms = {"replicate-0": slow, "replicate-1": slow}
+    with FaultRun(bootstrap, root, "rebalance-while-held", config) as run:
+        run.start()
+        run.write_for(3, cut_every_s=(1.5, 2.5))
+        _wait_held(run)
+        run.start_replicator("replicate-2", slow)  # joins while held
+        run.write_for(5, cut_every_s=(1.5, 2.5))
+        _wait_held(run)
+        run.stop("replicate-1")  # leaves while held (clean SIGTERM)
+        run.write_for(5, cut_every_s=(1.5, 2.5))
+        return _finish(run)
+
+
+def _wait_held(run: FaultRun, deadline_s: float = 30.0) -> None:
+    assert run.workload is not None
+    end = time.monotonic() + deadline_s
+    run.workload.cut()
+    while not _any_held(run):
+        if time.monotonic() > end:
+            raise AssertionError("no partition was ever seen held at a marker")
+        run.workload.transaction()
+        time.sleep(0.02)
+
+
+def stalled_partition(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """One partition's thread is stuck: the cut is abandoned, then later cuts succeed.
+
+    The stuck process is restarted (unarmed) after the abandon; the abandoned cut must
+    have no backup and be reported ABANDONED, and every later cut must be published.
+    """
+    config = RunConfig(seed, partitions=4, processes=1, alignment_timeout_s=5.0)
+    config.arms = {"replicate-0": f"apply.batch[{seed % 4}]=stall:600"}
+    with FaultRun(bootstrap, root, "stalled-partition", config) as run:
+        run.start()
+        assert run.workload is not None
+        run.write_for(2, cut_every_s=(60, 60))
+        stuck = run.workload.cut()
+        statuses = run.wait_statuses([stuck], deadline_s=45)
+        run.kill("replicate-0")
+        run.supervise()  # restarted without the stall
+        run.write_for(4, cut_every_s=(0.8, 1.5))
+        report = _finish(run)
+        later = [m for m in run.pipeline.oracle if m > stuck]
+        if statuses[stuck] is not CutStatus.ABANDONED:
+            report.verdict.problem(f"stuck cut {stuck} ended {statuses[stuck]}, not abandoned")
+        if has_backup(run.pipeline.backups, run.pipeline.source, stuck):
+            report.verdict.problem(f"a backup is labelled with abandoned cut {stuck}")
+        unpublished = [
+            m for m in later if report.verdict.statuses.get(m) is not CutStatus.PUBLISHED
+        ]
+        if unpublished:
+            report.verdict.problem(f"cuts after the stall were not published: {unpublished}")
+        return report
+
+
+def idle_partitions(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """Cuts with no operation at all, or one row's, since the previous: none may wait."""
+    config = RunConfig(seed, processes=2, alignment_timeout_s=20.0)
+    with FaultRun(bootstrap, root, "idle-partitions", config) as run:
+        run.start()
+        assert run.workload is not None
+        run.write_for(2, cut_every_s=(60, 60))
+        for _ in range(3):
+            run.workload.cut()  # back to back: every partition idle
+        for _ in range(3):
+            run.workload.transaction()  # one transaction: most partitions idle
+            run.workload.cut()
+        report = _finish(run)
+        unpublished = [
+            m
+            for m in run.pipeline.oracle
+            if report.verdict.statuses.get(m) is not CutStatus.PUBLISHED
+        ]
+        if unpublished:
+            report.verdict.problem(f"cuts with idle partitions were not published: {unpublished}")
+        return report
+
+
+def three_processes(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """Three processes on eight partitions, SIGKILLed at random moments and restarted."""
+    config = RunConfig(seed, partitions=8, processes=3)
+    with FaultRun(bootstrap, root, "three-processes", config) as run:
+        run.start()
+        run.write_for(12, chaos=0.3)
+        return _finish(run)
+
+
+def zombie_process(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """A process frozen past its session timeout wakes up as a zombie.
+
+    Its partitions have moved to the other process meanwhile; when it wakes, its threads
+    still hold queued records and its shards' old connections. The shard claim fences
+    them and Kafka refuses its stale generation's commits: nothing doubled, nothing lost.
+    """
+    config = RunConfig(seed, processes=2, alignment_timeout_s=20.0)
+    with FaultRun(bootstrap, root, "zombie-process", config) as run:
+        run.start()
+        run.write_for(3)
+        run.freeze("replicate-0")
+        run.write_for(config.session_timeout_s + 4)
+        run.thaw("replicate-0")
+        run.write_for(3)
+        return _finish(run)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "kill-mid-apply": kill_mid_apply,
+    "kill-while-held": kill_while_held,
+    "kill-while-snapshotting": kill_while_snapshotting,
+    "kill-after-publish": kill_after_publish,
+    "rebalance-while-held": rebalance_while_held,
+    "stalled-partition": stalled_partition,
+    "idle-partitions": idle_partitions,
+    "three-processes": three_processes,
+    "zombie-process": zombie_process,
+}
