@@ -20,6 +20,13 @@ from cutline.errors import BrokerError, DeadlineExceeded
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.kafka")
+
+# One change is one record, so a row up to this size flows through (Kafka's default is
+# ~1 MB). The ops and dead-letter topics and every producer are sized for it; a larger
+# record stops capture with a message, never silently.
+MAX_RECORD_BYTES = 32 << 20
+TOPIC_MAX_MESSAGE_BYTES = MAX_RECORD_BYTES + (64 << 10)  # room for the batch framing
+PRODUCER_MAX_BYTES = TOPIC_MAX_MESSAGE_BYTES
 _client_log = logging.getLogger("cutline.kafka.librdkafka")
 
 
@@ -36,7 +43,15 @@ def make_admin(bootstrap: str, **extra: Any) -> AdminClient:
 
 def make_producer(bootstrap: str, **extra: Any) -> Producer:
     """An idempotent producer (acks=all): a retried send is never written twice."""
-    config = _base(bootstrap, {"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    config = _base(
+        bootstrap,
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": PRODUCER_MAX_BYTES,
+        },
+    )
     config.update(extra)
     return Producer(config)
 
@@ -86,11 +101,12 @@ class TopicSpec:
 
 def source_topic_specs(topics: Topics, partitions: int) -> list[TopicSpec]:
     """Every topic of a source. Ops and dead letters are kept forever (replay needs them)."""
+    large = {"retention.ms": "-1", "max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
     return [
-        TopicSpec(topics.ops, partitions, {"retention.ms": "-1"}),
+        TopicSpec(topics.ops, partitions, dict(large)),
         TopicSpec(topics.capture_position, 1, {"cleanup.policy": "compact"}),
         TopicSpec(topics.control, 1),
-        TopicSpec(topics.dead_letter, 1, {"retention.ms": "-1"}),
+        TopicSpec(topics.dead_letter, 1, dict(large)),
     ]
 
 

@@ -49,12 +49,33 @@ def recorded_bootstrap() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_BROKER_ADDRESS = re.compile(
+    r"^(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})$"
+)
+
+
+def validate_bootstrap(text: str, origin: str) -> str:
+    """``HOST:PORT[,HOST:PORT...]``, checked before any client waits on a bad address."""
+    for address in text.split(","):
+        match = _BROKER_ADDRESS.fullmatch(address.strip())
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise ConfigError(
+                f"{origin} {text!r}: {address.strip()!r} is not HOST:PORT (a port from 1 to "
+                "65535); use e.g. 127.0.0.1:9092 or broker1:9092,broker2:9092"
+            )
+    return text
+
+
 def resolve_bootstrap(explicit: str | None) -> str:
     """Bootstrap servers from the flag, the environment, or the recorded local broker."""
-    for lookup in (lambda: explicit, lambda: os.environ.get(ENV_BOOTSTRAP), recorded_bootstrap):
-        candidate = lookup()
-        if candidate:
-            return candidate
+    if explicit:
+        return validate_bootstrap(explicit, "--bootstrap-servers")
+    from_env = os.environ.get(ENV_BOOTSTRAP)
+    if from_env:
+        return validate_bootstrap(from_env, ENV_BOOTSTRAP)
+    recorded = recorded_bootstrap()
+    if recorded:
+        return recorded
     raise ConfigError(
         "no Kafka cluster to talk to: pass --bootstrap-servers HOST:PORT, "
         f"set {ENV_BOOTSTRAP}, or start a local broker with `cutline kafka start`"

@@ -8,7 +8,16 @@ position that says it was published become visible together or not at all:
 * after a crash, capture resumes right after the last committed position: no change is
   published twice or skipped, and the per-partition counts since the last marker are
   exact (they travel in the position record);
-* a second capture process for the same source fences the first (same transactional id).
+* a second capture process for the same source fences the first (same transactional id);
+* a transaction that fails for a reason Kafka may recover from (a leader change, a broker
+  lost) is aborted and the batch published again, within ``retry_deadline_s``. If even
+  aborting fails, the producer is rebuilt and the position read back from Kafka, because
+  then only Kafka knows whether the commit went through.
+
+Failpoints (``cutline.failpoints``) inside the transaction: ``capture.before_marker``,
+``capture.marker_produced[P]`` (after the marker went to partition P),
+``capture.batch_produced``, ``capture.before_commit``, and ``capture.after_commit``
+(committed, not yet forgotten on the primary).
 
 The primary is only read (WAL readers do not block writers), plus one short DELETE of
 change-log rows already durable in Kafka.
@@ -25,12 +34,16 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from cutline.errors import BrokerError, ConfigError, DeadlineExceeded
+from cutline import failpoints
+from cutline.errors import BrokerError, ConfigError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import (
+    MAX_RECORD_BYTES,
+    PRODUCER_MAX_BYTES,
     ensure_topics,
     make_consumer,
     make_producer,
     source_topic_specs,
+    topic_config,
     wait_for_cluster,
 )
 from cutline.settings import Topics
@@ -67,6 +80,19 @@ class CaptureConfig:
     batch_size: int = 5000
     idle_sleep_s: float = 0.05
     transaction_timeout_s: float = 30.0
+    retry_deadline_s: float = 120.0  # give up after Kafka refused transactions this long
+
+
+class RecordTooLarge(CutlineError):
+    """A change that Kafka cannot carry as one record; capture stops rather than drop it."""
+
+
+class TransactionFailed(BrokerError):
+    """A transaction was aborted for a reason Kafka may recover from; publish it again."""
+
+    def __init__(self, message: str, *, position_reloaded: bool):
+        super().__init__(message)
+        self.position_reloaded = position_reloaded
 
 
 @dataclass
@@ -75,6 +101,7 @@ class CaptureStats:
     operations: int = 0
     markers: int = 0
     transactions: int = 0
+    retried: int = 0
     last_seq: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -95,6 +122,8 @@ class Capture:
         self._marker_id = 0
         self._counts: list[int] = []
         self._last_mark = time.monotonic()
+        self._max_record = MAX_RECORD_BYTES
+        self._failing_since: float | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -119,7 +148,19 @@ class Capture:
                 f"topic {self.topics.ops} already has {self.partitions} partitions, not "
                 f"{cfg.partitions}: drop --partitions to use it, or capture into a new --source"
             )
-        self._producer = make_producer(
+        self._max_record = self._record_limit()
+        self._producer = self._new_producer()
+        self._recover_position()
+        self._broadcast_definitions()
+        self.progress(
+            f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
+            f"{self.topics.ops} ({self.partitions} partitions), resuming after change {self._seq}"
+        )
+
+    def _new_producer(self):
+        """A transactional producer, initialised: this fences any older capture process."""
+        cfg = self.config
+        producer = make_producer(
             cfg.bootstrap,
             **{
                 "transactional.id": self.topics.capture_transactional_id,
@@ -127,18 +168,31 @@ class Capture:
                 "linger.ms": 20,
                 "batch.size": 1_000_000,
                 "compression.type": "lz4",
+                "message.max.bytes": PRODUCER_MAX_BYTES,
             },
         )
+        end = time.monotonic() + max(30.0, cfg.transaction_timeout_s)
+        while True:
+            try:
+                producer.init_transactions(max(1.0, min(30.0, end - time.monotonic())))
+                return producer
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() >= end:
+                    raise BrokerError(
+                        f"cannot start a Kafka transaction for capture: {exc.args[0].str()}"
+                    ) from exc
+                time.sleep(0.5)
+
+    def _record_limit(self) -> int:
+        """The largest record the ops topic takes: cutline's limit, or the topic's if lower."""
         try:
-            self._producer.init_transactions(30)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot start a Kafka transaction for capture: {exc}") from exc
-        self._recover_position()
-        self._broadcast_definitions()
-        self.progress(
-            f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
-            f"{self.topics.ops} ({self.partitions} partitions), resuming after change {self._seq}"
-        )
+            configured = int(
+                topic_config(self.config.bootstrap, self.topics.ops)["max.message.bytes"]
+            )
+        except Exception as exc:  # unknown yet, timed out, not allowed: assume cutline's own
+            log.info("cannot read max.message.bytes of %s (%s)", self.topics.ops, exc)
+            return MAX_RECORD_BYTES
+        return min(MAX_RECORD_BYTES, configured - 1024)  # room for the batch header
 
     def _recover_position(self) -> None:
         position = read_last_position(self.config.bootstrap, self.topics)
@@ -200,6 +254,7 @@ class Capture:
         if not rows:
             return 0
         saved = (self._marker_id, list(self._counts))
+        known_tables = set(self._layouts)
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
@@ -209,12 +264,22 @@ class Capture:
                     produced["markers"] += 1
                 else:
                     produced["ops"] += self._produce_change(row)
+            failpoints.hit("capture.batch_produced")
 
         try:
             self._transaction(body, position=True, last_seq=rows[-1].seq)
-        except BaseException:
+        except BaseException as exc:
+            for table in set(self._layouts) - known_tables:  # their definitions were aborted
+                del self._layouts[table]
+            if isinstance(exc, TransactionFailed):
+                if not exc.position_reloaded:
+                    self._marker_id, self._counts = saved
+                self._retry_later(exc)
+                return 0
             self._marker_id, self._counts = saved
             raise
+        self._failing_since = None
+        failpoints.hit("capture.after_commit")
         self._seq = rows[-1].seq
         forget_changes(self._conn, self._seq)
         self.stats.changes += len(rows)
@@ -222,6 +287,21 @@ class Capture:
         self.stats.markers += produced["markers"]
         self.stats.last_seq = self._seq
         return len(rows)
+
+    def _retry_later(self, exc: TransactionFailed) -> None:
+        """Note a failed transaction; give up once Kafka has refused them for too long."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self.stats.retried += 1
+        waited = now - self._failing_since
+        if waited > self.config.retry_deadline_s:
+            raise BrokerError(
+                f"capture could not commit a Kafka transaction for {waited:.0f} s; last "
+                f"error: {exc}. Check the cluster (brokers up, min.insync.replicas met)"
+            ) from exc
+        self.progress(f"{exc}; publishing the batch again (retrying for {waited:.0f} s)")
+        time.sleep(min(2.0, 0.2 * self.stats.retried))
 
     def _produce_change(self, row) -> int:
         layout = self._layouts.get(row.table)
@@ -232,7 +312,17 @@ class Capture:
         pairs = to_operations(row, layout, self.config.source)
         for key, operation in pairs:
             p = partition_for(key, self.partitions)
-            self._produce(self.topics.ops, encode(operation), key, p)
+            value = encode(operation)
+            if len(value) + len(key) > self._max_record:
+                raise RecordTooLarge(
+                    f"change {row.seq} ({operation.op} on table {row.table!r}, key "
+                    f"{_short(operation.key)}) is a {len(value) + len(key):,}-byte record, over "
+                    f"the {self._max_record:,} bytes topic {self.topics.ops} takes; capture "
+                    "stopped without skipping it. Shrink that row (keep large payloads outside "
+                    "captured tables), or raise the topic's max.message.bytes if it is below "
+                    f"{MAX_RECORD_BYTES:,}"
+                )
+            self._produce(self.topics.ops, value, key, p)
             self._counts[p] += 1
         return len(pairs)
 
@@ -247,8 +337,10 @@ class Capture:
             tables=tuple(sorted(self._layouts)),
         )
         value = encode(marker)
+        failpoints.hit("capture.before_marker")
         for p in range(self.partitions):
             self._produce(self.topics.ops, value, MARKER_KEY, p)
+            failpoints.hit("capture.marker_produced", p)
         self._marker_id = marker_id
         self._counts = [0] * self.partitions
 
@@ -263,7 +355,11 @@ class Capture:
     def _transaction(
         self, body: Callable[[], None], *, position: bool, last_seq: int | None = None
     ):
-        """Run ``body`` inside one Kafka transaction that also records the position."""
+        """Run ``body`` inside one Kafka transaction that also records the position.
+
+        Raises TransactionFailed when Kafka may recover (the caller publishes the batch
+        again), BrokerError when this producer was fenced or failed fatally.
+        """
         producer = self._producer
         deadline = time.monotonic() + self.config.transaction_timeout_s
         try:
@@ -278,12 +374,14 @@ class Capture:
                     counts=tuple(self._counts),
                 )
                 self._produce(self.topics.capture_position, encode(record), POSITION_KEY, 0)
+            failpoints.hit("capture.before_commit")
             while True:
                 try:
                     producer.commit_transaction(max(1.0, deadline - time.monotonic()))
                     break
                 except KafkaException as exc:
-                    if exc.args[0].retriable() and time.monotonic() < deadline:
+                    error = exc.args[0]
+                    if error.retriable() and time.monotonic() < deadline:
                         continue
                     raise
         except KafkaException as exc:
@@ -293,10 +391,44 @@ class Capture:
                     f"capture for source {self.config.source!r} was fenced or failed fatally "
                     f"({error.str()}); another capture process may have taken over"
                 ) from exc
-            with contextlib.suppress(KafkaException):
-                producer.abort_transaction(10)
-            raise BrokerError(f"Kafka transaction aborted: {error.str()}") from exc
+            if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                self._abort_quietly()
+                raise RecordTooLarge(
+                    f"Kafka refused a record as too large ({error.str()}): check "
+                    f"max.message.bytes of {self.topics.ops} (cutline creates it with "
+                    f"{MAX_RECORD_BYTES:,} bytes and more)"
+                ) from exc
+            reloaded = self._abort_or_rebuild()
+            raise TransactionFailed(
+                f"Kafka transaction aborted: {error.str()}", position_reloaded=reloaded
+            ) from exc
+        except BaseException:
+            self._abort_quietly()
+            raise
         self.stats.transactions += 1
+
+    def _abort_quietly(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(KafkaException):
+                self._producer.abort_transaction(10)
+
+    def _abort_or_rebuild(self) -> bool:
+        """Abort the open transaction; if even that fails, start over from Kafka's word.
+
+        Returns True when the position was read back from Kafka: a commit that timed out
+        may still have gone through, and only the capture topic knows.
+        """
+        try:
+            self._producer.abort_transaction(max(5.0, self.config.transaction_timeout_s / 2))
+            return False
+        except KafkaException as exc:
+            log.warning("aborting the transaction failed (%s); restarting the producer", exc)
+        old, self._producer = self._producer, None
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.purge()
+        self._producer = self._new_producer()  # fences the old one, ends its transaction
+        self._recover_position()
+        return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
@@ -305,6 +437,11 @@ class Capture:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _short(key: dict) -> str:
+    text = repr(key)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def read_last_position(

@@ -7,6 +7,7 @@ new one: each then travels with its own key, and per-key order still holds.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -16,11 +17,14 @@ from producers.sqlite_changelog import (
     ChangeRow,
     image_columns,
     parse_literal,
+    raw_text_value,
     split_literals,
 )
-from schemas.records import Operation, OpType, TableDefinition
+from schemas.records import Operation, OpType, TableDefinition, Value
 
 KEY_SEPARATOR = "\x1f"
+
+log = logging.getLogger("cutline.capture")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class TableLayout:
     def of(cls, definition: TableDefinition) -> TableLayout:
         columns = image_columns(definition)
         return cls(definition, columns, tuple(columns.index(k) for k in definition.key_columns))
+
+
+def _parse_raw_text(text: str) -> Value:
+    return raw_text_value(parse_literal(text))
 
 
 def message_key(table: str, key_literals: list[str]) -> bytes:
@@ -59,10 +67,17 @@ def to_operations(
                 f"change {change.seq} on {change.table!r} has {len(lits)} values for "
                 f"{len(columns)} columns"
             )
-    before = (
-        dict(zip(columns, map(parse_literal, before_lits), strict=True)) if before_lits else None
-    )
-    after = dict(zip(columns, map(parse_literal, after_lits), strict=True)) if after_lits else None
+    parse = parse_literal
+    if change.raw_text:
+        parse = _parse_raw_text
+        log.warning(
+            "change %s on table %r holds TEXT that is not valid UTF-8: it is captured byte "
+            "for byte as a BLOB (Avro and DuckDB strings must be UTF-8)",
+            change.seq,
+            change.table,
+        )
+    before = dict(zip(columns, map(parse, before_lits), strict=True)) if before_lits else None
+    after = dict(zip(columns, map(parse, after_lits), strict=True)) if after_lits else None
     table = layout.definition.table
     keys = layout.definition.key_columns
 
