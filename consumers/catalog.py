@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cutline.errors import CutlineError
+from cutline.errors import ConfigError, CutlineError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -24,6 +24,10 @@ MANIFEST_FORMAT = 1
 
 class CatalogError(CutlineError):
     """No backup matches, or a backups directory cannot be used."""
+
+
+class InvalidInstant(CatalogError, ConfigError):
+    """A time that is not ISO-8601: invalid input (exit status 2)."""
 
 
 def backup_dir_name(marker_id: int) -> str:
@@ -97,32 +101,92 @@ class Backup:
         }
 
 
-def read_backup(path: Path) -> Backup | None:
+# The fields every reader relies on; a manifest without one of them is damaged.
+REQUIRED_FIELDS: dict[str, type] = {
+    "source": str,
+    "marker_id": int,
+    "t1": str,
+    "t1_us": int,
+    "t2": str,
+    "duckdb": str,
+    "tables": dict,
+    "files": list,
+}
+
+
+def manifest_problem(path: Path) -> str | None:
+    """Why ``path`` (a backup directory) has no usable manifest; None when it has one."""
+    loaded = _load_manifest(path)
+    return loaded if isinstance(loaded, str) else None
+
+
+def _load_manifest(path: Path) -> dict[str, Any] | str:
+    """The manifest of the backup in ``path``, or why it cannot be used."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return Backup(path, manifest)
+    except FileNotFoundError:
+        return f"{MANIFEST} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{MANIFEST} is unreadable ({exc})"
+    if not isinstance(manifest, dict):
+        return f"{MANIFEST} is not a JSON object"
+    for name, kind in REQUIRED_FIELDS.items():
+        if not isinstance(manifest.get(name), kind):
+            return f"{MANIFEST} has no valid {name!r}"
+    return manifest
 
 
-def list_backups(backups: Path, source: str | None = None) -> list[Backup]:
-    """Every published backup, ordered by source then marker id."""
+def read_backup(path: Path) -> Backup | None:
+    """The backup in ``path``; None if its manifest is missing, unreadable or incomplete."""
+    loaded = _load_manifest(path)
+    return None if isinstance(loaded, str) else Backup(path, loaded)
+
+
+def _backup_dirs(backups: Path, source: str | None) -> list[Path]:
+    """Every ``marker-*`` directory (published backups; ``.tmp-*`` ones are not)."""
     root = Path(backups)
     if not root.exists():
         return []
     if not root.is_dir():
         raise CatalogError(f"--backups {root} is not a directory")
     sources = [root / source] if source else sorted(p for p in root.iterdir() if p.is_dir())
-    found = []
-    for sdir in sources:
-        if not sdir.is_dir():
-            continue
-        for path in sorted(sdir.iterdir()):
-            if path.name.startswith("marker-"):
-                backup = read_backup(path)
-                if backup is not None:
-                    found.append(backup)
+    return [
+        path
+        for sdir in sources
+        if sdir.is_dir()
+        for path in sorted(sdir.iterdir())
+        if path.name.startswith("marker-")
+    ]
+
+
+def list_backups(backups: Path, source: str | None = None) -> list[Backup]:
+    """Every published backup, ordered by source then marker id.
+
+    A backup directory whose manifest cannot be used is left out here;
+    :func:`damaged_backup_dirs` names those (``cutline verify`` reports them).
+    """
+    found = [b for b in map(read_backup, _backup_dirs(backups, source)) if b is not None]
     return sorted(found, key=lambda b: (b.source, b.marker_id))
+
+
+def damaged_backup_dirs(backups: Path, source: str | None = None) -> list[tuple[Path, str]]:
+    """Backup directories whose manifest is missing, unreadable or incomplete, and why.
+
+    Publication renames a complete directory, manifest included, into place, so a
+    ``marker-*`` directory without a usable manifest is damaged, never half-written.
+    """
+    damaged = []
+    for path in _backup_dirs(backups, source):
+        problem = manifest_problem(path)
+        if problem is not None:
+            damaged.append((path, problem))
+    return damaged
+
+
+def marker_id_of_dir(path: Path) -> int | None:
+    """The marker id in a backup directory's name (``marker-0000000007``: 7)."""
+    digits = path.name.removeprefix("marker-")
+    return int(digits) if digits.isdigit() else None
 
 
 def has_backup(backups: Path, source: str, marker_id: int) -> bool:
@@ -134,7 +198,7 @@ def parse_instant(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise CatalogError(
+        raise InvalidInstant(
             f"--as-of {text!r} is not an ISO-8601 time, e.g. 2026-11-25T10:15:00Z"
         ) from exc
     if moment.tzinfo is None:
@@ -142,24 +206,38 @@ def parse_instant(text: str) -> int:
     return int(moment.timestamp() * 1_000_000)
 
 
-def select_backup(
-    backups: Path, source: str, *, marker_id: int | None = None, as_of: str | None = None
-) -> Backup:
-    """The backup for a marker, or the newest with T1 <= as_of, or the newest of all."""
-    candidates = list_backups(backups, source)
-    if not candidates:
+def backups_of_source(backups: Path, source: str) -> list[Backup]:
+    """Every backup of ``source``, oldest first; an error that says what to do if none."""
+    found = list_backups(backups, source)
+    if not found:
         raise CatalogError(
             f"no backups of source {source!r} under {backups}: run `cutline replicate` and "
             "cut a marker with `cutline mark`"
         )
+    return found
+
+
+def select_backup(
+    backups: Path, source: str, *, marker_id: int | None = None, as_of: str | None = None
+) -> Backup:
+    """The backup for a marker, or the newest with T1 <= as_of, or the newest of all."""
+    limit = None if as_of is None else parse_instant(as_of)  # bad input first: exit 2
+    candidates = backups_of_source(backups, source)
     if marker_id is not None:
         for backup in candidates:
             if backup.marker_id == marker_id:
                 return backup
+        damaged = source_dir(backups, source) / backup_dir_name(marker_id)
+        problem = manifest_problem(damaged) if damaged.is_dir() else None
+        if problem is not None:
+            raise CatalogError(
+                f"backup {marker_id} of source {source!r} ({damaged}) is damaged: {problem}; "
+                "run `cutline verify`, and use another backup or restore that directory "
+                "from a copy"
+            )
         ids = ", ".join(str(b.marker_id) for b in candidates)
         raise CatalogError(f"no backup for marker {marker_id} of source {source!r}; have: {ids}")
-    if as_of is not None:
-        limit = parse_instant(as_of)
+    if as_of is not None and limit is not None:
         eligible = [b for b in candidates if b.t1_us <= limit]
         if not eligible:
             raise CatalogError(

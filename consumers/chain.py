@@ -35,6 +35,7 @@ import duckdb
 
 from consumers.catalog import Backup, backup_dir_name, read_backup
 from cutline.errors import CutlineError
+from producers.sqlite_changelog import quote_identifier, quote_text
 
 FULL = "full"
 INCREMENTAL = "incremental"
@@ -46,10 +47,6 @@ METADATA_TABLES = ("_cutline_backup", "_cutline_tables")
 
 class ChainError(CutlineError):
     """An incremental backup cannot be resolved: a backup of its chain is missing or bad."""
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def deleted_avro_path(backup: Backup, table: str) -> Path | None:
@@ -117,7 +114,7 @@ def _check_same_tables(base: Backup, link: Backup) -> None:
 def apply_link(db: duckdb.DuckDBPyConnection, alias: str, link: Backup) -> None:
     """Apply incremental ``link`` (attached as ``alias``) to the full tables in ``db``."""
     for table, info in link.manifest["tables"].items():
-        target = quote(table)
+        target = quote_identifier(table)
         changed = f"{alias}.main.{target}"
         deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
         if info.get("match", MATCH_KEY) == MATCH_ROW:
@@ -127,7 +124,7 @@ def apply_link(db: duckdb.DuckDBPyConnection, alias: str, link: Backup) -> None:
                 f"UNION ALL SELECT * FROM {changed}"
             )
             continue
-        keys = [quote(k) for k in info["key_columns"]]
+        keys = [quote_identifier(k) for k in info["key_columns"]]
         key_list = ", ".join(keys)
         on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
         db.execute(
@@ -136,10 +133,6 @@ def apply_link(db: duckdb.DuckDBPyConnection, alias: str, link: Backup) -> None:
             f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
             f"ON {on} UNION ALL SELECT * FROM {changed}"
         )
-
-
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def build_resolved(backup: Backup, out: Path) -> None:
@@ -155,13 +148,13 @@ def build_resolved(backup: Backup, out: Path) -> None:
                     f"backup {link.marker_id} (needed by {backup.marker_id}) lacks its "
                     f"DuckDB file {link.duckdb_path}"
                 )
-            db.execute(f"ATTACH {_sql_path(link.duckdb_path)} AS {alias} (READ_ONLY)")
+            db.execute(f"ATTACH {quote_text(str(link.duckdb_path))} AS {alias} (READ_ONLY)")
             try:
                 if i == 0:
                     for table in base.manifest["tables"]:
                         db.execute(
-                            f"CREATE TABLE {quote(table)} AS "
-                            f"SELECT * FROM {alias}.main.{quote(table)}"
+                            f"CREATE TABLE {quote_identifier(table)} AS "
+                            f"SELECT * FROM {alias}.main.{quote_identifier(table)}"
                         )
                 else:
                     _check_same_tables(base, link)

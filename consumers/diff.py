@@ -44,6 +44,9 @@ class TableDiff:
     removed: list[Row] = field(default_factory=list)
     changed: list[dict[str, Row]] = field(default_factory=list)
     only_in: str | None = None  # "from" or "to"
+    # per entry of ``changed``, the columns whose values differ (a backup type change of
+    # an equal value, 5 -> '5', is no difference); for the text form only
+    changed_columns: list[list[str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -148,10 +151,16 @@ def diff_rows(before: _Side | None, after: _Side | None, key_columns: list[str])
         olds, news = old_groups.get(key, []), new_groups.get(key, [])
         if keys and len(olds) == 1 and len(news) == 1 and _NULL not in key:
             old_row, new_row = olds[0], news[0]
-            if _canonical_row(old_row, columns, loose) != _canonical_row(new_row, columns, loose):
+            differ = [
+                c
+                for c in columns
+                if _canonical(old_row[c], c in loose) != _canonical(new_row[c], c in loose)
+            ]
+            if differ:
                 diff.changed.append(
                     {"key": {k: new_row[k] for k in keys}, "before": old_row, "after": new_row}
                 )
+                diff.changed_columns.append(differ)
             continue
         old_count = Counter(_canonical_row(r, columns, loose) for r in olds)
         new_count = Counter(_canonical_row(r, columns, loose) for r in news)
@@ -249,11 +258,11 @@ def summary_lines(diff: BackupDiff) -> Iterable[str]:
             yield f"  + {_show(row)}"
         for row in d.removed:
             yield f"  - {_show(row)}"
-        for change in d.changed:
+        for change, differ in zip(d.changed, d.changed_columns, strict=True):
             fields = [
-                f"{c}: {_show_value(change['before'].get(c))} -> {_show_value(v)}"
-                for c, v in change["after"].items()
-                if change["before"].get(c) != v
+                f"{c}: {_show_value(change['before'].get(c))} -> "
+                f"{_show_value(change['after'].get(c))}"
+                for c in differ
             ]
             yield f"  ~ {_show(change['key'])}: {', '.join(fields)}"
 

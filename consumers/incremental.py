@@ -28,9 +28,9 @@ from consumers.chain import (
     MATCH_ROW,
     ChainError,
     chain_of,
-    quote,
 )
 from consumers.verify import verify_files
+from producers.sqlite_changelog import quote_identifier
 from schemas.records import TableDefinition
 
 PREVIOUS = "_cutline_previous"  # the alias the previous backup is attached under
@@ -155,9 +155,9 @@ def write_changes(
     previous backup, resolved, is attached as ``_cutline_previous``. Returns the match
     mode and the counts for the manifest.
     """
-    target = quote(table)
+    target = quote_identifier(table)
     previous = f"{PREVIOUS}.main.{target}"
-    keys = [quote(k) for k in key_columns]
+    keys = [quote_identifier(k) for k in key_columns]
     by_key = (
         bool(keys)
         and all(k in columns for k in key_columns)

@@ -32,7 +32,7 @@ from consumers.catalog import Backup
 from consumers.chain import resolved_database
 from cutline.errors import CutlineError
 from producers.markers import format_time
-from producers.sqlite_changelog import quote_identifier
+from producers.sqlite_changelog import quote_identifier, quote_text
 
 READING_STATEMENTS = frozenset(
     {
@@ -163,8 +163,7 @@ def _history_select(conn: duckdb.DuckDBPyConnection, backup: Backup, table: str)
 
 
 def _attach(conn: duckdb.DuckDBPyConnection, backup: Backup, path: Path) -> None:
-    literal = "'" + str(path).replace("'", "''") + "'"
-    conn.execute(f"ATTACH {literal} AS {history_alias(backup)} (READ_ONLY)")
+    conn.execute(f"ATTACH {quote_text(str(path))} AS {history_alias(backup)} (READ_ONLY)")
 
 
 def _connect_read_only(path: Path, what: str) -> duckdb.DuckDBPyConnection:

@@ -100,13 +100,20 @@ def restore_backup(
             + "\n  ".join(problems)
             + "\nrestore another backup (`cutline backups` lists them)"
         )
-    temp = target.parent / f".{target.name}.cutline-restore-{uuid.uuid4().hex[:8]}"
+    temp = _temp_path(target)
     result = RestoreResult(target, backup)
     try:
         with resolved_database(backup) as resolved:
             _write(resolved, temp, backup, wanted, result, progress)
         fsync_file(temp)
         _move_into_place(temp, target, force)
+    except OSError as exc:
+        with suppress(OSError):
+            temp.unlink()
+        raise RestoreError(
+            f"writing the restored database to {target} failed: {exc}; check that "
+            f"{target.parent} is writable and has free space, then run restore again"
+        ) from exc
     except BaseException:
         with suppress(OSError):
             temp.unlink()
@@ -116,6 +123,13 @@ def restore_backup(
         f"{len(result.tables)} tables, {sum(t.rows for t in result.tables)} rows"
     )
     return result
+
+
+def _temp_path(target: Path) -> Path:
+    """A hidden name beside ``target``, within the usual 255-byte limit of a file name."""
+    suffix = f".cutline-restore-{uuid.uuid4().hex[:8]}"
+    stem = target.name.encode()[: 254 - len(suffix)].decode(errors="ignore")
+    return target.parent / f".{stem}{suffix}"
 
 
 def _check_target(target: Path, force: bool) -> None:
@@ -154,7 +168,14 @@ def _write(
         source = duckdb.connect(str(resolved), read_only=True)
     except duckdb.Error as exc:
         raise RestoreError(f"cannot open backup {backup.marker_id} ({resolved}): {exc}") from exc
-    out = sqlite3.connect(temp, isolation_level=None)
+    try:
+        out = sqlite3.connect(temp, isolation_level=None)
+    except sqlite3.Error as exc:
+        source.close()
+        raise RestoreError(
+            f"cannot create {temp} to restore into: {exc}; check that {temp.parent} is "
+            "writable and has free space"
+        ) from exc
     try:
         out.execute("PRAGMA journal_mode = OFF")  # a temp file: atomicity comes from rename
         out.execute("PRAGMA synchronous = OFF")

@@ -8,19 +8,27 @@ Removal never leaves a half backup visible: each directory is first renamed to a
 ``.tmp-`` name (the catalog ignores those, see ``consumers.durable``), the rename made
 durable, and only then deleted. Backups are removed newest first, so if prune stops
 half way, no remaining backup is an incremental whose parent is already gone.
+
+Prune holds the source's backup writer lock (the one ``replicate`` and ``replay`` write
+under) while it decides and removes: a backup being written as an incremental reads its
+parent's chain, and must never see that chain pruned under it.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.catalog import Backup, list_backups
+from consumers.catalog import Backup, list_backups, source_dir
+from consumers.coordinator import WriterLock
 from consumers.durable import TEMP_PREFIX, fsync_dir
-from cutline.errors import ConfigError, CutlineError
+from cutline.errors import ConfigError, CutlineError, DeadlineExceeded
+
+LOCK_DEADLINE_S = 120.0  # how long prune waits for a backup being written to be done
 
 
 class PruneError(CutlineError):
@@ -95,12 +103,38 @@ def remove_backup(backup: Backup) -> None:
 
 
 def prune(
-    backups_dir: Path, keep_last: int, source: str | None = None, *, dry_run: bool = False
+    backups_dir: Path,
+    keep_last: int,
+    source: str | None = None,
+    *,
+    dry_run: bool = False,
+    lock_deadline_s: float = LOCK_DEADLINE_S,
 ) -> list[SourcePlan]:
-    """Apply :func:`plan_prune` (unless ``dry_run``); return the plans."""
+    """Apply :func:`plan_prune` (unless ``dry_run``); return the plans carried out.
+
+    Each source is planned again and pruned under its writer lock, so the plan is made
+    from the backups as they are while nothing else writes one.
+    """
     plans = plan_prune(backups_dir, keep_last, source)
-    if not dry_run:
-        for plan in plans:
-            for backup in plan.remove:  # newest first: no survivor loses its parent
-                remove_backup(backup)
-    return plans
+    if dry_run:
+        return plans
+    done: list[SourcePlan] = []
+    for name in [plan.source for plan in plans]:
+        lock = WriterLock(source_dir(backups_dir, name))
+        try:
+            lock.acquire(lock_deadline_s, threading.Event())
+        except DeadlineExceeded as exc:
+            pruned = ", ".join(p.source for p in done) or "none"
+            raise PruneError(
+                f"source {name!r}: nothing removed, {exc} (a `cutline replicate` or `cutline "
+                f"replay` is writing a backup); run prune again later. Sources already "
+                f"pruned: {pruned}"
+            ) from exc
+        try:
+            for plan in plan_prune(backups_dir, keep_last, name):
+                for backup in plan.remove:  # newest first: no survivor loses its parent
+                    remove_backup(backup)
+                done.append(plan)
+        finally:
+            lock.release()
+    return done

@@ -48,7 +48,7 @@ from consumers.incremental import (
 from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
 from cutline.errors import CutlineError
 from producers.markers import format_time
-from producers.sqlite_changelog import quote_identifier
+from producers.sqlite_changelog import quote_identifier, quote_text
 from schemas.records import TableDefinition
 
 DUCKDB_FILE = "backup.duckdb"
@@ -289,7 +289,7 @@ def _write_files(
                     path = previous.enter_context(resolved_database(parent))
                 except ChainError as exc:
                     raise NeedsFull(f"the previous backup cannot be resolved: {exc}") from exc
-                db.execute(f"ATTACH '{_sql_text(str(path))}' AS {PREVIOUS} (READ_ONLY)")
+                db.execute(f"ATTACH {quote_text(str(path))} AS {PREVIOUS} (READ_ONLY)")
                 previous.callback(db.execute, f"DETACH {PREVIOUS}")
             avro_files = avro_names([d.table for d in definitions])
             for definition, avro_base in zip(definitions, avro_files, strict=True):
@@ -309,10 +309,6 @@ def _write_files(
     finally:
         db.close()
     return tables_meta
-
-
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def _write_table(
@@ -458,8 +454,10 @@ def _write_metadata(
     )
     chain = choice.manifest_fields(plan.marker_id)
     db.execute(
-        f"INSERT INTO {META_TABLE} VALUES (?, ?, make_timestamp(?::BIGINT), "
-        "make_timestamp(?::BIGINT), ?, ?, ?, ?, ?, ?)",
+        # make_timestamptz: microseconds since the epoch are an instant. A TIMESTAMP
+        # (make_timestamp) cast to TIMESTAMPTZ would be read in the local time zone.
+        f"INSERT INTO {META_TABLE} VALUES (?, ?, make_timestamptz(?::BIGINT), "
+        "make_timestamptz(?::BIGINT), ?, ?, ?, ?, ?, ?)",
         [
             plan.source,
             plan.marker_id,

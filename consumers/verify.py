@@ -7,14 +7,20 @@ it reads passed the earlier ones, so a damaged file is never opened by DuckDB):
 
 1. each manifest file's size and SHA-256;
 2. an incremental's chain: every backup back to its full base is present and intact;
-3. the DuckDB file: it names the same marker, and each table holds the manifest's rows
-   (an incremental: its changed and deleted rows, and, resolved through its chain, the
-   full row count);
-4. each table's Avro file holds the same rows as its DuckDB table, compared by content.
+3. the DuckDB file: it names the same source and marker, and each table holds the
+   manifest's rows (an incremental: its changed and deleted rows, and, resolved through
+   its chain, the full row count);
+4. each table's Avro file holds the same rows as its DuckDB table, compared by content,
+   and its header names the manifest's source, marker and T1 (the manifest itself has
+   no checksum, so the checksummed files vouch for what it says the backup is).
+
+:func:`verify_catalog` also reports a backup directory whose manifest is missing,
+unreadable or incomplete: the catalog cannot list it, so nothing else would.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +28,18 @@ import duckdb
 import fastavro
 import pyarrow as pa
 
-from consumers.catalog import Backup
+from consumers.catalog import Backup, damaged_backup_dirs, list_backups, marker_id_of_dir
 from consumers.chain import (
     DELETED_SCHEMA,
     INCREMENTAL,
     ChainError,
     chain_of,
     deleted_avro_path,
-    quote,
     resolved_database,
 )
 from consumers.durable import sha256_of
+from producers.markers import format_time
+from producers.sqlite_changelog import quote_identifier
 
 ARROW_TYPES = {
     "BIGINT": pa.int64(),
@@ -44,6 +51,48 @@ ARROW_TYPES = {
 
 def _label(backup: Backup) -> str:
     return f"marker {backup.marker_id} ({backup.path})"
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The verdict on one backup directory: intact when ``problems`` is empty."""
+
+    path: Path
+    source: str
+    marker_id: int | None
+    kind: str | None  # None when the manifest cannot be read
+    problems: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "marker_id": self.marker_id,
+            "kind": self.kind,
+            "path": str(self.path),
+            "ok": not self.problems,
+            "problems": self.problems,
+        }
+
+
+def verify_catalog(
+    backups_dir: Path, source: str | None = None, marker_id: int | None = None
+) -> list[Verified]:
+    """Verify every backup under ``backups_dir`` (or of ``source``, or of ``marker_id``),
+    including the directories whose manifest is damaged, which the catalog cannot list."""
+    results = [
+        Verified(b.path, b.source, b.marker_id, b.kind, verify_backup(b))
+        for b in list_backups(backups_dir, source)
+        if marker_id is None or b.marker_id == marker_id
+    ]
+    for path, problem in damaged_backup_dirs(backups_dir, source):
+        found = marker_id_of_dir(path)
+        if marker_id is None or found == marker_id:
+            message = (
+                f"marker {found} ({path}): {problem}, so the backup cannot be used; restore "
+                "the directory from a copy, or remove it"
+            )
+            results.append(Verified(path, path.parent.name, found, None, [message]))
+    return sorted(results, key=lambda r: (r.source, r.marker_id or 0, str(r.path)))
 
 
 def verify_files(backup: Backup) -> list[str]:
@@ -104,13 +153,18 @@ def _verify_contents(backup: Backup, *, resolve: bool) -> list[str]:
     problems: list[str] = []
     db = duckdb.connect(str(backup.duckdb_path), read_only=True)
     try:
-        marker = db.execute("SELECT marker_id FROM _cutline_backup").fetchall()
-        if marker != [(backup.marker_id,)]:
+        identity = db.execute("SELECT source, marker_id FROM _cutline_backup").fetchall()
+        if identity != [(backup.source, backup.marker_id)]:
             problems.append(
-                f"{label}: {backup.manifest['duckdb']} names marker {marker}, not the manifest's"
+                f"{label}: {backup.manifest['duckdb']} names source and marker {identity}, not "
+                f"the manifest's ({backup.source!r}, {backup.marker_id})"
+            )
+        if backup.t1 != format_time(backup.t1_us):
+            problems.append(
+                f"{label}: the manifest's t1 {backup.t1!r} and t1_us {backup.t1_us} disagree"
             )
         for table, info in backup.tables.items():
-            target = quote(table)
+            target = quote_identifier(table)
             expected = info.get("changed", info["rows"]) if incremental else info["rows"]
             problems.extend(
                 _compare_table(
@@ -142,7 +196,9 @@ def _verify_contents(backup: Backup, *, resolve: bool) -> list[str]:
                 full = duckdb.connect(str(path), read_only=True)
                 try:
                     for table, info in backup.tables.items():
-                        (n,) = full.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()[0]
+                        (n,) = full.execute(
+                            f"SELECT count(*) FROM {quote_identifier(table)}"
+                        ).fetchall()[0]
                         if n != info["rows"]:
                             problems.append(
                                 f"{label}: table {table!r} resolved through its chain has {n} "
@@ -181,21 +237,31 @@ def _compare_table(
         )
     with open(avro_path, "rb") as f:
         reader = fastavro.reader(f)
-        header_marker = reader.metadata.get("cutline.marker_id")
+        header = dict(reader.metadata)
         fields = [c["avro_field"] for c in columns]
         values: list[list[Any]] = [[] for _ in fields]
         for record in reader:
             for i, name in enumerate(fields):
                 values[i].append(record.get(name))  # type: ignore[union-attr]
-    if header_marker != str(backup.marker_id):
-        problems.append(f"{label}: {rel} names marker {header_marker!r} in its header")
+    named = {k: header.get(f"cutline.{k}") for k in ("source", "marker_id", "t1")}
+    manifest_says = {
+        "source": backup.source,
+        "marker_id": str(backup.marker_id),
+        "t1": format_time(backup.t1_us),
+    }
+    for key, value in named.items():
+        if value != manifest_says[key]:
+            problems.append(
+                f"{label}: {rel} names {key} {value!r} in its header, the manifest says "
+                f"{manifest_says[key]!r}"
+            )
     arrow = pa.Table.from_arrays(
         [pa.array(v, type=ARROW_TYPES[c["type"]]) for v, c in zip(values, columns, strict=True)],
         names=[c["name"] for c in columns],
     )
     db.register("_cutline_avro", arrow)
     try:
-        names = ", ".join(quote(c["name"]) for c in columns)
+        names = ", ".join(quote_identifier(c["name"]) for c in columns)
         (missing, extra) = db.execute(
             f"SELECT (SELECT count(*) FROM (SELECT {names} FROM {relation} "
             f"EXCEPT ALL SELECT * FROM _cutline_avro)), "

@@ -167,8 +167,82 @@ def build_parser() -> argparse.ArgumentParser:
         help="abandon a cut whose partitions do not all reach its marker in time "
         "(default: %(default)s)",
     )
+    replicate.add_argument(
+        "--session-timeout",
+        type=_positive_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long the group waits for a silent (killed, frozen) process before its "
+        "partitions move to the others; Kafka accepts 6-1800 by default (default: %(default)s)",
+    )
+    replicate.add_argument(
+        "--full-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="write a full backup every N backups and, in between, incrementals holding only "
+        "the rows changed and the keys deleted since the previous backup (N=3: full, 2 "
+        "incrementals, full, ...). Readers resolve incrementals through their chain. "
+        "A backup whose previous one has other tables or column types is written full "
+        "(default: %(default)s, every backup full)",
+    )
     _add_kafka(replicate)
     _add_source(replicate)
+
+    replay = sub.add_parser(
+        "replay",
+        help="rebuild the replica and every backup still in the ops topic's history",
+        description="Read every partition of cutline.<source>.ops from its start up to its "
+        "end at launch (read committed) into fresh replica shards under --replica, and write "
+        "the backup of every marker met into --backups, each exactly the cut it would have "
+        "been. Use it when the backup store is lost, or to produce backups in a new place. "
+        "It runs beside a `cutline replicate` of the same source without disturbing it: its "
+        "own consumer group (cutline.<source>.replay.<id>), no offset commits, nothing "
+        "written to the control or dead-letter topics, and backups written under the "
+        "backups directory's writer lock. Backups already in --backups are skipped. "
+        "Malformed records are skipped and counted. A cut whose operation counts do not "
+        "match is reported failed and gets no backup; replay goes on (exit status 1 at the "
+        "end). A live progress line is shown on a terminal.",
+    )
+    replay.add_argument("--replica", required=True, type=Path, help="replica directory to build")
+    replay.add_argument("--backups", required=True, type=Path, help="backups directory")
+    replay.add_argument(
+        "--from-marker",
+        type=int,
+        metavar="ID",
+        help="write backups only for markers >= ID (everything before is still applied)",
+    )
+    replay.add_argument(
+        "--until-marker",
+        type=int,
+        metavar="ID",
+        help="stop after the backup of marker ID",
+    )
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="delete this source's shards already in --replica first (never use it on the "
+        "replica of a running `cutline replicate`)",
+    )
+    replay.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="fail if no record arrives for this long before the end is reached "
+        "(default: %(default)s)",
+    )
+    replay.add_argument(
+        "--full-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="as for replicate: a full backup every N backups, incrementals in between "
+        "(default: %(default)s, every backup full)",
+    )
+    replay.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_kafka(replay)
+    _add_source(replay)
 
     backups = sub.add_parser("backups", help="list backups, each as the primary at its T1")
     backups.add_argument("--backups", required=True, type=Path, help="backups directory")
@@ -180,15 +254,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQL (DuckDB) over the backup that is the primary at a point in time",
         description="Run read-only SQL against one backup: by --marker, by --as-of (the "
         "newest backup with T1 <= that time), or the newest backup. Tables have the primary's "
-        "names; _cutline_backup holds the backup's marker, T1 and T2.",
+        "names; _cutline_backup holds the backup's marker, T1 and T2. With --all the query "
+        "sees every backup of the source at once: each table holds the rows of every backup, "
+        "with the backup's marker_id and t1 as extra columns, e.g. "
+        '"SELECT marker_id, sum(balance) FROM accounts GROUP BY ALL ORDER BY marker_id". '
+        "Statements that would write (INSERT, CREATE, COPY ... TO, ATTACH, SET, ...) are "
+        "refused.",
     )
     query.add_argument("--backups", required=True, type=Path, help="backups directory")
     which = query.add_mutually_exclusive_group()
     which.add_argument("--marker", type=int, metavar="ID", help="the backup of this marker")
     which.add_argument("--as-of", metavar="ISO-8601", help="the primary as of this time")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every backup at once; each table gains marker_id and t1 columns",
+    )
     query.add_argument("--json", action="store_true", help="print a JSON list of row objects")
     query.add_argument("sql", help="the SQL statement")
     _add_source(query)
+
+    restore = sub.add_parser(
+        "restore",
+        help="write a backup back as a SQLite database: the primary as it was at T1",
+        description="Write the backup of --marker (or the newest with T1 <= --as-of) as a "
+        "SQLite database at --to: every table created from the primary's own CREATE TABLE "
+        "statement, with its rows. The backup is verified first (a damaged one is refused). "
+        "The file is written beside --to under a temporary name and renamed into place at "
+        "the end, so --to never holds a half-restored database. Prints a JSON summary.",
+    )
+    restore.add_argument("--backups", required=True, type=Path, help="backups directory")
+    point = restore.add_mutually_exclusive_group(required=True)
+    point.add_argument("--marker", type=int, metavar="ID", help="the backup of this marker")
+    point.add_argument("--as-of", metavar="ISO-8601", help="the primary as of this time")
+    restore.add_argument("--to", required=True, type=Path, help="the SQLite file to write")
+    restore.add_argument("--tables", help="only these tables, comma-separated")
+    restore.add_argument("--force", action="store_true", help="replace an existing --to file")
+    _add_source(restore)
+
+    diff = sub.add_parser(
+        "diff",
+        help="rows added, removed and changed between the backups of two markers",
+        description="Compare the backups of markers FROM and TO table by table; rows are "
+        "matched by primary key. Text: a summary per table, then the rows (+ added, "
+        "- removed, ~ changed). --json: {from, to, tables: {T: {added, removed, changed: "
+        "[{key, before, after}]}}}; a table in one backup only also has only_in: from|to.",
+    )
+    diff.add_argument("--backups", required=True, type=Path, help="backups directory")
+    diff.add_argument("from_marker", type=int, metavar="FROM", help="marker id of the older state")
+    diff.add_argument("to_marker", type=int, metavar="TO", help="marker id of the newer state")
+    diff.add_argument("--table", help="only this table")
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    _add_source(diff)
+
+    _add_retention_commands(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -290,6 +409,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         source=validate_source(args.source),
         threads=args.threads,
         alignment_timeout_s=args.alignment_timeout,
+        session_timeout_s=args.session_timeout,
+        full_every=args.full_every,
     )
     replicator = Replicator(config, progress=_log_progress)
     stop = _install_stop_signals()
@@ -297,6 +418,43 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     replicator.run(stop)
     _log_progress(replicator.status_line())
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import shutil
+
+    from consumers.replay import ReplayConfig, run_replay
+    from cutline.progress import Progress
+
+    config = ReplayConfig(
+        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        replica_dir=args.replica,
+        backups_dir=args.backups,
+        source=validate_source(args.source),
+        from_marker=args.from_marker,
+        until_marker=args.until_marker,
+        force=args.force,
+        full_every=args.full_every,
+        idle_timeout_s=args.idle_timeout,
+    )
+    progress = Progress(sys.stderr, label="replay", width=shutil.get_terminal_size().columns - 1)
+    stop = _install_stop_signals()
+    try:
+        report = run_replay(
+            config,
+            stop,
+            progress=progress.note,
+            on_status=lambda s: progress.update(s.records, s.total, s.detail()),
+        )
+    except BaseException:
+        progress.clear()
+        raise
+    progress.finish(report.summary())
+    if args.json:
+        print(json.dumps(report.as_json()))
+    if report.interrupted:
+        return 130
+    return 1 if report.failed else 0
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
@@ -309,33 +467,166 @@ def cmd_backups(args: argparse.Namespace) -> int:
     if not found:
         print(f"no backups under {args.backups}")
         return 0
+
     rows = [
         (
             b.source,
             b.marker_id,
             b.t1,
             b.t2,
+            "full" if b.kind == "full" else f"incremental on {b.parent_marker_id}",
             ", ".join(f"{t}={n}" for t, n in b.summary()["tables"].items()),
         )
         for b in found
     ]
-    _print_table(["source", "marker", "T1 (primary as of)", "T2 (written)", "rows"], rows)
+    _print_table(["source", "marker", "T1 (primary as of)", "T2 (written)", "kind", "rows"], rows)
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from consumers.catalog import select_backup
-    from consumers.query import run_query
+    from consumers.catalog import backups_of_source, select_backup
+    from consumers.query import run_query, run_query_all
 
-    backup = select_backup(
-        args.backups, validate_source(args.source), marker_id=args.marker, as_of=args.as_of
-    )
-    columns, rows = run_query(backup, args.sql)
+    source = validate_source(args.source)
+    if args.all:
+        every = backups_of_source(args.backups, source)
+        columns, rows = run_query_all(every, args.sql)
+        described = (
+            f"{len(every)} backups, markers {every[0].marker_id}..{every[-1].marker_id}: "
+            f"the primary from {every[0].t1} to {every[-1].t1}"
+        )
+    else:
+        backup = select_backup(args.backups, source, marker_id=args.marker, as_of=args.as_of)
+        columns, rows = run_query(backup, args.sql)
+        described = f"backup {backup.marker_id}: the primary as of {backup.t1}"
     if args.json:
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=_json_value))
     else:
-        _log_progress(f"backup {backup.marker_id}: the primary as of {backup.t1}")
+        _log_progress(described)
         _print_table(columns, rows)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from consumers.catalog import select_backup
+    from consumers.restore import restore_backup
+
+    tables = None
+    if args.tables is not None:
+        tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+        if not tables:
+            raise ConfigError("--tables needs at least one table name, e.g. --tables accounts")
+    backup = select_backup(
+        args.backups, validate_source(args.source), marker_id=args.marker, as_of=args.as_of
+    )
+    _log_progress(f"restoring backup {backup.marker_id}: the primary as of {backup.t1}")
+    result = restore_backup(
+        backup, args.to, tables=tables, force=args.force, progress=_log_progress
+    )
+    print(json.dumps(result.summary()))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from consumers.catalog import select_backup
+    from consumers.diff import diff_backups, summary_lines
+
+    source = validate_source(args.source)
+    before = select_backup(args.backups, source, marker_id=args.from_marker)
+    after = select_backup(args.backups, source, marker_id=args.to_marker)
+    diff = diff_backups(before, after, table=args.table)
+    if args.json:
+        print(json.dumps(diff.as_json(), default=_json_value))
+    else:
+        for line in summary_lines(diff):
+            print(line)
+    return 0
+
+
+def _add_retention_commands(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check that backups are intact: checksums, row counts, Avro = DuckDB, chains",
+        description="Check every backup (or one --source, or one --marker): each file the "
+        "manifest lists has its size and SHA-256; each table has the manifest's row count; "
+        "each table's Avro file holds the same rows as its DuckDB table (compared by "
+        "content); an incremental's chain back to its full backup is present and intact, "
+        "and resolves to the manifest's row counts. Prints one line per backup and a "
+        "summary. Exit status 1 if any problem is found (each names the marker and the "
+        "file), 0 if all are intact.",
+    )
+    verify.add_argument("--backups", required=True, type=Path, help="backups directory")
+    verify.add_argument("--source", help="only this source (default: all)")
+    verify.add_argument("--marker", type=int, metavar="ID", help="only the backup of this marker")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+
+    prune = sub.add_parser(
+        "prune",
+        help="remove old backups, keeping the newest N and the chains they need",
+        description="Keep the newest --keep-last backups of each source, and every older "
+        "backup that a kept incremental needs (its chain back to its full backup); remove "
+        "the rest. Says what it removed and what it kept for chains. Each backup is first "
+        "renamed to a hidden .tmp- name, so no half-deleted backup is ever listed, then "
+        "deleted. --dry-run only says what would be removed.",
+    )
+    prune.add_argument("--backups", required=True, type=Path, help="backups directory")
+    prune.add_argument(
+        "--keep-last", required=True, type=_positive_int, metavar="N", help="backups to keep"
+    )
+    prune.add_argument("--source", help="only this source (default: all)")
+    prune.add_argument("--dry-run", action="store_true", help="remove nothing; say what would go")
+    prune.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from consumers.catalog import CatalogError
+    from consumers.verify import verify_catalog
+
+    source = validate_source(args.source) if args.source else None
+    results = verify_catalog(args.backups, source, args.marker)
+    if not results:
+        which = f" for marker {args.marker}" if args.marker is not None else ""
+        raise CatalogError(f"no backups{which} to verify under {args.backups}")
+    damaged = [r for r in results if r.problems]
+    if args.json:
+        report = [r.as_json() for r in results]
+        print(json.dumps({"ok": not damaged, "backups": report}, indent=2))
+    else:
+        for r in results:
+            state = "ok" if not r.problems else "DAMAGED"
+            print(f"{state:8} {r.source} marker {r.marker_id} ({r.kind or 'unreadable'})")
+            for problem in r.problems:
+                print(f"         {problem}")
+        count = sum(len(r.problems) for r in damaged)
+        print(
+            f"verified {len(results)} backup(s): {len(results) - len(damaged)} intact, "
+            f"{len(damaged)} damaged ({count} problem(s))"
+        )
+    return 1 if damaged else 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from consumers.retention import prune
+
+    source = validate_source(args.source) if args.source else None
+    plans = prune(args.backups, args.keep_last, source, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "sources": [p.as_json() for p in plans]}))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    if not plans:
+        print(f"no backups under {args.backups}")
+    for plan in plans:
+        removed = ", ".join(str(b.marker_id) for b in reversed(plan.remove)) or "nothing"
+        print(f"{plan.source}: {verb} {removed}")
+        print(f"{plan.source}: kept the newest {', '.join(str(b.marker_id) for b in plan.newest)}")
+        for kept, needers in sorted(plan.for_chains.items()):
+            print(
+                f"{plan.source}: kept {kept} for the chain of incremental "
+                f"{', '.join(map(str, needers))}"
+            )
+        for broken in plan.broken:
+            print(f"{plan.source}: warning: {broken}")
     return 0
 
 
@@ -350,10 +641,29 @@ COMMANDS = {
     "capture": cmd_capture,
     "mark": cmd_mark,
     "replicate": cmd_replicate,
+    "replay": cmd_replay,
     "backups": cmd_backups,
     "query": cmd_query,
+    "restore": cmd_restore,
+    "diff": cmd_diff,
+    "verify": cmd_verify,
+    "prune": cmd_prune,
     "demo": cmd_demo,
 }
+
+
+# Commands that only look at existing backups: a --backups that is not there is a typo.
+READS_BACKUPS = frozenset({"backups", "query", "restore", "diff", "verify", "prune"})
+
+
+def _check_backups_exist(args: argparse.Namespace) -> None:
+    path = getattr(args, "backups", None)
+    if args.command not in READS_BACKUPS or path is None:
+        return
+    if not path.exists():
+        raise ConfigError(f"--backups {path} does not exist: pass the directory `replicate` writes")
+    if not path.is_dir():
+        raise ConfigError(f"--backups {path} is not a directory: pass the backups directory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -367,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.DEBUG if args.verbose else logging.CRITICAL
     )
     try:
+        _check_backups_exist(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         parser.exit(exc.exit_code, f"cutline {args.command}: error: {exc}\n")

@@ -37,8 +37,11 @@ def test_mark_backups_and_query_speak_json(pipeline: Pipeline) -> None:
     entries = json.loads(listed.stdout)
     assert [e["marker_id"] for e in entries] == [first["marker_id"], second["marker_id"]]
     for entry in entries:
-        assert set(entry) == {"marker_id", "t1", "t2", "source", "tables", "files"}
+        assert set(entry) == {
+            "marker_id", "t1", "t2", "source", "kind", "parent_marker_id", "tables", "files",
+        }  # fmt: skip
         assert entry["source"] == pipeline.source
+        assert (entry["kind"], entry["parent_marker_id"]) == ("full", None)
         assert all(os.path.isfile(f) for f in entry["files"])
     assert entries[0]["tables"]["accounts"] == 10
     assert entries[1]["tables"]["accounts"] == 5

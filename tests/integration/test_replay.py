@@ -16,11 +16,26 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from consumers.catalog import list_backups, source_dir
 from consumers.coordinator import WriterLock
-from cutline.kafka_clients import committed_offsets, make_consumer, make_producer
+from consumers.replica import shard_path
+from cutline.kafka_clients import (
+    committed_offsets,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    source_topic_specs,
+)
 from cutline.progress import CLEAR_LINE
 from cutline.settings import Topics
-from schemas.codec import decode
-from schemas.records import ControlEvent
+from schemas.codec import decode, encode
+from schemas.records import (
+    Column,
+    ConsistencyMarker,
+    ControlEvent,
+    Operation,
+    OpType,
+    TableDefinition,
+)
 from tests.integration.pipeline import (
     TABLES,
     Pipeline,
@@ -317,3 +332,63 @@ def test_replay_beside_a_running_replicate_leaves_it_alone(pipeline: Pipeline) -
     for process in (capture, replicate):
         assert process.stop() == 0, process.tail()
     conn.close()
+
+
+def test_replay_refuses_a_topic_whose_history_was_truncated(pipeline: Pipeline) -> None:
+    """Records deleted from the start of a partition took rows with them: replay must
+    refuse before it touches anything, not write backups that miss those rows."""
+    topics = Topics(pipeline.source)
+    ensure_topics(pipeline.bootstrap, source_topic_specs(topics, 2))
+    definition = TableDefinition(
+        pipeline.source,
+        "accounts",
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER)",
+        (Column("id", "INTEGER"), Column("balance", "INTEGER")),
+        ("id",),
+    )
+
+    def insert(account: int) -> bytes:
+        after = {"id": account, "balance": account * 10}
+        key = {"id": account}
+        return encode(
+            Operation(pipeline.source, account, "accounts", OpType.INSERT, key, None, after, 1)
+        )
+
+    def marker(marker_id: int, counts: tuple[int, int]) -> bytes:
+        t1_us = 1_764_065_700_000_000 + marker_id
+        tables = ("accounts",)
+        return encode(
+            ConsistencyMarker(pipeline.source, marker_id, t1_us, marker_id, 2, counts, tables)
+        )
+
+    history = {
+        0: [encode(definition), insert(1), marker(1, (1, 0)), encode(definition), insert(2)],
+        1: [encode(definition), marker(1, (1, 0)), encode(definition)],
+    }
+    history[0].append(marker(2, (1, 0)))
+    history[1].append(marker(2, (1, 0)))
+    producer = make_producer(pipeline.bootstrap)
+    for partition, values in history.items():
+        for value in values:
+            producer.produce(topics.ops, value, b"k", partition)
+    assert producer.flush(15) == 0
+    # partition 0 loses the definition, account 1's insert and marker 1 (offsets 0-2):
+    # marker 2's count still matches, so only the start offset tells the rows are gone
+    admin = make_admin(pipeline.bootstrap)  # kept referenced until its futures are done
+    deleted = admin.delete_records(
+        [TopicPartition(topics.ops, 0, 3)], request_timeout=20, operation_timeout=20
+    )
+    for future in deleted.values():
+        future.result(timeout=30)
+
+    replica, backups = pipeline.root / "replica-truncated", pipeline.root / "backups-truncated"
+    shard = shard_path(replica, pipeline.source, 0)
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"")  # an earlier replica: --force must not delete it for nothing
+    result = _replay(pipeline, replica, backups, "--force")
+    assert result.returncode == 1, result.stderr
+    assert "no longer holds its whole history" in result.stderr
+    assert "partition 0 starts at offset 3" in result.stderr
+    assert "no backup was written" in result.stderr
+    assert list_backups(backups, pipeline.source) == []
+    assert shard.exists()

@@ -18,12 +18,12 @@ from consumers.chain import (
     DELETED_SCHEMA,
     ChainError,
     chain_of,
-    quote,
     resolved_database,
 )
 from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, write_backup
 from consumers.verify import verify_backup
+from producers.sqlite_changelog import quote_identifier
 from schemas.records import Column, ConsistencyMarker, TableDefinition
 
 SOURCE = "chains"
@@ -93,13 +93,14 @@ class Replica:
             s.release()
             s.begin()
             for d in self.definitions:
-                s.conn.execute(f"DELETE FROM {quote(d.table)}")
-                names = ", ".join(quote(c) for c in d.column_names)
+                s.conn.execute(f"DELETE FROM {quote_identifier(d.table)}")
+                names = ", ".join(quote_identifier(c) for c in d.column_names)
                 marks = ", ".join("?" for _ in d.column_names)
                 for i, row in enumerate(contents.get(d.table, [])):
                     if zlib.crc32(repr((i, row[0])).encode()) % PARTITIONS == p:
                         s.conn.execute(
-                            f"INSERT INTO {quote(d.table)} ({names}) VALUES ({marks})", row
+                            f"INSERT INTO {quote_identifier(d.table)} ({names}) VALUES ({marks})",
+                            row,
                         )
             s.commit(self.offset - 1)
             s.reach_marker(marker, self.offset, hold=True)
@@ -121,7 +122,7 @@ def replica(tmp_path):
 def table_rows(path: Path, table: str) -> list[tuple]:
     db = duckdb.connect(str(path), read_only=True)
     try:
-        rows = db.execute(f"SELECT * FROM {quote(table)}").fetchall()
+        rows = db.execute(f"SELECT * FROM {quote_identifier(table)}").fetchall()
     finally:
         db.close()
     return sorted(rows, key=repr)
@@ -251,7 +252,9 @@ def test_incremental_holds_only_the_changes_and_keyed_deletes(replica, tmp_path)
         deleted_lines = sorted(
             db.execute(f'SELECT * FROM {DELETED_SCHEMA}."order lines"').fetchall()
         )
-        deleted_log = db.execute(f"SELECT * FROM {DELETED_SCHEMA}.{quote(LOG_NAME)}").fetchall()
+        deleted_log = db.execute(
+            f"SELECT * FROM {DELETED_SCHEMA}.{quote_identifier(LOG_NAME)}"
+        ).fetchall()
     finally:
         db.close()
     assert deleted == [(3,), (5,), (6,)]

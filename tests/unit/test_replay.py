@@ -19,6 +19,7 @@ from consumers.replay import (
     ReplayEngine,
     ReplayError,
     ReplayStatus,
+    check_whole_history,
     prepare_replica,
 )
 from consumers.replica import open_readonly, read_state, shard_path
@@ -292,6 +293,30 @@ def test_a_partition_that_skips_a_marker_fails_that_cut_instead_of_waiting(tmp_p
     assert report.written == [2]
 
 
+def test_a_marker_first_met_after_a_partition_passed_it_fails_at_once(tmp_path):
+    """Partition 0 (read first) lost its copy of marker 1 and meets marker 2 before
+    partition 1 meets marker 1: cut 1 can never complete, so it fails as soon as it is
+    met, instead of holding partition 1 until the idle timeout (a deadlock: partition 0
+    held at cut 2 waits for partition 1, held at cut 1)."""
+    h = History(2)
+    h.upsert(1, 2, 200, new=True)
+    h.marker(1)
+    h.records[0][-1] = b"\xc3\x01garbage"  # partition 0's copy of marker 1 is damaged
+    h.upsert(1, 2, 250, new=False)
+    h.marker(2)
+    ticks = itertools.count()
+    engine = ReplayEngine(
+        config(tmp_path, idle_timeout_s=30.0),
+        bounds=h.ends(),
+        feed=ListFeed(h.records),
+        clock=lambda: float(next(ticks)),
+    )
+    report = engine.run(threading.Event())
+    assert "partition 0 reached marker 2 without it" in report.failed[1]
+    assert report.written == [2]
+    assert balances(engine.config, 2) == [(2, 250)]
+
+
 def test_no_records_before_the_end_fails_within_the_idle_timeout(tmp_path):
     ticks = itertools.count()
     cfg = config(tmp_path, idle_timeout_s=3.0)
@@ -325,6 +350,16 @@ def test_status_reports_progress_against_the_end_offsets(tmp_path):
     assert seen[-1].records == seen[-1].total == sum(e for _, e in h.ends().values())
     assert (seen[-1].markers_done, seen[-1].markers_known, seen[-1].written) == (2, 2, 2)
     assert [s.records for s in seen] == sorted(s.records for s in seen)
+
+
+def test_a_history_that_no_longer_starts_at_offset_0_is_refused():
+    check_whole_history({0: (0, 10), 1: (0, 0)}, "cutline.shop.ops")  # whole: no error
+    with pytest.raises(ReplayError) as info:
+        check_whole_history({0: (0, 10), 1: (1234, 2000)}, "cutline.shop.ops")
+    message = str(info.value)
+    assert "cutline.shop.ops no longer holds its whole history" in message
+    assert "partition 1 starts at offset 1,234" in message and "partition 0" not in message
+    assert "retention.ms=-1" in message
 
 
 # -- the replica directory ----------------------------------------------------------------

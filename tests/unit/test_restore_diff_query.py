@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,47 @@ def test_a_failure_midway_leaves_nothing_at_the_target(history, tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir() if "cutline-restore" in p.name] == []
 
 
+def test_restore_to_a_file_name_near_the_length_limit(history, tmp_path):
+    """The temp file beside --to must fit the 255-byte name limit too."""
+    backup = history.cut()
+    target = tmp_path / ("r" * 240 + ".sqlite")
+    result = restore_backup(backup, target)
+    assert target.is_file()
+    assert result.summary()["tables"]["accounts"] == 22
+
+
+def test_restore_that_cannot_create_its_file_says_what_to_do(history, tmp_path, monkeypatch):
+    backup = history.cut()
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(restore_module.sqlite3, "connect", refuse)
+    target = tmp_path / "r.sqlite"
+    with pytest.raises(RestoreError, match=r"check that .* is writable and has free space"):
+        restore_backup(backup, target)
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if "cutline-restore" in p.name] == []
+
+
+def test_backup_times_are_instants_whatever_the_local_time_zone(history, monkeypatch):
+    """_cutline_backup's t1 and t2 are the manifest's instants, also when the process
+    writing the backup runs in another time zone than UTC."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        backup = history.cut()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    conn = duckdb.connect(str(backup.duckdb_path), read_only=True)
+    try:
+        stored = conn.execute("SELECT epoch_us(t1), epoch_us(t2) FROM _cutline_backup").fetchall()
+    finally:
+        conn.close()
+    assert stored == [(backup.t1_us, backup.manifest["t2_us"])]
+
+
 def test_restore_reports_progress_per_table(history, tmp_path, monkeypatch):
     backup = history.cut()
     monkeypatch.setattr(restore_module, "PROGRESS_EVERY_ROWS", 5)
@@ -415,6 +457,22 @@ def test_diff_ignores_a_backup_type_change_of_an_unchanged_value(history):
     assert [(c["key"], c["before"]["qty"], c["after"]["qty"]) for c in misc["changed"]] == [
         ({"id": 3}, None, "lots")
     ]
+
+
+def test_diff_text_shows_only_the_values_that_changed_across_a_type_change(history):
+    history.execute("UPDATE misc SET qty = 9 WHERE id = 2")  # qty: integers only
+    first = history.cut()
+    history.execute("UPDATE misc SET qty = 'lots' WHERE id = 3")  # qty becomes text
+    history.execute("UPDATE misc SET flag = 0 WHERE id = 1")  # qty stays 5 (now '5')
+    second = history.cut()
+    assert [b.tables["misc"]["columns"][1]["type"] for b in (first, second)] == [
+        "BIGINT",
+        "VARCHAR",
+    ]
+    text = list(summary_lines(diff_backups(first, second, table="misc")))
+    assert "misc: 0 added, 0 removed, 2 changed" in text
+    assert "  ~ {id: 1}: flag: 1 -> 0" in text
+    assert "  ~ {id: 3}: qty: NULL -> 'lots'" in text
 
 
 def test_diff_of_a_table_in_one_backup_only(history):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import fastavro
@@ -10,12 +11,14 @@ import pytest
 from test_chain import HISTORY, LOG_NAME, SOURCE, Replica
 
 from consumers import retention
-from consumers.catalog import MANIFEST, Backup, list_backups
+from consumers.catalog import MANIFEST, Backup, list_backups, source_dir
 from consumers.chain import resolved_database
+from consumers.coordinator import WriterLock
 from consumers.durable import TEMP_PREFIX, sha256_of
 from consumers.snapshotter import write_backup
 from consumers.verify import verify_backup
 from cutline.cli import main
+from producers.markers import format_time
 
 
 def write_history(root: Path, count: int, full_every: int) -> list[Backup]:
@@ -106,9 +109,10 @@ def test_verify_compares_avro_contents_not_just_checksums(chain, tmp_path):
     with open(avro, "rb") as f:
         reader = fastavro.reader(f)
         schema, records = reader.writer_schema, list(reader)
+        header = {k: v for k, v in reader.metadata.items() if k.startswith("cutline.")}
     records[0]["balance"] = records[0]["balance"] + 1
     with open(avro, "wb") as f:
-        fastavro.writer(f, schema, records, metadata={"cutline.marker_id": "1"})
+        fastavro.writer(f, schema, records, metadata=header)
     manifest = json.loads((backup.path / MANIFEST).read_text())
     for entry in manifest["files"]:
         if entry["path"] == manifest["tables"]["accounts"]["avro"]:
@@ -140,6 +144,59 @@ def test_verify_reports_a_missing_chain(chain, tmp_path, capsys):
     assert code == 1
     assert "marker 5" in out and "needs backup 4" in out
     assert "4 intact, 2 damaged" in out
+
+
+def test_verify_reports_a_backup_whose_manifest_is_unreadable(chain, tmp_path, capsys):
+    """A flipped byte can make manifest.json invalid JSON: the catalog can no longer list
+    that backup, so verify must name it rather than call the rest intact."""
+    newest = chain[6]
+    flip_byte(newest.path / MANIFEST, 0)
+    code, out = verify(tmp_path, capsys)
+    assert code == 1
+    assert f"DAMAGED  {SOURCE} marker 7 (unreadable)" in out
+    assert f"marker 7 ({newest.path}): manifest.json is unreadable" in out
+    assert "restore the directory from a copy" in out
+    assert "verified 7 backup(s): 6 intact, 1 damaged" in out
+    code, out = verify(tmp_path, capsys, "--marker", "7", "--json")
+    report = json.loads(out)
+    assert code == 1
+    assert [(b["marker_id"], b["ok"], b["kind"]) for b in report["backups"]] == [(7, False, None)]
+
+
+def test_a_manifest_without_a_field_is_damaged_not_a_crash(chain, tmp_path, capsys):
+    manifest = chain[6].path / MANIFEST
+    manifest.write_text(manifest.read_text().replace('"source"', '"sourcf"'))
+    backups = str(tmp_path / "backups")
+    assert main(["backups", "--backups", backups]) == 0
+    assert main(["query", "--backups", backups, "--source", SOURCE, "SELECT 1"]) == 0
+    capsys.readouterr()
+    code, out = verify(tmp_path, capsys)
+    assert code == 1
+    assert "manifest.json has no valid 'source'" in out
+    code = main(["query", "--backups", backups, "--source", SOURCE, "--marker", "7", "SELECT 1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "backup 7 of source 'chains'" in err and "is damaged" in err
+    assert "run `cutline verify`" in err
+
+
+def test_verify_catches_a_manifest_t1_that_its_files_contradict(chain, tmp_path, capsys):
+    """T1 is what --as-of selects by; the manifest has no checksum, so the checksummed
+    Avro headers must vouch for it."""
+    backup = chain[0]
+    manifest = json.loads((backup.path / MANIFEST).read_text())
+    manifest["t1_us"] += 3_600_000_000
+    manifest["t1"] = format_time(manifest["t1_us"])  # consistent with itself
+    (backup.path / MANIFEST).write_text(json.dumps(manifest))
+    code, out = verify(tmp_path, capsys, "--marker", "1")
+    assert code == 1
+    assert f"{backup.avro_path('accounts').relative_to(backup.path)} names t1" in out
+    assert f"the manifest says '{manifest['t1']}'" in out
+    manifest["t1_us"] += 1  # now t1 and t1_us disagree too
+    (backup.path / MANIFEST).write_text(json.dumps(manifest))
+    code, out = verify(tmp_path, capsys, "--marker", "1")
+    assert code == 1
+    assert "the manifest's t1" in out and "disagree" in out
 
 
 def test_verify_without_backups_is_an_error(tmp_path, capsys):
@@ -212,6 +269,23 @@ def test_prune_hides_a_backup_before_deleting_it(chain, tmp_path, monkeypatch):
     assert [name.startswith(f"{TEMP_PREFIX}prune-marker-") for name, _ in seen] == [True] * 3
     # Newest first, and each one is gone from the listing before it is deleted.
     assert [listed for _, listed in seen] == [[1, 2, 4, 5, 6, 7], [1, 4, 5, 6, 7], [4, 5, 6, 7]]
+
+
+def test_prune_waits_for_the_writer_lock_and_removes_nothing_without_it(chain, tmp_path):
+    """A backup being written (by replicate or replay) may be an incremental reading its
+    parent's chain: prune must not remove backups under it."""
+    lock = WriterLock(source_dir(tmp_path / "backups", SOURCE))
+    lock.acquire(1.0, threading.Event())
+    try:
+        with pytest.raises(retention.PruneError) as info:
+            retention.prune(tmp_path / "backups", 1, lock_deadline_s=0.2)
+    finally:
+        lock.release()
+    assert marker_ids(tmp_path) == [1, 2, 3, 4, 5, 6, 7]
+    assert "nothing removed" in str(info.value) and "run prune again later" in str(info.value)
+    plans = retention.prune(tmp_path / "backups", 1, lock_deadline_s=0.2)
+    assert [b.marker_id for b in plans[0].remove] == [6, 5, 4, 3, 2, 1]
+    assert marker_ids(tmp_path) == [7]
 
 
 def test_prune_keep_last_must_be_positive(tmp_path):
