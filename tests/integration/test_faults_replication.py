@@ -8,6 +8,10 @@ topic, the group's offsets, and the drained replica against the primary.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from consumers.alignment import CutStatus
@@ -84,3 +88,27 @@ def test_three_processes_on_eight_partitions_under_random_sigkill(
     report = three_processes(kafka, tmp_path, seed=19)
     assert report.kills >= 1, "the chaos loop should have killed at least one process"
     _assert_clean(report)
+
+
+def test_make_faults_short_run_prints_one_clean_summary_line(kafka: str, tmp_path: Path) -> None:
+    """What ``make faults`` runs (and ``make test`` includes): its own seeds, one line."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "SOAK": "", "FAULTS_SEED": "101"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.faults"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout
+    found = re.fullmatch(
+        r"faults: (\d+) runs, (\d+) kills, (\d+) backups verified, 0 mismatches, 0 lost, "
+        r"0 duplicated",
+        lines[0],
+    )
+    assert found, lines[0]
+    runs, kills, verified = map(int, found.groups())
+    assert runs >= 2 and kills >= 1 and verified >= 4, lines[0]
