@@ -9,7 +9,6 @@ markers. The tests then read its backups only through the `cutline` command.
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import threading
 import time
@@ -22,59 +21,9 @@ from typing import Any
 import pytest
 
 from tests.integration.pipeline import TABLES, Pipeline, Rows, primary_columns, table_rows
+from tests.integration.workload import random_transactions
 
 KEYS = {"accounts": ["id"], "transfers": ["id"], "tags": ["account", "tag"], "events": ["id"]}
-
-
-def _workload(pipeline: Pipeline, stop: threading.Event) -> int:
-    """Transfers, new and renamed accounts, deletes and blobs, until ``stop``."""
-    rng = random.Random(11)
-    conn = pipeline.connect()
-    done = 0
-    next_id = 5_000
-    while not stop.is_set():
-        conn.execute("BEGIN IMMEDIATE")
-        ids = [r[0] for r in conn.execute("SELECT id FROM accounts")]
-        choice = rng.random()
-        if choice < 0.5 and len(ids) >= 2:
-            src, dst = rng.sample(ids, 2)
-            amount = rng.randint(1, 40)
-            conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
-            conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
-            conn.execute(
-                "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
-                (src, dst, amount, rng.choice(["rent", None, "ünï, 'q'"])),
-            )
-        elif choice < 0.62:
-            next_id += 1
-            conn.execute(
-                "INSERT INTO accounts VALUES (?, ?, 0, ?, ?)",
-                (next_id, f"new-{next_id}", rng.random(), rng.randbytes(3)),
-            )
-            conn.execute("INSERT INTO tags VALUES (?, 'new')", (next_id,))
-        elif choice < 0.7:
-            conn.execute(
-                "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers ORDER BY random() "
-                "LIMIT 2)"
-            )
-        elif choice < 0.76 and ids:
-            next_id += 1  # a key change: the row moves to another key
-            conn.execute("UPDATE accounts SET id = ? WHERE id = ?", (next_id, rng.choice(ids)))
-        elif choice < 0.88:
-            conn.execute(
-                "INSERT INTO events (kind, payload) VALUES ('tick', ?)",
-                (rng.randbytes(rng.randint(0, 6)),),
-            )
-        elif ids:
-            conn.execute(
-                "UPDATE accounts SET rate = ?, avatar = NULL WHERE id = ?",
-                (rng.random() * 1e6, rng.choice(ids)),
-            )
-        conn.execute("COMMIT")
-        done += 1
-        time.sleep(rng.random() * 0.004)
-    conn.close()
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +36,9 @@ def history(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pi
         replicator = pipeline.start_replicator("replicate", "--full-every", "3")
         stop = threading.Event()
         counts: list[int] = []
-        writer = threading.Thread(target=lambda: counts.append(_workload(pipeline, stop)))
+        writer = threading.Thread(
+            target=lambda: counts.append(random_transactions(pipeline, stop, seed=11))
+        )
         conn = pipeline.connect()
         try:
             writer.start()

@@ -3,7 +3,6 @@ DuckDB/Avro backups that are exactly the primary at each marker's commit boundar
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 import time
@@ -18,65 +17,12 @@ from tests.integration.pipeline import (
     manifest_json,
     wait_until,
 )
+from tests.integration.workload import random_transactions
 
 
 def _last_assignment(log: str) -> list[int]:
     found = re.findall(r"assigned partitions \[([0-9, ]*)\]", log)
     return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
-
-
-def _workload(pipeline: Pipeline, stop: threading.Event, seed: int) -> int:
-    """Random transactions across tables and partitions until ``stop``; returns the count."""
-    rng = random.Random(seed)
-    conn = pipeline.connect()
-    done = 0
-    next_account = 10_000
-    while not stop.is_set():
-        conn.execute("BEGIN IMMEDIATE")
-        ids = [r[0] for r in conn.execute("SELECT id FROM accounts")]
-        choice = rng.random()
-        if choice < 0.55 and len(ids) >= 2:
-            # a transfer: two accounts, most likely in different partitions, one transaction
-            src, dst = rng.sample(ids, 2)
-            amount = rng.randint(1, 50)
-            conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
-            conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
-            conn.execute(
-                "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
-                (src, dst, amount, rng.choice(["rent", "it's, fine", None, "ünïcode"])),
-            )
-        elif choice < 0.65:
-            next_account += 1
-            conn.execute(
-                "INSERT INTO accounts VALUES (?, ?, 0, ?, NULL)",
-                (next_account, f"new-{next_account}", rng.random()),
-            )
-            conn.execute("INSERT INTO tags VALUES (?, 'new')", (next_account,))
-        elif choice < 0.72:
-            conn.execute(
-                "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers ORDER BY random() "
-                "LIMIT 2)"
-            )
-        elif choice < 0.78 and ids:
-            # a primary-key change: the row moves to another key (and likely partition)
-            old = rng.choice(ids)
-            next_account += 1
-            conn.execute("UPDATE accounts SET id = ? WHERE id = ?", (next_account, old))
-        elif choice < 0.88:
-            conn.execute(
-                "INSERT INTO events (kind, payload) VALUES (?, ?)",
-                ("tick", rng.randbytes(rng.randint(0, 8))),
-            )
-        else:
-            conn.execute(
-                "UPDATE accounts SET rate = ?, avatar = ? WHERE id = ?",
-                (rng.random() * 1e6, rng.randbytes(4), rng.choice(ids) if ids else -1),
-            )
-        conn.execute("COMMIT")
-        done += 1
-        time.sleep(rng.random() * 0.004)
-    conn.close()
-    return done
 
 
 def test_backups_are_exact_cuts_under_concurrent_writes(pipeline: Pipeline) -> None:
@@ -93,7 +39,9 @@ def test_backups_are_exact_cuts_under_concurrent_writes(pipeline: Pipeline) -> N
     wait_until(split, 60, "the two replication processes to share the 6 partitions")
     stop = threading.Event()
     counts: list[int] = []
-    writer = threading.Thread(target=lambda: counts.append(_workload(pipeline, stop, seed=7)))
+    writer = threading.Thread(
+        target=lambda: counts.append(random_transactions(pipeline, stop, seed=7))
+    )
     conn = pipeline.connect()
     try:
         writer.start()

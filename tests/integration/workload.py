@@ -1,4 +1,4 @@
-"""A small random write workload on the test primary, for the fault tests."""
+"""Random write workloads on the test primary, for the integration and fault tests."""
 
 from __future__ import annotations
 
@@ -40,3 +40,61 @@ def writes(pipeline: Pipeline, stop: threading.Event, seed: int) -> None:
             time.sleep(0.002)
     finally:
         conn.close()
+
+
+def random_transactions(pipeline: Pipeline, stop: threading.Event, seed: int) -> int:
+    """Random transactions across tables and partitions until ``stop``; returns the count.
+
+    Transfers between two accounts (most likely in different partitions), new accounts
+    with tags, deletes, primary-key changes, blobs and full-precision REALs.
+    """
+    rng = random.Random(seed)
+    conn = pipeline.connect()
+    done = 0
+    next_account = 10_000
+    while not stop.is_set():
+        conn.execute("BEGIN IMMEDIATE")
+        ids = [r[0] for r in conn.execute("SELECT id FROM accounts")]
+        choice = rng.random()
+        if choice < 0.55 and len(ids) >= 2:
+            # a transfer: two accounts, most likely in different partitions, one transaction
+            src, dst = rng.sample(ids, 2)
+            amount = rng.randint(1, 50)
+            conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
+            conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
+            conn.execute(
+                "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
+                (src, dst, amount, rng.choice(["rent", "it's, fine", None, "ünïcode"])),
+            )
+        elif choice < 0.65:
+            next_account += 1
+            conn.execute(
+                "INSERT INTO accounts VALUES (?, ?, 0, ?, NULL)",
+                (next_account, f"new-{next_account}", rng.random()),
+            )
+            conn.execute("INSERT INTO tags VALUES (?, 'new')", (next_account,))
+        elif choice < 0.72:
+            conn.execute(
+                "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers ORDER BY random() "
+                "LIMIT 2)"
+            )
+        elif choice < 0.78 and ids:
+            # a primary-key change: the row moves to another key (and likely partition)
+            old = rng.choice(ids)
+            next_account += 1
+            conn.execute("UPDATE accounts SET id = ? WHERE id = ?", (next_account, old))
+        elif choice < 0.88:
+            conn.execute(
+                "INSERT INTO events (kind, payload) VALUES (?, ?)",
+                ("tick", rng.randbytes(rng.randint(0, 8))),
+            )
+        else:
+            conn.execute(
+                "UPDATE accounts SET rate = ?, avatar = ? WHERE id = ?",
+                (rng.random() * 1e6, rng.randbytes(4), rng.choice(ids) if ids else -1),
+            )
+        conn.execute("COMMIT")
+        done += 1
+        time.sleep(rng.random() * 0.004)
+    conn.close()
+    return done
