@@ -4,7 +4,8 @@ A bank primary (accounts and transfers) takes transfers continuously. Transfers 
 money between accounts that live in different partitions, so the total balance is the
 same at every instant of the primary, and a backup that is not an exact cut would show a
 different total. The demo runs capture and two replication workers as real processes,
-cuts markers while writes go on, then lists the backups and queries an older one.
+cuts markers while writes go on, then lists the backups, queries an older one, verifies
+them, diffs two, follows the history with ``query --all`` and restores the oldest.
 """
 
 from __future__ import annotations
@@ -147,8 +148,9 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
         )  # fmt: skip
         for name in ("replicate-a", "replicate-b"):
             processes.start(
-                name, "replicate", "--replica", str(replica), "--backups", str(backups), *kafka
-            )
+                name, "replicate", "--replica", str(replica), "--backups", str(backups),
+                "--full-every", "2", *kafka,
+            )  # fmt: skip
         _wait_for_capture(db, processes)
 
         _say(f"\n== 4. Transfers keep committing while {markers} markers are cut")
@@ -181,10 +183,11 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
     found = list_backups(backups, source)
     _say(f"\n== 6. cutline backups --backups {backups}")
     _table(
-        ["marker", "T1 (primary as of)", "T2 (written)", "accounts", "transfers"],
-        [(b.marker_id, b.t1, b.t2, b.tables["accounts"]["rows"], b.tables["transfers"]["rows"])
-         for b in found],
+        ["marker", "T1 (primary as of)", "T2 (written)", "kind", "accounts", "transfers"],
+        [(b.marker_id, b.t1, b.t2, b.kind, b.tables["accounts"]["rows"],
+          b.tables["transfers"]["rows"]) for b in found],
     )  # fmt: skip
+    _say("  (--full-every 2: every other backup is incremental, holding only what changed)")
 
     _say("\n== 7. Every backup is an exact cut: money is conserved in each")
     totals = []
@@ -202,6 +205,28 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
     _say(f"  (the richest accounts at {oldest.t1}, read from backup {oldest.marker_id},")
     _say("   written later at T2 while the primary kept serving transfers)")
 
+    newest = found[-1]
+    where = ["--backups", str(backups), "--source", source]
+    _say(f"\n== 9. cutline verify {' '.join(where)}")
+    verified = _cli("verify", *where)
+    pair = f"{oldest.marker_id} {newest.marker_id}"
+    _say(f"\n== 10. cutline diff {' '.join(where)} --table accounts {pair}")
+    _cli("diff", *where, "--table", "accounts", str(oldest.marker_id), str(newest.marker_id),
+         lines=6)  # fmt: skip
+    history = "SELECT marker_id, t1, count(*) AS transfers FROM transfers GROUP BY ALL ORDER BY 1"
+    _say(f'\n== 11. cutline query {" ".join(where)} --all "{history}"')
+    _cli("query", *where, "--all", history)
+    restored = workdir / f"restored-marker-{oldest.marker_id}.sqlite"
+    _say(f"\n== 12. cutline restore {' '.join(where)} --marker {oldest.marker_id} --to {restored}")
+    restore_ok = _cli("restore", *where, "--marker", str(oldest.marker_id), "--to", str(restored),
+                      lines=0)  # fmt: skip
+    with sqlite3.connect(restored) as conn:
+        total, count = conn.execute(
+            "SELECT (SELECT sum(balance) FROM accounts), (SELECT count(*) FROM transfers)"
+        ).fetchone()
+    _say(f"  {restored.name}: a SQLite primary as of {oldest.t1}: {count} transfers, total {total}")
+    consistent = consistent and verified and restore_ok and total == ACCOUNTS * OPENING_BALANCE
+
     _say(f"\nFiles are in {workdir}. Try:")
     _say(f"  .venv/bin/cutline backups --backups {backups}")
     _say(
@@ -213,6 +238,21 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
         return 1
     _say(f"\nOK: {len(found)} consistent backups, total {ACCOUNTS * OPENING_BALANCE} in each")
     return 0
+
+
+def _cli(*args: str, lines: int = 20) -> bool:
+    """Run one cutline command as a user would; show its first ``lines`` lines of output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cutline.cli", *args], capture_output=True, text=True, timeout=120
+    )
+    shown = done.stdout.splitlines()
+    for line in shown[:lines]:
+        _say(f"  {line}")
+    if len(shown) > lines > 0:
+        _say(f"  ... ({len(shown) - lines} more lines)")
+    if done.returncode != 0:
+        _say(f"  exit status {done.returncode}: {done.stderr.strip()}")
+    return done.returncode == 0
 
 
 def _wait(condition, processes: _Processes, deadline_s: float, what: str) -> None:
