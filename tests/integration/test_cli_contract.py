@@ -88,7 +88,10 @@ def test_kafka_start_reuses_the_running_local_broker(cluster: Provided) -> None:
 
 
 def test_help_teaches_every_command() -> None:
-    for command in ["kafka", "capture", "mark", "replicate", "backups", "query", "demo"]:
+    for command in [
+        "kafka", "capture", "mark", "replicate", "replay", "backups", "query", "restore",
+        "diff", "verify", "prune", "demo",
+    ]:  # fmt: skip
         result = subprocess.run(
             [sys.executable, "-m", "cutline.cli", command, "--help"],
             capture_output=True,
@@ -131,3 +134,18 @@ def test_replicate_started_before_capture_waits_for_the_topics(pipeline: Pipelin
     pipeline.wait_for_backups([ticket.marker_id])
     log = pipeline.processes[0].log.read_text()
     assert "waiting up to" in log and f"cutline capture --source {pipeline.source}" in log
+
+
+def test_demo_runs_the_whole_pipeline_on_the_suites_broker(kafka: str, tmp_path) -> None:
+    """What `make demo` runs, on the suite's broker: every step, every backup consistent."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cutline.cli", "demo", "--workdir", str(tmp_path / "demo"),
+         "--markers", "3", "--bootstrap-servers", kafka],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for step in ("cutline verify", "cutline diff", "--all", "cutline restore"):
+        assert step in out, step
+    assert "3 intact, 0 damaged" in out, out
+    assert out.strip().splitlines()[-1] == "OK: 3 consistent backups, total 20000 in each"
