@@ -69,11 +69,15 @@ class Alignment:
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
         self.cuts: dict[int, Cut] = {}
+        # the cuts still aligning, so expired() (run after every control event) costs
+        # what is open, not every cut seen since start-up
+        self._aligning: dict[int, Cut] = {}
 
     def apply(self, event: ControlEvent, now: float) -> Transition | None:
         cut = self.cuts.get(event.marker_id)
         if cut is None:
             cut = self.cuts[event.marker_id] = Cut(event.marker_id, event.partitions, now)
+            self._aligning[cut.marker_id] = cut
         kind = event.kind
         if kind is ControlKind.REACHED:
             return self._reached(cut, event, now)
@@ -117,18 +121,19 @@ class Alignment:
             return self._move(cut, CutStatus.READY, None)
         return None
 
-    @staticmethod
-    def _move(cut: Cut, status: CutStatus, detail: str | None) -> Transition:
+    def _move(self, cut: Cut, status: CutStatus, detail: str | None) -> Transition:
         cut.status = status
         if detail:
             cut.detail = detail
+        if status is not CutStatus.ALIGNING:
+            self._aligning.pop(cut.marker_id, None)
         return Transition(cut, status)
 
     def expired(self, now: float) -> list[Cut]:
         """Cuts still aligning after the timeout: the caller publishes ABANDONED for them."""
         return [
             cut
-            for cut in self.cuts.values()
+            for cut in self._aligning.values()
             if cut.status is CutStatus.ALIGNING and now - cut.first_seen > self.timeout_s
         ]
 

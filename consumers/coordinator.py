@@ -33,12 +33,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
 from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import has_backup, source_dir
@@ -152,6 +152,10 @@ class CutCoordinator:
         self._thread = threading.Thread(target=self._run, name="coordinator", daemon=True)
         self._thread.start()
 
+    def is_dead(self) -> bool:
+        """True if the control loop ended without being stopped: cuts no longer resolve."""
+        return self._thread is not None and not self._thread.is_alive() and not self._stop.is_set()
+
     def wait_caught_up(self, deadline_s: float = 30.0) -> bool:
         """True once the control topic has been read up to its end at start-up."""
         return self._caught_up.wait(deadline_s)
@@ -252,7 +256,7 @@ class CutCoordinator:
         self._caught_up.set()
         for plan in pending:
             self.progress(f"cut {plan.marker_id} is ready but unpublished: taking it over")
-            self._snapshots.submit(self._snapshot, plan)
+            self._submit(plan)
 
     def _on_event(self, value: bytes, now: float) -> None:
         try:
@@ -278,7 +282,7 @@ class CutCoordinator:
                 alignment_s=cut.alignment_s,
             )
             if self._caught_up.is_set():
-                self._snapshots.submit(self._snapshot, plan)
+                self._submit(plan)
             else:
                 self._replayed_ready[cut.marker_id] = plan
         elif transition.status in (CutStatus.ABANDONED, CutStatus.FAILED):
@@ -287,10 +291,8 @@ class CutCoordinator:
             self._report(cut, CutStatus.PUBLISHED)
 
     def _report(self, cut: Cut, status: CutStatus) -> None:
-        report = self.stats.reports.setdefault(cut.marker_id, CutReport(cut.marker_id, status))
-        report.status = status
-        report.alignment_s = cut.alignment_s
-        report.detail = cut.detail
+        """Record a cut's fate. Other threads read ``stats``: a report appears, or takes
+        its new status, only once its detail is filled in and its message was said."""
         if status is CutStatus.PUBLISHED:
             if cut.marker_id not in self.stats.published:
                 self.stats.published.append(cut.marker_id)
@@ -298,6 +300,11 @@ class CutCoordinator:
             self.stats.failed.append(cut.marker_id)
             if self._caught_up.is_set():  # history replayed at start-up was reported then
                 self.progress(f"cut {cut.marker_id} {status.value}: {cut.detail or 'no detail'}")
+        report = self.stats.reports.get(cut.marker_id) or CutReport(cut.marker_id, status)
+        report.alignment_s = cut.alignment_s
+        report.detail = cut.detail
+        report.status = status
+        self.stats.reports[cut.marker_id] = report
 
     def _expire(self, now: float) -> None:
         with self._lock:
@@ -305,14 +312,29 @@ class CutCoordinator:
                 c for c in self.alignment.expired(now) if c.marker_id not in self._abandon_sent
             ]
         for cut in expired:
-            self._abandon_sent.add(cut.marker_id)
             detail = (
                 f"partitions {cut.missing} did not reach marker {cut.marker_id} within "
                 f"{self.alignment.timeout_s:.0f} s (alignment timeout)"
             )
-            self._send(
-                self._event(ControlKind.ABANDONED, cut.marker_id, cut.partitions, detail=detail)
-            )
+            try:
+                self._send(
+                    self._event(ControlKind.ABANDONED, cut.marker_id, cut.partitions, detail=detail)
+                )
+            except (DeadlineExceeded, KafkaException, BufferError) as exc:
+                # the broker is away: the control loop goes on and sends it again next time
+                log.warning("cannot abandon cut %s yet: %s", cut.marker_id, exc)
+                return
+            self._abandon_sent.add(cut.marker_id)
+
+    def _submit(self, plan: CutPlan) -> None:
+        """Queue a snapshot; an exception it raises is logged, not lost in its future."""
+        future = self._snapshots.submit(self._snapshot, plan)
+
+        def said(done: Future) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("snapshot of marker %s stopped: %s", plan.marker_id, done.exception())
+
+        future.add_done_callback(said)
 
     def _snapshot(self, plan: CutPlan) -> None:
         """Runs on the snapshot thread for every READY cut; writes it unless written."""

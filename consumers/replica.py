@@ -12,21 +12,31 @@ process during a rebalance stays paused at that marker until the cut is resolved
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from cutline.errors import CutlineError
 from producers.sqlite_changelog import ROWID, quote_identifier
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
 
+log = logging.getLogger("cutline.replica")
+
 STATE = "_cutline_state"
 TABLES = "_cutline_tables"
+BUSY_TIMEOUT_MS = 10_000  # one wait for SQLite's write lock; claim() retries past it
 
 
 class ApplyError(Exception):
     """An operation that cannot be applied to the replica; it goes to the dead letters."""
+
+
+class ShardLocked(CutlineError):
+    """The shard's previous writer kept its write lock past the claim deadline."""
 
 
 class ShardFenced(Exception):
@@ -62,7 +72,7 @@ class Shard:
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.conn.execute("PRAGMA busy_timeout = 10000")
+        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {STATE} (partition INTEGER PRIMARY KEY, "
             "offset INTEGER NOT NULL, since_marker INTEGER NOT NULL, marker_id INTEGER NOT NULL, "
@@ -74,12 +84,15 @@ class Shard:
             "columns TEXT NOT NULL, key_columns TEXT NOT NULL)"
         )
         self._add_owner_columns()
-        self.conn.execute(
-            f"INSERT OR IGNORE INTO {STATE} (partition, offset, since_marker, marker_id, "
-            "marker_offset, held, marker_t1_us, marker_partitions, marker_tables) "
-            "VALUES (?, -1, 0, 0, -1, 0, 0, 0, '')",
-            (partition,),
-        )
+        # only a new shard is written here: an existing one may be write-locked by a
+        # frozen previous owner, which claim() waits for, bounded
+        if read_state(self.conn, partition) is None:
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO {STATE} (partition, offset, since_marker, marker_id, "
+                "marker_offset, held, marker_t1_us, marker_partitions, marker_tables) "
+                "VALUES (?, -1, 0, 0, -1, 0, 0, 0, '')",
+                (partition,),
+            )
         self.epoch: int | None = None  # None: not claimed, writes are not fenced
         self._statements: dict[tuple[str, OpType], tuple[str, tuple[str, ...]]] = {}
         self._definitions = {d.table: d for d in self.definitions()}
@@ -88,6 +101,9 @@ class Shard:
 
     def _add_owner_columns(self) -> None:
         """Shards written before fencing existed get the owner columns (idempotent)."""
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({STATE})")}
+        if {"owner_epoch", "owner"} <= have:
+            return  # nothing to write (and no write lock to wait for)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({STATE})")}
@@ -104,15 +120,19 @@ class Shard:
 
     # -- ownership: fencing stale writers -------------------------------------------------
 
-    def claim(self, owner: str) -> int:
+    def claim(self, owner: str, deadline_s: float = 120.0) -> int:
         """Become the shard's only writer: bump its owner epoch and remember ours.
 
         Called by a process when the group assigns it the partition. Every later write of
         this object checks, inside its write transaction, that the epoch is still ours, so
         a writer that was replaced (a zombie process, a thread that did not stop in time)
         can never write again, even if it wakes up mid-batch.
+
+        A previous writer frozen inside a batch (SIGSTOP, a VM pause) still holds the
+        shard's write lock: the claim waits for it up to ``deadline_s``, then raises
+        ShardLocked. The frozen batch then commits first, as it would have anyway.
         """
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._begin_claim(deadline_s)
         try:
             self.conn.execute(
                 f"UPDATE {STATE} SET owner_epoch = owner_epoch + 1, owner = ? WHERE partition = ?",
@@ -127,6 +147,34 @@ class Shard:
             raise
         self.epoch = int(epoch)
         return self.epoch
+
+    def _begin_claim(self, deadline_s: float) -> None:
+        """BEGIN IMMEDIATE, retried while another writer holds the lock, until the deadline."""
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                (owner,) = self.conn.execute(
+                    f"SELECT owner FROM {STATE} WHERE partition = ?", (self.partition,)
+                ).fetchone()
+                if time.monotonic() >= end:
+                    raise ShardLocked(
+                        f"partition {self.partition}: shard {self.path} stayed locked by its "
+                        f"previous writer {owner!r} for over {deadline_s:.0f} s; that process "
+                        "is frozen or stuck: kill it, and this partition is taken over"
+                    ) from exc
+                log.warning(
+                    "partition %s: shard %s is locked by its previous writer %r (frozen?); "
+                    "waiting up to %.0f s more to take it over",
+                    self.partition,
+                    self.path,
+                    owner,
+                    end - time.monotonic(),
+                )
 
     def _check_owner(self) -> int:
         """Inside a write transaction: the recorded offset, if this writer still owns the shard."""
@@ -197,7 +245,9 @@ class Shard:
         if self._in_batch:
             self._in_batch = False
             try:
-                self.conn.execute("ROLLBACK")
+                # SQLite may have rolled back by itself (SQLITE_FULL, SQLITE_IOERR, ...)
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
             except sqlite3.ProgrammingError:
                 return  # closed under a stuck thread: SQLite rolled back on close
             self._definitions = {d.table: d for d in self.definitions()}

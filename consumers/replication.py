@@ -156,6 +156,9 @@ class ReplicationThread(threading.Thread):
         self.stop_event.set()
         self.wake.set()
 
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
     def run(self) -> None:
         backoff = 0.1
         while not self.stop_event.is_set():
@@ -167,12 +170,12 @@ class ReplicationThread(threading.Thread):
                     busy |= self._work(lane)
                     backoff = 0.1
                 except ShardFenced as exc:  # a newer owner has it: never touch it again
-                    lane.shard.rollback()
+                    self._rollback(lane)
                     log.warning("%s; dropping the partition from this thread", exc)
                     lane.fenced = True
                     self.lanes.remove(lane)
                 except Exception as exc:  # keep going after a transient failure, loudly
-                    lane.shard.rollback()
+                    self._rollback(lane)
                     log.exception("partition %s: replication step failed", lane.partition)
                     self.error = exc
                     self.stop_event.wait(backoff)
@@ -180,6 +183,14 @@ class ReplicationThread(threading.Thread):
             if not busy:
                 self.wake.wait(0.05)
                 self.wake.clear()
+
+    @staticmethod
+    def _rollback(lane: Lane) -> None:
+        """Undo a failed step's open batch; a failure here must not end the thread."""
+        try:
+            lane.shard.rollback()
+        except Exception:
+            log.exception("partition %s: rolling back the failed batch failed", lane.partition)
 
     # -- one step -------------------------------------------------------------------------
 
@@ -242,9 +253,9 @@ class ReplicationThread(threading.Thread):
                     dead, last = dead + 1, offset
                     continue
                 self._finish_batch(lane, last, dead)
-                lane.push_front(batch[index + 1 :])
                 lane.stats.applied += applied
-                self._reach(lane, record, offset)
+                self._reach(lane, record, offset)  # if it fails, the whole batch is retried
+                lane.push_front(batch[index + 1 :])
                 return
             else:
                 self.dead_letters.send(
@@ -283,10 +294,13 @@ class ReplicationThread(threading.Thread):
             )
         else:
             detail = None
+        if detail is not None:
+            # reported before the shard moves past the marker: if the report fails (or the
+            # process dies), the marker is met again and reported again, never skipped
+            self.coordinator.failed(marker, p, offset, detail)
         lane.shard.reach_marker(marker, offset, hold=detail is None)
         lane.applied_offset = offset
         if detail is not None:
-            self.coordinator.failed(marker, p, offset, detail)
             return
         lane.hold = Hold(marker, offset)
         lane.announced = False

@@ -33,11 +33,14 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
+from consumers.health import check_threads
+from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
 from cutline.directories import writable_directory
 from cutline.errors import ConfigError
 from cutline.kafka_clients import (
+    committed_within,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -48,6 +51,8 @@ from cutline.kafka_clients import (
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.replicator")
+
+CLAIM_DEADLINE_S = 120.0  # for all shard claims of one assignment (max.poll.interval: 300 s)
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Replicator:
         self.threads: list[ReplicationThread] = []
         self._committed: dict[int, int] = {}
         self._commit_requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending_commits = PendingCommits()  # sent, not yet answered by Kafka
         self._consumer = None
         self._producer = None
         self.coordinator: CutCoordinator | None = None
@@ -135,6 +141,7 @@ class Replicator:
                 "session.timeout.ms": int(cfg.session_timeout_s * 1000),
                 "heartbeat.interval.ms": 1000,  # notice a rebalance within ~1 s, not 3
                 "max.poll.interval.ms": 300000,
+                "on_commit": self._pending_commits.answered,
             },
         )
         self._consumer.subscribe(
@@ -155,12 +162,17 @@ class Replicator:
         try:
             while not stop.is_set():
                 self.poll_once()
+                self.check_health()
                 if time.monotonic() - last_status >= status_every_s:
                     last_status = time.monotonic()
                     self.progress(self.status_line())
         finally:
             self.close()
         return self.stats
+
+    def check_health(self) -> None:
+        """Raise ReplicationStopped if one of this process's threads died on its own."""
+        check_threads(self.coordinator, self.threads)
 
     def poll_once(self, timeout_s: float = 0.02) -> int:
         messages = self._consumer.consume(500, timeout_s)
@@ -232,15 +244,18 @@ class Replicator:
         count = len(partitions)
         n_threads = count if self.config.threads is None else min(self.config.threads, count)
         wakes = [threading.Event() for _ in range(max(1, n_threads))]
+        # claims wait for frozen writers' locks; together well within max.poll.interval.ms
+        claims_end = time.monotonic() + CLAIM_DEADLINE_S
         for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
             shard = Shard(
                 shard_path(self.config.replica_dir, self.config.source, tp.partition), tp.partition
             )
-            shard.claim(self.config.member)  # fences whoever wrote this shard before us
+            # fences whoever wrote this shard before us
+            shard.claim(self.config.member, max(1.0, claims_end - time.monotonic()))
             lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
             self.lanes[tp.partition] = lane
             tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
-        for tp in consumer.committed(partitions, timeout=10):
+        for tp in committed_within(consumer, partitions):
             if tp.offset >= 0:
                 known = self._committed.get(tp.partition, -1)
                 self._committed[tp.partition] = max(known, tp.offset)
@@ -302,7 +317,10 @@ class Replicator:
         return done
 
     def _drain_commits(self) -> None:
-        """Commit requested offsets (forward only), then release the waiting threads."""
+        """Commit requested offsets (forward only); release the waiting threads once Kafka
+        answers, or at the deadline. Asynchronous: a synchronous commit blocks the poll
+        loop without a deadline while the group coordinator is away."""
+        self._pending_commits.expire(time.monotonic())
         requests = []
         while not self._commit_requests.empty():
             requests.append(self._commit_requests.get_nowait())
@@ -312,14 +330,18 @@ class Replicator:
         for partition, offset, _ in requests:
             if offset > self._committed.get(partition, -1) and partition in self.lanes:
                 best[partition] = max(best.get(partition, -1), offset)
+        waiting = [done for _, _, done in requests]
         if best:
             offsets = [TopicPartition(self.topics.ops, p, o) for p, o in best.items()]
             try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-                self._committed.update(best)
+                self._consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
                 log.warning("commit of %s failed: %s", best, exc)
-        for _, _, done in requests:
+            else:
+                self._committed.update(best)
+                self._pending_commits.add(best, waiting, time.monotonic())
+                return
+        for done in waiting:
             done.set()
 
     def all_pauses(self) -> list[float]:

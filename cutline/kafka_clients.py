@@ -198,6 +198,30 @@ def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     return {k: v.value for k, v in result.items()}
 
 
+def committed_within(
+    consumer: Consumer, partitions: list[TopicPartition], deadline_s: float = 60.0
+) -> list[TopicPartition]:
+    """The group's committed offsets, asked again while the group coordinator moves.
+
+    A lost broker can take the group coordinator with it; until a new one has loaded
+    the group (the broker's session timeout, then the load), each request times out.
+    """
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return consumer.committed(
+                partitions, timeout=min(10.0, max(1.0, end - time.monotonic()))
+            )
+        except KafkaException as exc:
+            if exc.args[0].fatal() or time.monotonic() >= end:
+                raise DeadlineExceeded(
+                    f"the group's committed offsets were not available within {deadline_s:.0f} s "
+                    f"(last error: {exc.args[0].str()}): check the cluster's brokers"
+                ) from exc
+            log.warning("committed offsets not available yet (%s); asking again", exc)
+            time.sleep(0.5)
+
+
 def committed_offsets(
     bootstrap: str, group_id: str, topic: str, partitions: int, timeout_s: float = 10.0
 ) -> dict[int, int]:

@@ -250,6 +250,13 @@ class Capture:
 
     def step(self) -> int:
         """Publish one batch of committed changes; return how many change rows it held."""
+        if self._producer is None:  # lost, and not rebuilt yet: only Kafka knows the position
+            try:
+                self._rebuild()
+            except (BrokerError, DeadlineExceeded, KafkaException) as exc:
+                failed = TransactionFailed(f"{exc}", position_reloaded=False)
+                self._retry_later(failed)
+                return 0
         rows = read_changes(self._conn, self._seq, self.config.batch_size)
         if not rows:
             return 0
@@ -426,9 +433,20 @@ class Capture:
         old, self._producer = self._producer, None
         with contextlib.suppress(KafkaException, RuntimeError):
             old.purge()
-        self._producer = self._new_producer()  # fences the old one, ends its transaction
-        self._recover_position()
+        try:
+            self._rebuild()
+        except (BrokerError, DeadlineExceeded, KafkaException) as exc:
+            # Kafka is still away: the next step rebuilds first, within retry_deadline_s
+            log.warning("restarting the producer failed (%s); trying again", exc)
+            return False
         return True
+
+    def _rebuild(self) -> None:
+        """A new producer, which fences the old one and ends its transaction, and the
+        position read back from Kafka. The producer is kept only once both succeeded."""
+        producer = self._new_producer()
+        self._recover_position()
+        self._producer = producer
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
@@ -447,39 +465,64 @@ def _short(key: dict) -> str:
 def read_last_position(
     bootstrap: str, topics: Topics, deadline_s: float = 15.0
 ) -> CapturePosition | None:
-    """The last committed capture position, read from the tail of the capture topic."""
+    """The last committed capture position, read from the tail of the capture topic.
+
+    The tail may hold nothing but aborted transactions (each retry of a batch Kafka would
+    not commit leaves its position record there, aborted, and a read_committed consumer
+    never sees it), so windows further and further back are read until one holds a
+    committed position. None only when no committed position exists at all.
+    """
     consumer = make_consumer(bootstrap, f"{topics.capture_position}.reader")
     try:
         tp = TopicPartition(topics.capture_position, 0)
         low, high = _watermarks(consumer, tp, deadline_s)
-        if high <= low:
-            return None
-        consumer.assign([TopicPartition(tp.topic, 0, max(low, high - 64))])
-        last: CapturePosition | None = None
         end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            message = consumer.poll(0.5)
-            if message is None:
-                position = consumer.position([tp])[0].offset
-                if position >= high:
-                    return last
-                continue
-            if message.error():
-                continue
-            try:
-                record = decode(message.value())
-            except CodecError:
-                continue
-            if isinstance(record, CapturePosition):
-                last = record
-            if message.offset() >= high - 1:
-                return last
+        stop, window = high, 64
+        while stop > low:
+            start = max(low, stop - window)
+            found = _last_position_between(consumer, tp, start, stop, end)
+            if found is not None:
+                return found
+            stop, window = start, window * 8
+        return None
+    except _OutOfTime:
         raise DeadlineExceeded(
             f"reading the capture position from {topics.capture_position} took over "
             f"{deadline_s:.0f} s"
-        )
+        ) from None
     finally:
         consumer.close()
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _last_position_between(
+    consumer, tp: TopicPartition, start: int, stop: int, end: float
+) -> CapturePosition | None:
+    """The last committed CapturePosition at offsets [start, stop), or None."""
+    consumer.assign([TopicPartition(tp.topic, 0, start)])
+    last: CapturePosition | None = None
+    while time.monotonic() < end:
+        message = consumer.poll(0.5)
+        if message is None:
+            if consumer.position([tp])[0].offset >= stop:
+                return last
+            continue
+        if message.error():
+            continue
+        if message.offset() >= stop:
+            return last
+        try:
+            record = decode(message.value())
+        except CodecError:
+            record = None
+        if isinstance(record, CapturePosition):
+            last = record
+        if message.offset() >= stop - 1:
+            return last
+    raise _OutOfTime
 
 
 def _watermarks(consumer, tp: TopicPartition, deadline_s: float) -> tuple[int, int]:

@@ -21,8 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import KafkaException
+
 from cutline.failpoints import ENV as FAILPOINTS_ENV
-from cutline.kafka_clients import make_consumer
+from cutline.kafka_clients import make_admin, make_consumer
 from cutline.settings import Topics
 from tests.faults.checker import (
     Verdict,
@@ -80,7 +82,7 @@ class OffsetWatch(threading.Thread):
         self.backwards: list[str] = []
 
     def run(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import TopicPartition
 
         tps = [TopicPartition(self.topics.ops, p) for p in range(self.partitions)]
         try:
@@ -209,6 +211,37 @@ class FaultRun:
         """SIGSTOP a replication process: it becomes a zombie once its session expires."""
         self.replicators[name].popen.send_signal(signal.SIGSTOP)
 
+    def wait_left_group(self, name: str, deadline_s: float = 90.0) -> None:
+        """Wait until the group has dropped ``name`` (frozen) and settled without it.
+
+        Its member id (``client.id``) holds its pid. Waiting for this, not for a fixed
+        time, makes the zombie real on a slow machine too: its partitions have moved.
+        """
+        from confluent_kafka import ConsumerGroupState
+
+        pid = self.replicators[name].popen.pid
+        group = Topics(self.pipeline.source).replication_group
+        admin = make_admin(self.pipeline.bootstrap)
+        end = time.monotonic() + deadline_s
+        seen = None
+        while time.monotonic() < end:
+            try:
+                seen = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            except KafkaException:
+                seen = None
+            if (
+                seen is not None
+                and seen.state == ConsumerGroupState.STABLE
+                and seen.members
+                and not any(f"-{pid}-" in m.client_id for m in seen.members)
+            ):
+                return
+            time.sleep(0.5)
+        members = [m.client_id for m in seen.members] if seen is not None else None
+        raise AssertionError(
+            f"{name} (pid {pid}) still in group {group} after {deadline_s:.0f} s: {members}"
+        )
+
     def thaw(self, name: str) -> None:
         """SIGCONT: the zombie wakes with stale partitions, queues and a stale generation."""
         self.replicators[name].popen.send_signal(signal.SIGCONT)
@@ -256,8 +289,13 @@ class FaultRun:
         chaos: float = 0.0,
         supervise: bool = True,
     ) -> None:
-        """Run the workload for ``seconds``; ``chaos`` is SIGKILLs per second (random victim)."""
+        """Run the workload for ``seconds``; ``chaos`` is SIGKILLs per second (random victim).
+
+        The kills are scheduled in time (seeded), not drawn per loop turn, so a slow
+        machine, whose loop turns fewer times, kills as often as a fast one.
+        """
         assert self.workload is not None
+        kills_at = self._chaos_schedule(seconds, chaos)
         stop = threading.Event()
         errors: list[BaseException] = []
 
@@ -269,11 +307,13 @@ class FaultRun:
 
         writer = threading.Thread(target=work, name="workload")
         writer.start()
-        end = time.monotonic() + seconds
+        started = time.monotonic()
+        end = started + seconds
         try:
             while time.monotonic() < end and writer.is_alive():
                 time.sleep(0.2)
-                if chaos and self.rng.random() < chaos * 0.2:
+                while kills_at and time.monotonic() - started >= kills_at[0]:
+                    kills_at.pop(0)
                     self.kill(self.rng.choice(sorted(self.replicators)))
                 if supervise:
                     self.supervise()
@@ -283,6 +323,13 @@ class FaultRun:
             writer.join(30)
         if errors:
             raise errors[0]
+
+    def _chaos_schedule(self, seconds: float, chaos: float) -> list[float]:
+        """Seeded kill times within ``seconds``: ``chaos`` per second, at least one if any."""
+        if not chaos:
+            return []
+        count = max(1, round(chaos * seconds))
+        return sorted(self.rng.uniform(0.1 * seconds, 0.9 * seconds) for _ in range(count))
 
     def wait_statuses(self, marker_ids: list[int], deadline_s: float) -> dict:
         """Wait until the control topic resolves every cut in ``marker_ids``."""

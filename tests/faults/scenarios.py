@@ -201,6 +201,7 @@ def zombie_process(bootstrap: str, root: Path, seed: int) -> RunReport:
         run.write_for(3)
         run.freeze("replicate-0")
         run.write_for(config.session_timeout_s + 4)
+        run.wait_left_group("replicate-0")  # a fixed time is not enough on a slow machine
         run.thaw("replicate-0")
         run.write_for(3)
         return _finish(run)

@@ -28,24 +28,41 @@ from tests.integration.workload import writes
 
 PARTITIONS = 4
 
+TORN = "capture.marker_produced[1]=stall:120"
+
 # Each capture run dies at one of these points; the last run has no failpoint.
 KILLS = [
     "capture.batch_produced=kill@3",  # a batch's operations produced, nothing committed
     "capture.before_marker=kill",  # a batch's operations produced, its marker next
-    # the marker reached partitions 0 and 1 (the pause lets them reach the broker), not 2, 3
-    "capture.marker_produced[1]=sleep:0.5;capture.marker_produced[2]=kill",
+    # the marker reached partitions 0 and 1, not 2, 3: capture stalls there and is killed
+    # once the log shows that half marker (a fixed pause would race the producer's send)
+    TORN,
     "capture.marker_produced[3]=kill",  # the marker's records all produced, no commit yet
     "capture.before_commit=kill@4",  # operations, marker and position produced, no commit
     "capture.after_commit=kill@3",  # committed in Kafka, not yet forgotten on the primary
 ]
 
 
+def _torn_marker_logged(pipeline: Pipeline) -> bool:
+    """A marker in some partitions of the ops topic but not all, read uncommitted."""
+    entries = read_topic(
+        pipeline.bootstrap, Topics(pipeline.source).ops, PARTITIONS, committed_only=False
+    )
+    return any(len(counts) < PARTITIONS for counts in marker_placement(entries).values())
+
+
 def _killed(pipeline: Pipeline, process: Process, conn, what: str) -> None:
-    """Cut markers until the capture process dies by SIGKILL; then forget it."""
+    """Cut markers until the capture process dies by SIGKILL; then forget it.
+
+    A stalled capture is killed here, once the log shows the half marker it stalled in.
+    """
 
     def dead() -> bool:
         if process.popen.poll() is None:
             pipeline.cut(conn)
+            if what == TORN and _torn_marker_logged(pipeline):
+                process.popen.kill()
+                process.popen.wait(10)
             return False
         return True
 

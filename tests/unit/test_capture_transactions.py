@@ -166,3 +166,34 @@ def test_a_record_too_large_stops_capture_without_skipping_it(primary: Path) -> 
     assert "without skipping it" in message and "max.message.bytes" in message
     assert producer.aborted == 1 and len(producer.committed) == 1
     assert [r.seq for r in read_changes(capture._conn, 0, 10)] == [21], "still in the log"
+
+
+def test_a_producer_that_cannot_be_restarted_yet_is_restarted_by_the_next_step(
+    primary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka still away when the producer is rebuilt: capture retries, it does not stop."""
+    timeout = KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True)
+    first = StandInProducer(
+        commit_errors=[timeout], abort_error=KafkaError(KafkaError._STATE, "wrong state")
+    )
+    capture = make_capture(primary, first, transaction_timeout_s=0.0)
+    second = StandInProducer()
+    builds: list[str] = []
+
+    def new_producer() -> StandInProducer:
+        builds.append("attempt")
+        if len(builds) == 1:
+            raise BrokerError("cannot start a Kafka transaction for capture: no coordinator")
+        return second
+
+    recovered: list[bool] = []
+    monkeypatch.setattr(capture, "_new_producer", new_producer)
+    monkeypatch.setattr(capture, "_recover_position", lambda: recovered.append(True))
+    request_marker(capture._conn)
+
+    assert capture.step() == 0, "the failed batch is not counted as published"
+    assert capture._producer is None and not recovered
+    assert capture.step() == 21, "rebuilt, position read back, then the batch published"
+    assert capture._producer is second and recovered == [True] and len(builds) == 2
+    operations = [r for r in published(second) if isinstance(r, Operation)]
+    assert sorted(op.key["id"] for op in operations) == list(range(20)), "each row once"
