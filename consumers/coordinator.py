@@ -30,10 +30,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,8 @@ class CutCoordinator:
         self._abandon_sent: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshotter")
+        self._snapshots: queue.SimpleQueue[CutPlan | None] = queue.SimpleQueue()
+        self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
         self._replayed_ready: dict[int, CutPlan] = {}  # READY during the start-up replay
 
@@ -161,11 +162,25 @@ class CutCoordinator:
         return self._caught_up.wait(deadline_s)
 
     def stop(self, deadline_s: float = 60.0) -> None:
-        """Stop reading; let a running snapshot finish (bounded), so none is left half done."""
+        """Stop reading and let a running snapshot finish, both within ``deadline_s``.
+
+        Queued snapshots are dropped (their cuts stay READY on the control topic, and the
+        next start takes them over). A snapshot still running at the deadline is left to
+        its daemon thread: if the process exits first, its temp directory is never
+        visible and the next writer sweeps it.
+        """
+        end = time.monotonic() + deadline_s
         self._stop.set()
         if self._thread is not None:
             self._thread.join(deadline_s)
-        self._snapshots.shutdown(wait=True, cancel_futures=True)
+        self._snapshots.put(None)
+        if self._snapshotter is not None:
+            self._snapshotter.join(max(0.0, end - time.monotonic()))
+            if self._snapshotter.is_alive():
+                log.warning(
+                    "a snapshot was still being written %.0f s after stop; leaving it",
+                    deadline_s,
+                )
 
     # -- called by replication threads ----------------------------------------------------
 
@@ -327,14 +342,23 @@ class CutCoordinator:
             self._abandon_sent.add(cut.marker_id)
 
     def _submit(self, plan: CutPlan) -> None:
-        """Queue a snapshot; an exception it raises is logged, not lost in its future."""
-        future = self._snapshots.submit(self._snapshot, plan)
+        """Queue a snapshot for the one snapshot thread (started on first use)."""
+        if self._snapshotter is None:
+            self._snapshotter = threading.Thread(
+                target=self._snapshot_loop, name="snapshotter", daemon=True
+            )
+            self._snapshotter.start()
+        self._snapshots.put(plan)
 
-        def said(done: Future) -> None:
-            if not done.cancelled() and done.exception() is not None:
-                log.error("snapshot of marker %s stopped: %s", plan.marker_id, done.exception())
-
-        future.add_done_callback(said)
+    def _snapshot_loop(self) -> None:
+        """Write queued snapshots in order until stopped; a failure is logged, not lost."""
+        while (plan := self._snapshots.get()) is not None:
+            if self._stop.is_set():
+                continue  # dropped: the cut stays READY and the next start takes it over
+            try:
+                self._snapshot(plan)
+            except Exception:
+                log.exception("snapshot of marker %s stopped", plan.marker_id)
 
     def _snapshot(self, plan: CutPlan) -> None:
         """Runs on the snapshot thread for every READY cut; writes it unless written."""

@@ -23,6 +23,7 @@ from consumers.health import ReplicationStopped
 from consumers.replica import Shard, ShardFenced, ShardLocked
 from consumers.replication import Lane, ReplicationThread
 from consumers.replicator import ReplicateConfig, Replicator
+from consumers.snapshotter import CutPlan
 from cutline.errors import DeadlineExceeded
 from schemas.codec import encode
 from schemas.records import (
@@ -324,7 +325,7 @@ def test_an_abandon_that_could_not_be_sent_is_sent_again(tmp_path: Path) -> None
     assert len(sent) == 2, "the unacknowledged ABANDONED was not sent again"
     coordinator._expire(6.4)
     assert len(producer.produced) == 2, "an acknowledged ABANDONED is sent once"
-    coordinator._snapshots.shutdown()
+    coordinator.stop(5)
 
 
 def test_the_replicator_stops_loudly_when_a_thread_died(tmp_path: Path) -> None:
@@ -350,7 +351,7 @@ def test_the_replicator_stops_loudly_when_a_thread_died(tmp_path: Path) -> None:
     replicator.threads = [thread]
     with pytest.raises(ReplicationStopped, match="replication"):
         replicator.check_health()
-    coordinator._snapshots.shutdown()
+    coordinator.stop(5)
 
 
 class MovingCoordinatorConsumer:
@@ -401,7 +402,7 @@ def test_a_failed_cut_is_reported_whole_to_other_threads(tmp_path: Path) -> None
     assert seen_while_saying == [None], "the report was visible before its message was said"
     report = coordinator.stats.reports[7]
     assert (report.status, report.detail) == (CutStatus.FAILED, "disk full at /b/shop")
-    coordinator._snapshots.shutdown()
+    coordinator.stop(5)
 
 
 class AwayCoordinatorConsumer:
@@ -455,3 +456,28 @@ def test_the_poll_loop_never_blocks_on_an_offset_commit(tmp_path: Path, monkeypa
     finally:
         consumer.unblock.set()
         replicator.lanes[0].shard.close()
+
+
+def test_stop_does_not_wait_past_its_deadline_for_a_stuck_snapshot(tmp_path: Path) -> None:
+    """Shutdown has a deadline: a snapshot that hangs is left to its daemon thread."""
+    coordinator = _coordinator(tmp_path, FlakyProducer(fail=0))
+    started, release = threading.Event(), threading.Event()
+    written: list[int] = []
+
+    def stuck(plan: CutPlan) -> None:
+        started.set()
+        release.wait(30)
+        written.append(plan.marker_id)
+
+    coordinator._snapshot = stuck  # type: ignore[method-assign]
+    plan = CutPlan("shop", 7, 0, 1, {0: 3}, ("t",))
+    coordinator._submit(plan)
+    coordinator._submit(CutPlan("shop", 8, 0, 1, {0: 9}, ("t",)))
+    assert started.wait(10)
+    coordinator.stop(0.2)
+    snapshotter = coordinator._snapshotter
+    assert snapshotter is not None and snapshotter.is_alive(), "stop waited for the snapshot"
+    assert snapshotter.daemon, "a hung snapshot must not keep the process from exiting"
+    release.set()
+    snapshotter.join(10)
+    assert written == [7], "the snapshot queued behind it is dropped once stopped"
