@@ -24,6 +24,9 @@ Quick start (a local broker, then four terminals' worth of commands):
   cutline mark --db shop.sqlite
   cutline backups --backups ./backups
   cutline query --backups ./backups "SELECT sum(balance) FROM accounts"
+  cutline query --backups ./backups --all "SELECT marker_id, sum(balance) FROM accounts GROUP BY 1"
+  cutline verify --backups ./backups
+  cutline restore --backups ./backups --as-of 2026-11-25T10:15:00Z --to restored.sqlite
 
 Kafka: --bootstrap-servers, else $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by
 `cutline kafka start`.
