@@ -39,7 +39,8 @@ from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, Operation
-from tests.integration.pipeline import TABLES, Rows, avro_rows, backup_rows, table_rows
+from tests.integration.ops_log import replica_rows
+from tests.integration.pipeline import TABLES, Rows, avro_rows, backup_rows
 
 _GAP = re.compile(r"says (\d+) operations since the previous marker, the replica applied (\d+)")
 
@@ -160,23 +161,6 @@ def diff_rows(expected: Rows, observed: Rows) -> tuple[int, int]:
         lost += sum((want - have).values())
         extra += sum((have - want).values())
     return lost, extra
-
-
-def replica_rows(
-    replica: Path, source: str, partitions: int, columns: dict[str, list[str]]
-) -> Rows:
-    """The replica as one store: the union of every partition's shard."""
-    out: Rows = {t: [] for t in TABLES}
-    for p in range(partitions):
-        conn = open_readonly(shard_path(replica, source, p))
-        try:
-            known = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            for table in TABLES:
-                if table in known:
-                    out[table].extend(table_rows(conn, table, columns[table]))
-        finally:
-            conn.close()
-    return {t: sorted(rows, key=repr) for t, rows in out.items()}
 
 
 def shards_settled(replica: Path, source: str, partitions: int, marker_id: int) -> bool:
