@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from tests.integration.pipeline import Pipeline
+from tests.integration.workload import transfer
 
 
 @dataclass
@@ -85,15 +86,7 @@ class Workload:
         ids = [r[0] for r in conn.execute("SELECT id FROM accounts")]
         choice = rng.random()
         if choice < 0.40 and len(ids) >= 2:
-            # a transfer: two accounts, most likely in different partitions
-            src, dst = rng.sample(ids, 2)
-            amount = rng.randint(1, 50)
-            conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
-            conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
-            conn.execute(
-                "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
-                (src, dst, amount, rng.choice(["rent", "it's, fine", None, "ünïcode"])),
-            )
+            transfer(conn, rng, ids)
         elif choice < 0.50:
             new = self._new_id()
             conn.execute(

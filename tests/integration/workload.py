@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 
@@ -57,15 +58,7 @@ def random_transactions(pipeline: Pipeline, stop: threading.Event, seed: int) ->
         ids = [r[0] for r in conn.execute("SELECT id FROM accounts")]
         choice = rng.random()
         if choice < 0.55 and len(ids) >= 2:
-            # a transfer: two accounts, most likely in different partitions, one transaction
-            src, dst = rng.sample(ids, 2)
-            amount = rng.randint(1, 50)
-            conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
-            conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
-            conn.execute(
-                "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
-                (src, dst, amount, rng.choice(["rent", "it's, fine", None, "ünïcode"])),
-            )
+            transfer(conn, rng, ids)
         elif choice < 0.65:
             next_account += 1
             conn.execute(
@@ -98,3 +91,16 @@ def random_transactions(pipeline: Pipeline, stop: threading.Event, seed: int) ->
         time.sleep(rng.random() * 0.004)
     conn.close()
     return done
+
+
+def transfer(conn: sqlite3.Connection, rng: random.Random, ids: list[int]) -> None:
+    """Move money between two accounts (most likely in different partitions) and log it,
+    inside the caller's transaction: the multi-row, multi-partition change of a bank."""
+    src, dst = rng.sample(ids, 2)
+    amount = rng.randint(1, 50)
+    conn.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
+    conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
+    conn.execute(
+        "INSERT INTO transfers (src, dst, amount, note) VALUES (?, ?, ?, ?)",
+        (src, dst, amount, rng.choice(["rent", "it's, fine", None, "ünïcode"])),
+    )
