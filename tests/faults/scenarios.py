@@ -10,7 +10,7 @@ specific outcome (a cut abandoned, every idle cut published) record it in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from consumers.alignment import CutStatus
@@ -148,12 +148,17 @@ def stalled_partition(bootstrap: str, root: Path, seed: int) -> RunReport:
             report.verdict.problem(f"stuck cut {stuck} ended {statuses[stuck]}, not abandoned")
         if has_backup(run.pipeline.backups, run.pipeline.source, stuck):
             report.verdict.problem(f"a backup is labelled with abandoned cut {stuck}")
-        unpublished = [
-            m for m in later if report.verdict.statuses.get(m) is not CutStatus.PUBLISHED
-        ]
-        if unpublished:
-            report.verdict.problem(f"cuts after the stall were not published: {unpublished}")
+        _require_published(report, later, "cuts after the stall")
         return report
+
+
+def _require_published(report: RunReport, marker_ids: Iterable[int], which: str) -> None:
+    """A problem on ``report`` for each of these cuts whose fate was not PUBLISHED."""
+    unpublished = [
+        m for m in marker_ids if report.verdict.statuses.get(m) is not CutStatus.PUBLISHED
+    ]
+    if unpublished:
+        report.verdict.problem(f"{which} were not published: {unpublished}")
 
 
 def idle_partitions(bootstrap: str, root: Path, seed: int) -> RunReport:
@@ -169,13 +174,7 @@ def idle_partitions(bootstrap: str, root: Path, seed: int) -> RunReport:
             run.workload.transaction()  # one transaction: most partitions idle
             run.workload.cut()
         report = _finish(run)
-        unpublished = [
-            m
-            for m in run.pipeline.oracle
-            if report.verdict.statuses.get(m) is not CutStatus.PUBLISHED
-        ]
-        if unpublished:
-            report.verdict.problem(f"cuts with idle partitions were not published: {unpublished}")
+        _require_published(report, run.pipeline.oracle, "cuts with idle partitions")
         return report
 
 

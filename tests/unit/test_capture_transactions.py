@@ -115,14 +115,20 @@ def test_an_aborted_transaction_is_published_again_once(primary: Path) -> None:
     assert read_changes(capture._conn, 0, 100) == [], "forgotten only after the commit"
 
 
-def test_when_even_abort_fails_the_position_is_read_back_from_kafka(
-    primary: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def capture_whose_abort_fails(primary: Path) -> Capture:
+    """A capture whose commit times out and whose abort then fails too: only Kafka knows
+    whether that transaction went through."""
     timeout = KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True)
     first = StandInProducer(
         commit_errors=[timeout], abort_error=KafkaError(KafkaError._STATE, "wrong state")
     )
-    capture = make_capture(primary, first, transaction_timeout_s=0.0)
+    return make_capture(primary, first, transaction_timeout_s=0.0)
+
+
+def test_when_even_abort_fails_the_position_is_read_back_from_kafka(
+    primary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture = capture_whose_abort_fails(primary)
     second = StandInProducer()
     monkeypatch.setattr(capture, "_new_producer", lambda: second)
 
@@ -172,11 +178,7 @@ def test_a_producer_that_cannot_be_restarted_yet_is_restarted_by_the_next_step(
     primary: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kafka still away when the producer is rebuilt: capture retries, it does not stop."""
-    timeout = KafkaError(KafkaError._TIMED_OUT, "commit timed out", retriable=True)
-    first = StandInProducer(
-        commit_errors=[timeout], abort_error=KafkaError(KafkaError._STATE, "wrong state")
-    )
-    capture = make_capture(primary, first, transaction_timeout_s=0.0)
+    capture = capture_whose_abort_fails(primary)
     second = StandInProducer()
     builds: list[str] = []
 
