@@ -34,6 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.health import check_threads
+from consumers.history import refusal_on_assign, warn_if_history_expires
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
@@ -99,6 +100,7 @@ class Replicator:
         self._producer = None
         self.coordinator: CutCoordinator | None = None
         self.dead_letters: DeadLetters | None = None
+        self._refusal: Exception | None = None  # set on assignment: the history is not there
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Replicator:
             f"start `cutline capture --source {cfg.source}` to create it",
             self.progress,
         )
+        warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
         self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter)
         self.coordinator = CutCoordinator(
@@ -171,7 +174,10 @@ class Replicator:
         return self.stats
 
     def check_health(self) -> None:
-        """Raise ReplicationStopped if one of this process's threads died on its own."""
+        """Raise ReplicationStopped if one of this process's threads died on its own, or
+        HistoryGone if an assigned partition no longer holds the history its shard needs."""
+        if self._refusal is not None:
+            raise self._refusal
         check_threads(self.coordinator, self.threads)
 
     def poll_once(self, timeout_s: float = 0.02) -> int:
@@ -255,6 +261,15 @@ class Replicator:
             lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
             self.lanes[tp.partition] = lane
             tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
+        # before any thread applies a record: is every shard's history still in the topic?
+        self._refusal = refusal_on_assign(
+            consumer,
+            self.topics.ops,
+            {p: lane.applied_offset + 1 for p, lane in self.lanes.items()},
+        )
+        if self._refusal is not None:
+            consumer.assign(partitions)  # the poll loop raises it and the process exits
+            return
         for tp in committed_within(consumer, partitions):
             if tp.offset >= 0:
                 known = self._committed.get(tp.partition, -1)
