@@ -15,7 +15,7 @@ from pathlib import Path
 
 from consumers.alignment import CutStatus
 from consumers.catalog import has_backup
-from consumers.replica import open_readonly, read_state, shard_path
+from tests.faults.checker import shard_state
 from tests.faults.runner import FaultRun, RunConfig, RunReport
 
 Scenario = Callable[[str, Path, int], RunReport]
@@ -29,19 +29,12 @@ def _finish(run: FaultRun) -> RunReport:
 
 
 def _any_held(run: FaultRun) -> bool:
+    """Whether a shard is seen held at a marker; a shard still being created is not."""
     p = run.pipeline
-    for partition in range(run.config.partitions):
-        path = shard_path(p.replica, p.source, partition)
-        if not path.is_file():
-            continue
-        conn = open_readonly(path)
-        try:
-            state = read_state(conn, partition)
-        finally:
-            conn.close()
-        if state is not None and state.held:
-            return True
-    return False
+    return any(
+        (state := shard_state(p.replica, p.source, partition)) is not None and state.held
+        for partition in range(run.config.partitions)
+    )
 
 
 def kill_mid_apply(bootstrap: str, root: Path, seed: int) -> RunReport:
