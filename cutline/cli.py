@@ -60,7 +60,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     from cutline.broker import local
 
     if args.kafka_command == "start":
-        info = local.start_local_cluster(args.brokers, progress=_log_progress)
+        info = local.start_local_cluster(args.brokers, progress=_log_progress, fresh=args.fresh)
         print(info.bootstrap_servers)
         return 0
     if not local.stop_local_cluster(progress=_log_progress):

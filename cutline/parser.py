@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--brokers", type=int, choices=(1, 3), default=1, help="1 broker, or a 3-broker cluster"
     )
+    start.add_argument(
+        "--fresh",
+        action="store_true",
+        help="DELETE the local cluster's data (every topic and offset) and start a new cluster; "
+        "without it, a cluster that died is restarted on its data",
+    )
     ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
 
     capture = sub.add_parser(

@@ -5,21 +5,36 @@ and warns when the ops topic deletes old records. No backup with missing rows is
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from consumers.replica import open_readonly, read_state, shard_path
+from cutline import settings
+from cutline.broker import local
 from cutline.kafka_clients import (
     TopicSpec,
     ensure_topics,
     make_admin,
     make_consumer,
+    make_producer,
     source_topic_specs,
 )
 from cutline.settings import Topics
-from tests.integration.pipeline import Pipeline, Process, avro_rows, backup_rows, wait_until
+from tests.integration.pipeline import (
+    CUTLINE,
+    Pipeline,
+    Process,
+    avro_rows,
+    backup_rows,
+    wait_until,
+)
 from tests.integration.test_backups_in_use import restore, restored_rows
 
 PARTITIONS = 2
@@ -184,3 +199,90 @@ def test_replicate_refuses_a_shard_beyond_a_recreated_topics_end(
         ) in output
     assert time.monotonic() - started < 60
     assert sorted(pipeline.published()) == [first.marker_id]
+
+
+# -- `cutline kafka start` keeps a dead local cluster's data -------------------------------
+
+
+def kafka_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, settings.ENV_HOME: str(home)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return subprocess.run(
+        [*CUTLINE, "kafka", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def started(home: Path, *args: str) -> tuple[str, str]:
+    """Run `cutline kafka start`; return the bootstrap it prints last, and its messages."""
+    result = kafka_cli(home, "start", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1], result.stderr
+
+
+def kill_broker_jvm(home: Path) -> None:
+    """SIGKILL the node's JVM, as a crash or a reboot would; the record stays."""
+    record = json.loads((home / "kafka" / "state.json").read_text())
+    pid = record["nodes"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not local.pid_alive(pid), 20, f"broker pid {pid} to exit")
+
+
+def topic_values(bootstrap: str, topic: str) -> list[bytes]:
+    """Every record of partition 0 of ``topic``, or [] if the topic does not exist."""
+    if topic not in make_admin(bootstrap).list_topics(timeout=30).topics:
+        return []
+    consumer = make_consumer(bootstrap, f"kafka-start-{time.monotonic_ns()}")
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    values: list[bytes] = []
+    _, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30, cached=False)
+    deadline = time.monotonic() + 60
+    try:
+        while len(values) < end and time.monotonic() < deadline:
+            for message in consumer.consume(100, 0.5):
+                if message.error() is None:
+                    values.append(message.value())
+    finally:
+        consumer.close()
+    return values
+
+
+def squat(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def test_kafka_start_restarts_a_killed_local_broker_with_its_data(tmp_path: Path) -> None:
+    home = tmp_path / "home"  # never the shared broker's home
+    try:
+        bootstrap, _ = started(home)
+        topic = "kept-history"
+        ensure_topics(bootstrap, [TopicSpec(topic, 1, {"retention.ms": "-1"})])
+        written = [f"record-{i}".encode() for i in range(50)]
+        producer = make_producer(bootstrap)
+        for value in written:
+            producer.produce(topic, value, partition=0)
+        assert producer.flush(30) == 0
+        assert topic_values(bootstrap, topic) == written
+
+        kill_broker_jvm(home)
+        again, said = started(home)
+        assert again == bootstrap, "the same ports are free, so the same bootstrap"
+        assert "restarting the local Kafka cluster" in said and "--fresh" in said
+        assert topic_values(again, topic) == written, "the records survive the restart"
+
+        kill_broker_jvm(home)
+        port = int(bootstrap.rsplit(":", 1)[1])
+        with socket.socket() as squatter:  # another program took the port meanwhile
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            wait_until(lambda: squat(squatter, port), 60, f"port {port} out of TIME_WAIT")
+            squatter.listen()
+            moved, said = started(home)
+        assert moved != bootstrap and "moves to" in said
+        record = json.loads((home / "kafka" / "state.json").read_text())
+        assert record["bootstrap_servers"] == moved, "the new bootstrap is recorded"
+        assert topic_values(moved, topic) == written
+    finally:
+        kafka_cli(home, "stop")
