@@ -13,14 +13,19 @@ assignment; ``replay`` checks before it touches anything (its shards are all new
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 
+from consumers.replica import STATE, open_readonly, shard_path
 from cutline.errors import CutlineError, DeadlineExceeded
-from cutline.kafka_clients import topic_config
+from cutline.kafka_clients import make_admin, topic_config
 
 log = logging.getLogger("cutline.history")
 
@@ -137,8 +142,92 @@ def warn_if_not_kept_forever(
     return True
 
 
+@dataclass(frozen=True)
+class TopicIdentity:
+    """The ops topic's Kafka topic id, recorded beside the shards whose offsets refer to it.
+
+    Why: a topic recreated and written past a shard's offset looks, by offsets alone, like
+    the old one; records would be skipped or applied on top of another history. Kafka gives
+    every topic a new id when it is created, so a changed id tells it apart.
+    """
+
+    bootstrap: str
+    topic: str
+    path: Path  # <replica>/<source>/ops-topic-id
+
+    def current(self) -> str | None:
+        """The topic's id now, or None if the cluster did not say (then nothing is checked)."""
+        admin = make_admin(self.bootstrap)  # referenced until its future is done
+        try:
+            futures = admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
+            return str(futures[self.topic].result(timeout=15).topic_id)
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("could not read the topic id of %s: %s", self.topic, exc)
+            return None
+
+    def recorded(self) -> str | None:
+        try:
+            return self.path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def record(self, topic_id: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(topic_id + "\n")
+        os.replace(tmp, self.path)
+
+    def problem(self, resume_at: dict[int, int]) -> str | None:
+        """Why shards resuming at ``resume_at`` do not belong to this topic, or None.
+
+        Records the topic's id the first time, and again only once no shard in the
+        directory (another process's included) holds anything of the old topic: the old
+        shards were moved away.
+        """
+        now = self.current()
+        if now is None or now == (before := self.recorded()):
+            return None
+        if before is None:
+            self.record(now)
+            return None
+        resumed = sorted(p for p, at in resume_at.items() if at > 0)
+        if resumed:
+            return (
+                f"{self.topic} is not the topic the replica shards of partitions {resumed} were "
+                f"built from (topic id {before}, now {now}): the topic was recreated (a new "
+                "cluster or a deleted topic), so the shards belong to a history that is no "
+                "longer there; " + RESUME_REMEDY
+            )
+        if not any_shard_applied(self.path.parent):
+            self.record(now)
+        return None
+
+
+def any_shard_applied(directory: Path) -> bool:
+    """Whether a shard in ``directory`` has applied a record; True when it cannot tell."""
+    for path in directory.glob("partition-*.sqlite"):
+        try:
+            conn = open_readonly(path)
+            try:
+                if (
+                    conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STATE,)
+                    ).fetchone()
+                    and conn.execute(f"SELECT max(offset) >= 0 FROM {STATE}").fetchone()[0]
+                ):
+                    return True
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return True
+    return False
+
+
 def refusal_on_assign(
-    consumer: Consumer, topic: str, resume_at: dict[int, int]
+    consumer: Consumer,
+    topic: str,
+    resume_at: dict[int, int],
+    identity: TopicIdentity | None = None,
 ) -> CutlineError | None:
     """The error that must stop replication of these assigned partitions, or None.
 
@@ -153,6 +242,13 @@ def refusal_on_assign(
             PartitionHistory(p, *marks[p], resume_at=max(0, at)) for p, at in resume_at.items()
         ]
         check_history(sorted(histories, key=lambda h: h.partition), topic, RESUME_REMEDY)
+        if identity is not None and (problem := identity.problem(resume_at)) is not None:
+            raise HistoryGone(problem)
     except CutlineError as exc:
         return exc
     return None
+
+
+def ops_topic_id_path(config: Any) -> Path:
+    """Where a replica directory records its ops topic's id: beside the source's shards."""
+    return shard_path(config.replica_dir, config.source, 0).with_name("ops-topic-id")

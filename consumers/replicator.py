@@ -34,7 +34,12 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.health import check_threads
-from consumers.history import refusal_on_assign, warn_if_history_expires
+from consumers.history import (
+    TopicIdentity,
+    ops_topic_id_path,
+    refusal_on_assign,
+    warn_if_history_expires,
+)
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
@@ -266,6 +271,11 @@ class Replicator:
             consumer,
             self.topics.ops,
             {p: lane.applied_offset + 1 for p, lane in self.lanes.items()},
+            TopicIdentity(
+                self.config.bootstrap,
+                self.topics.ops,
+                ops_topic_id_path(self.config),
+            ),
         )
         if self._refusal is not None:
             consumer.assign(partitions)  # the poll loop raises it and the process exits

@@ -8,7 +8,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from consumers.history import HistoryGone, PartitionHistory, check_history
+from consumers.history import (
+    HistoryGone,
+    PartitionHistory,
+    TopicIdentity,
+    check_history,
+    ops_topic_id_path,
+)
 from consumers.replay.config import ReplayConfig, ReplayError, replay_group
 from consumers.replay.engine import ReplayEngine
 from consumers.replay.feed import KafkaFeed
@@ -88,6 +94,9 @@ def run_replay(
         bounds = feed.bounds()
         check_whole_history(bounds, topics.ops)  # before --force deletes anything
         prepare_replica(config.replica_dir, config.source, force=config.force, progress=say)
+        identity = TopicIdentity(config.bootstrap, topics.ops, ops_topic_id_path(config))
+        if (topic_id := identity.current()) is not None:
+            identity.record(topic_id)  # the rebuilt shards' offsets refer to this topic
         total = sum(max(0, end - start) for start, end in bounds.values())
         say(
             f"replaying {topics.ops} ({partitions} partitions, {total:,} records up to the "

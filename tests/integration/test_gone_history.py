@@ -200,6 +200,21 @@ def test_replicate_refuses_a_shard_beyond_a_recreated_topics_end(
     assert time.monotonic() - started < 60
     assert sorted(pipeline.published()) == [first.marker_id]
 
+    # written past the shards' offsets, the new topic looks like the old one by offsets
+    # alone: its topic id tells them apart
+    producer = make_producer(pipeline.bootstrap)
+    for p in range(PARTITIONS):
+        for i in range(resume_at[p] + 5):
+            producer.produce(topics.ops, f"new-history-{i}".encode(), b"k", p)
+    assert producer.flush(30) == 0
+    past = pipeline.start_replicator("replicate-written-past")
+    output = refused(pipeline, past)
+    assert f"{topics.ops} is not the topic the replica shards of partitions [0, 1]" in output
+    assert "the topic was recreated" in output
+    assert sorted(pipeline.published()) == [first.marker_id]
+    for p in range(PARTITIONS):
+        assert shard_next_offset(pipeline, pipeline.replica, p) == resume_at[p], "none applied"
+
 
 # -- `cutline kafka start` keeps a dead local cluster's data -------------------------------
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from consumers.history import (
     RESUME_REMEDY,
     HistoryGone,
     PartitionHistory,
+    TopicIdentity,
     check_history,
     history_problem,
     warn_if_not_kept_forever,
 )
+from consumers.replica import Shard, shard_path
 
 TOPIC = "cutline.shop.ops"
 
@@ -80,3 +85,49 @@ def test_infinite_retention_is_not_warned():
     config = {"retention.ms": "-1", "retention.bytes": "-1"}
     assert not warn_if_not_kept_forever(config, TOPIC, said.append)
     assert said == []
+
+
+# -- the topic's identity: a recreated topic written past the shards' offsets ------------
+
+
+@dataclass(frozen=True)
+class FixedIdentity(TopicIdentity):
+    """A TopicIdentity whose cluster answers ``now`` (the file logic is the real one)."""
+
+    now: str = ""
+
+    def current(self) -> str | None:
+        return self.now
+
+
+def identity(path: Path, now: str) -> FixedIdentity:
+    return FixedIdentity("127.0.0.1:1", TOPIC, path, now)
+
+
+def test_the_topic_id_is_recorded_the_first_time_and_then_checked(tmp_path: Path):
+    path = tmp_path / "shop" / "ops-topic-id"
+    assert identity(path, "id-A").problem({0: 12, 1: 0}) is None
+    assert path.read_text().strip() == "id-A"
+    assert identity(path, "id-A").problem({0: 12}) is None
+    problem = identity(path, "id-B").problem({0: 12, 1: 0, 2: 7})
+    assert problem is not None
+    assert "shards of partitions [0, 2] were built from (topic id id-A, now id-B)" in problem
+    assert "recreated" in problem and "new --source" in problem
+    assert path.read_text().strip() == "id-A", "a refused topic is not recorded"
+
+
+def test_new_shards_take_the_new_id_once_no_shard_holds_the_old_topic(tmp_path: Path):
+    path = shard_path(tmp_path, "shop", 0).with_name("ops-topic-id")
+    identity(path, "id-A").record("id-A")
+    other = Shard(shard_path(tmp_path, "shop", 3), 3)  # another process's shard, applied
+    try:
+        other.begin()
+        other.commit(41)
+    finally:
+        other.close()
+    assert identity(path, "id-B").problem({0: 0}) is None  # this process: new shards
+    assert path.read_text().strip() == "id-A", "partition 3 still relies on the old topic"
+    for leftover in shard_path(tmp_path, "shop", 3).parent.glob("partition-0003.sqlite*"):
+        leftover.unlink()  # the old shards are moved away
+    assert identity(path, "id-B").problem({0: 0}) is None
+    assert path.read_text().strip() == "id-B"
