@@ -17,6 +17,7 @@ from consumers.alignment import CutStatus
 from consumers.catalog import has_backup
 from tests.faults.checker import shard_state
 from tests.faults.runner import FaultRun, RunConfig, RunReport
+from tests.faults.statements import EXTRA_KINDS
 
 Scenario = Callable[[str, Path, int], RunReport]
 
@@ -199,6 +200,20 @@ def zombie_process(bootstrap: str, root: Path, seed: int) -> RunReport:
         return _finish(run)
 
 
+def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """Every extra statement form (upserts, INSERT OR IGNORE, ...) in the mix, with SIGKILLs."""
+    config = RunConfig(seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS))
+    with FaultRun(bootstrap, root, "statement-forms", config) as run:
+        run.start()
+        run.write_for(8, chaos=0.15)
+        report = _finish(run)
+        assert run.workload is not None
+        unused = [n for n in EXTRA_KINDS if not run.workload.stats.kinds[n]]
+        if unused:
+            report.verdict.problem(f"statement kinds never run: {unused}", mismatch=False)
+        return report
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill-mid-apply": kill_mid_apply,
     "kill-while-held": kill_while_held,
@@ -209,4 +224,5 @@ SCENARIOS: dict[str, Scenario] = {
     "idle-partitions": idle_partitions,
     "three-processes": three_processes,
     "zombie-process": zombie_process,
+    "statement-forms": statement_forms,
 }
