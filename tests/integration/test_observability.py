@@ -72,7 +72,9 @@ def _assert_backup_is_cut(pipeline: Pipeline, ticket: MarkerTicket) -> None:
 def test_metrics_of_running_capture_and_replicate_move_as_cuts_happen(pipeline: Pipeline) -> None:
     pipeline.create_primary()
     capture = pipeline.start_capture(PARTITIONS, "--metrics-address", "127.0.0.1:0")
-    replicate = pipeline.start_replicator("replicate", "--metrics-address", "127.0.0.1:0")
+    replicate = pipeline.start_replicator(
+        "replicate", "--metrics-address", "127.0.0.1:0", "--log-format", "json"
+    )
     capture_url, replicate_url = _endpoint(capture, pipeline), _endpoint(replicate, pipeline)
 
     assert _get(f"{replicate_url}/healthz") == (200, "ok\n")
@@ -133,6 +135,12 @@ def test_metrics_of_running_capture_and_replicate_move_as_cuts_happen(pipeline: 
     conn.close()
     assert replicate.stop() == 0, replicate.tail()
     assert capture.stop() == 0, capture.tail()
+    lines = [json.loads(line) for line in replicate.log.read_text().splitlines()]
+    assert all({"ts", "level", "logger", "message"} <= set(e) for e in lines), lines
+    published = [e for e in lines if e["message"].startswith("backup ")]
+    assert [e["level"] for e in published] == ["info"] * len(tickets), published
+    status = [e["message"] for e in lines if e["message"].startswith("applied ")]
+    assert status and "ops/s" in status[-1], "the last status line, as JSON too"
 
 
 def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
