@@ -141,6 +141,8 @@ class CutCoordinator:
         self.progress = progress or log.info
         self.metrics = metrics
         self._newest_published = 0  # marker id, for the last-backup gauges
+        self._counted: set[int] = set()  # cuts whose outcome was counted (the first one)
+        self._open: set[int] = set()  # cuts seen and not resolved: the in-flight gauge
         self.stats = CoordinatorStats()
         self._lock = threading.Lock()
         self._abandon_sent: set[int] = set()
@@ -274,6 +276,7 @@ class CutCoordinator:
         self._replayed_ready.clear()
         self._caught_up.set()
         self._note_published(self._newest_published)
+        self.metrics.cuts_in_flight(len(self._open))
         for plan in pending:
             self.progress(f"cut {plan.marker_id} is ready but unpublished: taking it over")
             self._submit(plan)
@@ -288,11 +291,16 @@ class CutCoordinator:
             return
         with self._lock:
             transition = self.alignment.apply(event, now)
+            resolved = transition is not None and transition.status.resolved
+            if resolved:
+                self._open.discard(event.marker_id)
+            elif not self.alignment.cuts[event.marker_id].status.resolved:
+                self._open.add(event.marker_id)
+        if self._caught_up.is_set():
+            self.metrics.cuts_in_flight(len(self._open))
         if transition is None:
             return
         cut = transition.cut
-        if self._caught_up.is_set():
-            self._count_in_flight()
         if transition.status is CutStatus.READY:
             plan = CutPlan(
                 source=self.source,
@@ -316,7 +324,10 @@ class CutCoordinator:
     def _report(self, cut: Cut, status: CutStatus) -> None:
         """Record a cut's fate. Other threads read ``stats``: a report appears, or takes
         its new status, only once its detail is filled in and its message was said."""
-        if self._caught_up.is_set():  # history replayed at start-up is not counted again
+        # history replayed at start-up is not counted again; a cut counts once, by the
+        # outcome it had first (a cut abandoned, then failed, is one cut)
+        if self._caught_up.is_set() and cut.marker_id not in self._counted:
+            self._counted.add(cut.marker_id)
             self.metrics.cut_outcome(status.value)
         if status is CutStatus.PUBLISHED:
             if cut.marker_id not in self.stats.published:
@@ -435,11 +446,6 @@ class CutCoordinator:
         if backup is not None:
             t2_us = int(backup.manifest.get("t2_us", backup.t1_us))
             self.metrics.backup_published(backup.t1_us, t2_us)
-
-    def _count_in_flight(self) -> None:
-        with self._lock:
-            count = sum(1 for c in self.alignment.cuts.values() if not c.status.resolved)
-        self.metrics.cuts_in_flight(count)
 
     def _still_ready(self, marker_id: int) -> bool:
         with self._lock:

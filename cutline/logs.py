@@ -58,7 +58,8 @@ def setup_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else getattr(logging, level.upper()))
+    chosen = getattr(logging, level.upper())
+    root.setLevel(min(chosen, logging.INFO) if verbose else chosen)
     logging.getLogger("cutline.kafka.librdkafka").setLevel(
         logging.DEBUG if verbose else logging.CRITICAL
     )

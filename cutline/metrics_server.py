@@ -47,7 +47,7 @@ class MetricsServer:
         address: str,
         *,
         ready: Readiness = lambda: (True, "ready"),
-        stuck_after_s: float = 60.0,
+        stuck_after_s: float = 180.0,  # longer than any bounded wait of a main loop
     ):
         self.metrics = metrics
         self.ready = ready

@@ -162,6 +162,7 @@ class Capture:
         self._producer = self._new_producer()
         self._recover_position()
         self._broadcast_definitions()
+        self.metrics.captured(0, 0, self._seq)
         self.progress(
             f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
             f"{self.topics.ops} ({self.partitions} partitions), resuming after change {self._seq}"
@@ -237,7 +238,7 @@ class Capture:
         last_status, last_backlog = time.monotonic(), 0.0
         while not stop.is_set():
             self.metrics.beat()
-            if time.monotonic() - last_backlog >= 1.0:
+            if self.metrics is not NO_METRICS and time.monotonic() - last_backlog >= 1.0:
                 last_backlog = time.monotonic()
                 backlog = capture_backlog(self._conn, self._seq)
                 self.metrics.capture_backlog(backlog.changes, backlog.age_s())
