@@ -334,7 +334,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cutline.demo import run_demo
 
-    return run_demo(args.workdir, markers=args.markers, bootstrap=args.bootstrap_servers)
+    return run_demo(
+        args.workdir,
+        markers=args.markers,
+        bootstrap=args.bootstrap_servers,
+        log_args=("--log-format", args.log_format, "--log-level", args.log_level),
+    )
 
 
 COMMANDS = {
