@@ -317,12 +317,21 @@ class Capture:
         return len(rows)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: opened, and Kafka takes its transactions (none failing right now)."""
-        if self._producer is None or self._conn is None:
+        """Readiness: opened, Kafka answers, and takes its transactions (none failing now).
+
+        Called from the metrics server's thread: librdkafka handles are thread-safe, and an
+        idle capture produces nothing, so Kafka is asked for the ops topic's metadata.
+        """
+        producer = self._producer
+        if producer is None or self._conn is None:
             return False, "not connected to Kafka and the primary"
         if self._failing_since is not None:
             failing = time.monotonic() - self._failing_since
             return False, f"Kafka has refused transactions for {failing:.0f} s"
+        try:
+            producer.list_topics(self.topics.ops, timeout=2.0)
+        except KafkaException as exc:
+            return False, f"Kafka did not answer a metadata request: {exc.args[0].str()}"
         return True, f"ready: published up to change {self._seq}"
 
     def _retry_later(self, exc: TransactionFailed) -> None:
