@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 
 from cutline.errors import CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_admin, make_consumer, wait_for_cluster
+from cutline.settings import Topics
 
 
 class NoSuchTopic(CutlineError):
@@ -36,9 +37,10 @@ def require_topic(topics: dict[str, int], topic: str, source: str, made_by: str)
     return topics[topic]
 
 
-def _reader(bootstrap: str):
-    # a group id nobody uses and nothing commits to: librdkafka needs one, Kafka never sees it
-    return make_consumer(bootstrap, f"cutline.reader.{uuid.uuid4().hex[:12]}")
+def reader_group(topics: Topics) -> str:
+    """A group id these readers never join nor commit to, under the ACL prefix the
+    coordinator's control readers already need (``cutline.<source>.control.*``)."""
+    return f"{topics.control}.reader-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,9 @@ class Range:
 
 
 def watermarks(
-    bootstrap: str, topic: str, partitions: int, timeout_s: float = 10.0
+    bootstrap: str, group: str, topic: str, partitions: int, timeout_s: float = 10.0
 ) -> dict[int, Range]:
-    consumer = _reader(bootstrap)
+    consumer = make_consumer(bootstrap, group)
     try:
         out = {}
         for p in range(partitions):
@@ -66,12 +68,18 @@ def watermarks(
 
 
 def read_partition(
-    bootstrap: str, topic: str, partition: int, start: int, end: int, deadline_s: float = 30.0
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    deadline_s: float = 30.0,
 ) -> list[Message]:
     """Every record at offsets [start, end) of one partition (read committed)."""
     if start >= end:
         return []
-    consumer = _reader(bootstrap)
+    consumer = make_consumer(bootstrap, group)
     tp = TopicPartition(topic, partition, start)
     consumer.assign([tp])
     out: list[Message] = []

@@ -17,7 +17,13 @@ from typing import Any
 from confluent_kafka import Message
 
 from consumers.dead_letter import ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC, REASON
-from consumers.topic_reader import existing_topics, read_partition, require_topic, watermarks
+from consumers.topic_reader import (
+    existing_topics,
+    read_partition,
+    reader_group,
+    require_topic,
+    watermarks,
+)
 from cutline.errors import CutlineError
 from cutline.settings import Topics, resolve_bootstrap, validate_source
 from schemas.codec import CodecError, decode
@@ -89,10 +95,12 @@ def _int(value: bytes | None) -> int | None:
         return None
 
 
-def newest_dead_letters(bootstrap: str, topic: str, limit: int) -> tuple[int, list[dict]]:
+def newest_dead_letters(bootstrap: str, topics: Topics, limit: int) -> tuple[int, list[dict]]:
     """How many dead letters the topic holds, and the newest ``limit`` of them, described."""
-    span = watermarks(bootstrap, topic, 1)[0]
-    messages = read_partition(bootstrap, topic, 0, max(span.low, span.high - limit), span.high)
+    group, topic = reader_group(topics), topics.dead_letter
+    span = watermarks(bootstrap, group, topic, 1)[0]
+    start = max(span.low, span.high - limit)
+    messages = read_partition(bootstrap, group, topic, 0, start, span.high)
     return span.count, [describe(m) for m in messages]
 
 
@@ -103,7 +111,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         existing_topics(bootstrap), topics.dead_letter, args.source, "`cutline replicate`"
     )
     if args.show is not None:
-        span = watermarks(bootstrap, topics.dead_letter, 1)[0]
+        group = reader_group(topics)
+        span = watermarks(bootstrap, group, topics.dead_letter, 1)[0]
         if not span.low <= args.show < span.high:
             raise CutlineError(
                 f"no dead letter at offset {args.show}: {topics.dead_letter} holds offsets "
@@ -111,7 +120,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 if span.count
                 else f"{topics.dead_letter} is empty"
             )
-        found = read_partition(bootstrap, topics.dead_letter, 0, args.show, args.show + 1)
+        found = read_partition(bootstrap, group, topics.dead_letter, 0, args.show, args.show + 1)
         if not found:
             raise CutlineError(f"no dead letter at offset {args.show} (a transaction marker?)")
         entry = describe(found[0], full=True)
@@ -121,7 +130,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             for key, value in entry.items():
                 print(f"{key:14} {json.dumps(value) if isinstance(value, dict | list) else value}")
         return 0
-    count, entries = newest_dead_letters(bootstrap, topics.dead_letter, max(0, args.limit))
+    count, entries = newest_dead_letters(bootstrap, topics, max(0, args.limit))
     if args.json:
         print(json.dumps({"topic": topics.dead_letter, "count": count, "dead_letters": entries}))
         return 0

@@ -26,6 +26,7 @@ from consumers.topic_reader import (
     existing_topics,
     group_committed,
     read_partition,
+    reader_group,
     require_topic,
     watermarks,
 )
@@ -46,12 +47,13 @@ def _age(now_us: int, us: int | None) -> float | None:
 
 def cuts_from_control(bootstrap: str, topic: str, source: str, now_us: int) -> dict[str, Any]:
     """Every cut's fate, replayed from the control topic like the coordinator does."""
-    span = watermarks(bootstrap, topic, 1)[0]
+    group = reader_group(Topics(source))
+    span = watermarks(bootstrap, group, topic, 1)[0]
     alignment = Alignment(timeout_s=float("inf"))  # status only reads: nobody abandons here
     t1: dict[int, int] = {}
     resolved_at: dict[int, int] = {}
     first_at: dict[int, int] = {}
-    for message in read_partition(bootstrap, topic, 0, span.low, span.high, deadline_s=60.0):
+    for message in read_partition(bootstrap, group, topic, 0, span.low, span.high, 60.0):
         try:
             event = decode(message.value())
         except CodecError:
@@ -119,7 +121,7 @@ def newest_in_catalog(backups: Path, source: str, now_us: int) -> dict[str, Any]
 
 
 def group_lag(bootstrap: str, topics: Topics, partitions: int) -> dict[str, Any]:
-    ends = watermarks(bootstrap, topics.ops, partitions)
+    ends = watermarks(bootstrap, reader_group(topics), topics.ops, partitions)
     committed = group_committed(bootstrap, topics.replication_group, topics.ops, partitions)
     rows = {}
     for p, span in ends.items():
@@ -184,7 +186,7 @@ def gather(args: argparse.Namespace, now_us: int | None = None) -> dict[str, Any
         },
     }
     if topics.dead_letter in known:
-        count, letters = newest_dead_letters(bootstrap, topics.dead_letter, limit)
+        count, letters = newest_dead_letters(bootstrap, topics, limit)
         status["dead_letters"] = {"count": count, "newest": letters}
     else:
         status["dead_letters"] = {"count": 0, "newest": []}
