@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cutline.kafka_clients import make_admin, make_producer
@@ -141,6 +143,56 @@ def test_metrics_of_running_capture_and_replicate_move_as_cuts_happen(pipeline: 
     assert [e["level"] for e in published] == ["info"] * len(tickets), published
     status = [e["message"] for e in lines if e["message"].startswith("applied ")]
     assert status and "ops/s" in status[-1], "the last status line, as JSON too"
+
+
+def test_capture_backlog_metric_rises_while_capture_is_behind_and_drains(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.create_primary()
+    # every batch stays 1.5 s in its transaction: commits on the primary pile up meanwhile
+    monkeypatch.setenv("CUTLINE_FAILPOINTS", "capture.batch_produced=sleep:1.5")
+    capture = pipeline.start_capture(PARTITIONS, "--metrics-address", "127.0.0.1:0")
+    monkeypatch.delenv("CUTLINE_FAILPOINTS")
+    url = _endpoint(capture, pipeline)
+    stop = threading.Event()
+
+    def write() -> None:
+        conn = pipeline.connect()
+        n = 0
+        while not stop.is_set() and n < 2000:
+            conn.execute("INSERT INTO events (kind, payload) VALUES ('busy', x'02')")
+            n += 1
+            stop.wait(0.01)
+        conn.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+
+        def behind() -> Samples | None:
+            now = _scrape(url)
+            changes = _one(now, "cutline_capture_backlog_changes") or 0
+            age = _one(now, "cutline_capture_backlog_age_seconds") or 0
+            return now if changes > 0 and age > 0 else None
+
+        samples = wait_until(behind, 30, "a capture backlog with an age")
+        assert _one(samples, "cutline_capture_backlog_age_seconds") < 30
+    finally:
+        stop.set()
+        writer.join(30)
+    conn = pipeline.connect()
+    newest = conn.execute("SELECT max(seq) FROM _cutline_changes").fetchone()
+    conn.close()
+    assert newest[0] is not None, "changes were still waiting when the writer stopped"
+
+    def drained() -> Samples | None:
+        now = _scrape(url)
+        return now if _one(now, "cutline_capture_backlog_changes") == 0 else None
+
+    samples = wait_until(drained, 60, "capture's backlog to drain")
+    assert _one(samples, "cutline_capture_published_seq") >= newest[0]
+    assert _one(samples, "cutline_capture_backlog_age_seconds") == 0
+    assert capture.stop() == 0, capture.tail()
 
 
 def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
