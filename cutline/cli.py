@@ -355,19 +355,24 @@ COMMANDS = {
     "verify": cmd_verify,
     "prune": cmd_prune,
     "demo": cmd_demo,
-    "status": lambda args: _observe("status", args),
-    "dlq": lambda args: _observe("dlq", args),
+    "status": lambda args: _run("cutline.status", "cmd_status", args),
+    "dlq": lambda args: _run("cutline.dlq", "cmd_dlq", args),
 }
 
 
-def _observe(command: str, args: argparse.Namespace) -> int:
-    if command == "status":
-        from cutline.status import cmd_status
+def _run(module: str, name: str, args: argparse.Namespace) -> int:
+    """A command that lives in its own module (imported only when it runs)."""
+    import importlib
 
-        return cmd_status(args)
-    from cutline.dlq import cmd_dlq
+    return getattr(importlib.import_module(module), name)(args)
 
-    return cmd_dlq(args)
+
+def _say_error(args: argparse.Namespace, text: str) -> None:
+    """The one error line: a log line in --log-format json, so a log shipper sees it."""
+    if getattr(args, "log_format", "text") == "json":
+        logs.error(text)
+    else:
+        print(text, file=sys.stderr)
 
 
 # Commands that only look at existing backups: a --backups that is not there is a typo.
@@ -399,10 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(exc.exit_code, f"cutline {args.command}: error: {exc}\n")
     except CutlineError as exc:
-        print(f"cutline {args.command}: {exc}", file=sys.stderr)
+        _say_error(args, f"cutline {args.command}: {exc}")
         return exc.exit_code
     except KafkaException as exc:
-        print(f"cutline {args.command}: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        _say_error(args, f"cutline {args.command}: Kafka error: {exc.args[0].str()}")
         return 1
     except KeyboardInterrupt:
         return 130

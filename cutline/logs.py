@@ -70,6 +70,10 @@ def progress(message: str, **fields: Any) -> None:
     logging.getLogger(PROGRESS).info(message, extra=fields or None)
 
 
+def error(message: str) -> None:
+    logging.getLogger(PROGRESS).error(message)
+
+
 class LogStream:
     """A text stream whose every line is logged at INFO (for ``cutline.progress.Progress``
     when its output is not a live terminal line)."""
