@@ -114,14 +114,12 @@ def test_metrics_of_running_capture_and_replicate_move_as_cuts_happen(pipeline: 
         applied_seen.append(_total(samples, "cutline_records_applied_total"))
     assert 0 < applied_seen[0] < applied_seen[1], f"records applied grows: {applied_seen}"
 
-    lags = wait_until(
-        lambda: [
-            v for (n, labels), v in _scrape(replicate_url).items() if n == "cutline_consumer_lag"
-        ],
-        30,
-        "a lag gauge for each partition",
-    )
-    assert len(lags) == PARTITIONS and all(v >= 0 for v in lags), lags
+    def idle_lags() -> list[float] | None:
+        lags = [v for (n, _), v in _scrape(replicate_url).items() if n == "cutline_consumer_lag"]
+        return lags if len(lags) == PARTITIONS and set(lags) == {1} else None
+
+    # all applied, and still 1 per partition: the commit marker of capture's transaction
+    wait_until(idle_lags, 30, "a lag of exactly 1 on every idle partition")
 
     def caught_up() -> Samples | None:
         now = _scrape(capture_url)
@@ -200,7 +198,8 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
 ) -> None:
     pipeline.create_primary()
     capture = pipeline.start_capture(PARTITIONS)
-    replicator = pipeline.start_replicator("replicate")
+    replicator = pipeline.start_replicator("replicate", "--metrics-address", "127.0.0.1:0")
+    replicate_url = _endpoint(replicator, pipeline)
     conn = pipeline.connect()
     first = pipeline.cut(conn)
     _assert_backup_is_cut(pipeline, first)
@@ -220,6 +219,15 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
         f"cut {bad_id} to be reported failed\n{pipeline.logs()}",
     )
     kafka = ("--source", pipeline.source, "--bootstrap-servers", pipeline.bootstrap)
+
+    def counted() -> Samples | None:
+        now = _scrape(replicate_url)
+        failed = _one(now, "cutline_cuts_total", outcome="failed")
+        return now if failed == 1 and _one(now, "cutline_dead_letters_total") == 1 else None
+
+    samples = wait_until(counted, 30, "the failed cut and the dead letter in the metrics")
+    assert _one(samples, "cutline_cuts_total", outcome="published") == 1
+    assert _one(samples, "cutline_cuts_total", outcome="abandoned") == 0
 
     def status() -> dict:
         result = pipeline.cli("status", *kafka, "--backups", str(pipeline.backups), "--json")
