@@ -440,7 +440,7 @@ class CutCoordinator:
 
     def _note_published(self, marker_id: int) -> None:
         """Set the last-backup gauges from the manifest (on this host's backups dir)."""
-        if marker_id <= 0:
+        if marker_id <= 0 or self.metrics is NO_METRICS:
             return
         backup = read_backup(source_dir(self.backups_dir, self.source) / backup_dir_name(marker_id))
         if backup is not None:

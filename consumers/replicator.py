@@ -174,7 +174,7 @@ class Replicator:
                 self.poll_once()
                 self.check_health()
                 self.metrics.beat()
-                if time.monotonic() - last_lag >= 1.0:
+                if self.metrics is not NO_METRICS and time.monotonic() - last_lag >= 1.0:
                     last_lag = time.monotonic()
                     self._report_lag()
                 if time.monotonic() - last_status >= status_every_s:
