@@ -20,6 +20,7 @@ from cutline.kafka_clients import make_admin, make_producer
 from cutline.settings import Topics
 from producers.markers import MarkerTicket
 from producers.sqlite_changelog import now_us
+from schemas.codec import encode
 from schemas.records import ConsistencyMarker
 from tests.integration.pipeline import TABLES, Pipeline, Process, backup_rows, wait_until
 from tests.integration.test_bad_markers import _produce_everywhere, _reserve_marker_id
@@ -205,9 +206,14 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
     _assert_backup_is_cut(pipeline, first)
     topics = Topics(pipeline.source)
 
-    # a record that is no cutline record, and a cut whose count cannot match
+    # a record that is no cutline record, a marker of a cut already made (set aside, as
+    # a cutline record), and a cut whose count cannot match
+    duplicate = ConsistencyMarker(
+        pipeline.source, first.marker_id, now_us(), 0, PARTITIONS, (0,) * PARTITIONS, ()
+    )
     producer = make_producer(pipeline.bootstrap)
     producer.produce(topics.ops, b"not avro at all", b"garbage", 1)
+    producer.produce(topics.ops, encode(duplicate), b"by-hand", 2)
     assert producer.flush(15) == 0
     bad_id = _reserve_marker_id(pipeline)
     counts = (5,) + (0,) * (PARTITIONS - 1)
@@ -223,7 +229,7 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
     def counted() -> Samples | None:
         now = _scrape(replicate_url)
         failed = _one(now, "cutline_cuts_total", outcome="failed")
-        return now if failed == 1 and _one(now, "cutline_dead_letters_total") == 1 else None
+        return now if failed == 1 and _one(now, "cutline_dead_letters_total") == 2 else None
 
     samples = wait_until(counted, 30, "the failed cut and the dead letter in the metrics")
     assert _one(samples, "cutline_cuts_total", outcome="published") == 1
@@ -235,7 +241,7 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
         return json.loads(result.stdout)
 
     found = wait_until(
-        lambda: (s := status())["dead_letters"]["count"] >= 1 and s["cuts"]["failed"] and s,
+        lambda: (s := status())["dead_letters"]["count"] >= 2 and s["cuts"]["failed"] and s,
         30,
         "status to show the dead letter and the failed cut",
     )
@@ -246,13 +252,12 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
     (failed,) = found["cuts"]["failed"]
     assert failed["marker_id"] == bad_id
     assert f"marker {bad_id} says 5 operations since the previous marker" in failed["reason"]
-    (letter,) = found["dead_letters"]["newest"]
-    assert "single-object" in letter["reason"]
-    assert letter["origin"] == {
-        "topic": topics.ops,
-        "partition": 1,
-        "offset": letter["origin"]["offset"],
-    }
+    by_partition = {e["origin"]["partition"]: e for e in found["dead_letters"]["newest"]}
+    letter, stale = by_partition[1], by_partition[2]
+    assert "single-object" in letter["reason"] and letter["origin"]["topic"] == topics.ops
+    assert letter["record_type"] is None
+    assert f"duplicated marker id {first.marker_id}" in stale["reason"]
+    assert stale["record_type"] == "ConsistencyMarker" and stale["origin"]["topic"] == topics.ops
     lag = found["group_lag"]["partitions"]
     assert sorted(lag) == [str(p) for p in range(PARTITIONS)]
     assert all(r["lag"] >= 0 and r["committed"] is not None for r in lag.values()), lag
@@ -260,19 +265,25 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
     text = pipeline.cli("status", *kafka)
     assert text.returncode == 0, text.stderr
     assert f"newest backup: marker {first.marker_id}" in text.stdout
-    assert f"failed: marker {bad_id}" in text.stdout and "dead letters: 1" in text.stdout
+    assert f"failed: marker {bad_id}" in text.stdout and "dead letters: 2" in text.stdout
 
     listed = pipeline.cli("dlq", *kafka, "--json")
     assert listed.returncode == 0, listed.stderr
     letters = json.loads(listed.stdout)
-    assert letters["count"] == 1 and letters["topic"] == topics.dead_letter
-    (entry,) = letters["dead_letters"]
-    assert entry["reason"] == letter["reason"] and entry["record_type"] is None
-    shown = pipeline.cli("dlq", *kafka, "--show", str(entry["offset"]), "--json")
-    assert shown.returncode == 0, shown.stderr
-    full = json.loads(shown.stdout)
+    assert letters["count"] == 2 and letters["topic"] == topics.dead_letter
+    assert {e["reason"] for e in letters["dead_letters"]} == {letter["reason"], stale["reason"]}
+
+    def show(offset: int) -> dict:
+        shown = pipeline.cli("dlq", *kafka, "--show", str(offset), "--json")
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)
+
+    full = show(letter["offset"])
     assert bytes.fromhex(full["value_hex"]) == b"not avro at all"
     assert bytes.fromhex(full["key_hex"]) == b"garbage"
+    full = show(stale["offset"])
+    assert full["record"]["marker_id"] == first.marker_id and full["record"]["seq"] == 0
+    assert bytes.fromhex(full["key_hex"]) == b"by-hand"
     missing = pipeline.cli("dlq", *kafka, "--show", "999")
     assert missing.returncode == 1 and "no dead letter at offset 999" in missing.stderr
 
