@@ -1,0 +1,194 @@
+"""The capture triggers of one table, including the rows that REPLACE removes silently.
+
+SQLite fires no DELETE trigger for a row that REPLACE conflict resolution removes (unless
+the application's connection turned ``recursive_triggers`` on, which cutline does not
+control). So a BEFORE INSERT / BEFORE UPDATE trigger stages, in ``_cutline_pending``,
+every existing row the new row conflicts with (on the rowid, the primary key or any
+UNIQUE constraint, with each index's own collation), and the AFTER trigger of the same row
+logs a DELETE for each staged row that is gone before it logs the INSERT/UPDATE, so the
+DELETE precedes the INSERT in commit order. A statement whose row never reaches its
+AFTER trigger (IGNORE, FAIL, an upsert that turned into an UPDATE) leaves stale entries
+behind; every BEFORE trigger of the table clears them first. With ``recursive_triggers``
+on, SQLite fires the DELETE trigger for a replaced row, and that trigger removes the
+row's staged entry so that its DELETE is logged once.
+
+A rowid table's staged row counts as removed only if its rowid is the new row's or no
+longer exists: in a BEFORE INSERT trigger an automatically assigned rowid reads as -1, so
+the staging may pick up an innocent row -1, which this check leaves alone.
+
+A unique index that this cannot stage exactly (partial, on an expression, or on a
+generated column, whose BEFORE trigger value can be wrong) is refused at install.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+
+from cutline.errors import ConfigError
+from producers.sqlite_changelog import (
+    CHANGES,
+    INTERNAL_PREFIX,
+    image_sql,
+    quote_identifier,
+    quote_text,
+)
+from schemas.records import TableDefinition
+
+PENDING = "_cutline_pending"
+PENDING_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {PENDING} (tbl TEXT NOT NULL, row_key, "
+    "before_image TEXT NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {PENDING}_by_row ON {PENDING}(tbl, row_key)",
+)
+
+_NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+_NOT_NULL_REPLACE = re.compile(r"NOT\s+NULL\s+ON\s+CONFLICT\s+REPLACE", re.IGNORECASE)
+_GENERATED = (2, 3)  # table_xinfo 'hidden' values of VIRTUAL and STORED generated columns
+TRIGGER_KINDS = ("bi", "bu", "ai", "au", "ad")
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """One set of columns no two rows may share (a UNIQUE constraint, index or the PK)."""
+
+    index: str
+    columns: tuple[tuple[str, str], ...]  # (column, collation)
+
+    def matches(self, row: str, other: str) -> str:
+        """SQL: ``row`` and ``other`` collide on this key (``=``, so NULLs never collide)."""
+        return " AND ".join(
+            f"{row}.{quote_identifier(c)} = {other}.{quote_identifier(c)} COLLATE {coll}"
+            for c, coll in self.columns
+        )
+
+
+def has_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    try:
+        conn.execute(f"SELECT rowid FROM {quote_identifier(table)} LIMIT 0")
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def unique_keys(conn: sqlite3.Connection, table: str) -> list[UniqueKey]:
+    """Every unique index of ``table``; refuses the ones that cannot be staged exactly."""
+    generated = {
+        r[1]
+        for r in conn.execute(f"PRAGMA table_xinfo({quote_identifier(table)})")
+        if r[6] in _GENERATED
+    }
+    keys = []
+    for _, index, unique, _origin, partial in conn.execute(
+        f"PRAGMA index_list({quote_identifier(table)})"
+    ).fetchall():
+        if not unique:
+            continue
+        if partial:
+            raise ConfigError(
+                f"table {table!r} has the partial unique index {index!r}, whose REPLACE "
+                "deletions cutline cannot capture exactly: drop it or make it a full index"
+            )
+        columns = []
+        for _, cid, name, _desc, collation, key in conn.execute(
+            f"PRAGMA index_xinfo({quote_identifier(index)})"
+        ):
+            if not key:
+                continue
+            if cid == -2:
+                raise ConfigError(
+                    f"table {table!r} has the unique index {index!r} on an expression, whose "
+                    "REPLACE deletions cutline cannot capture exactly: index a column instead"
+                )
+            if name in generated:
+                raise ConfigError(
+                    f"table {table!r} has the unique index {index!r} on the generated column "
+                    f"{name!r}, whose REPLACE deletions cutline cannot capture exactly: "
+                    "make it a unique index on stored columns"
+                )
+            columns.append((name, quote_identifier(collation)))
+        keys.append(UniqueKey(index, tuple(columns)))
+    return keys
+
+
+def trigger_names(table: str) -> list[str]:
+    return [f"{INTERNAL_PREFIX}{kind}_{table}" for kind in TRIGGER_KINDS]
+
+
+def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) -> list[str]:
+    """DROP and CREATE statements of the table's capture triggers (run them in one txn)."""
+    table = definition.table
+    keys = unique_keys(conn, table)
+    rowid = has_rowid(conn, table)
+    if keys and _NOT_NULL_REPLACE.search(definition.ddl or ""):
+        raise ConfigError(
+            f"table {table!r} has NOT NULL ON CONFLICT REPLACE and unique constraints: a "
+            "NULL replaced by its default can remove a row cutline cannot see in advance; "
+            "drop the ON CONFLICT REPLACE from the NOT NULL constraint"
+        )
+    q, lit = quote_identifier(table), quote_text(table)
+
+    def key_image(alias: str) -> str:
+        return f"{alias}.rowid" if rowid else _key_image(definition, alias)
+
+    def colliding(new: str) -> str:
+        terms = [f"t0.rowid = {new}.rowid"] if rowid else []
+        terms += [f"({k.matches('t0', new)})" for k in keys]
+        return " OR ".join(terms) or "0"
+
+    def stage(exclude_old: bool) -> str:
+        where = colliding("NEW")
+        if exclude_old:
+            same = "t0.rowid = OLD.rowid" if rowid else _same_key(definition, "t0", "OLD", keys)
+            where = f"({where}) AND NOT ({same})"
+        return (
+            f"DELETE FROM {PENDING} WHERE tbl = {lit}; "
+            f"INSERT INTO {PENDING}(tbl, row_key, before_image) "
+            f"SELECT {lit}, {key_image('t0')}, {image_sql(definition, 't0')} "
+            f"FROM {q} AS t0 WHERE {where};"
+        )
+
+    removed = (
+        f"(p.row_key = NEW.rowid OR NOT EXISTS (SELECT 1 FROM {q} WHERE rowid = p.row_key))"
+        if rowid
+        else "1"
+    )
+    log = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us)"
+    flush = (
+        f"{log} SELECT 'D', {lit}, p.before_image, NULL, {_NOW_US} FROM {PENDING} AS p "
+        f"WHERE p.tbl = {lit} AND {removed} ORDER BY p.rowid; "
+        f"DELETE FROM {PENDING} WHERE tbl = {lit};"
+    )
+    new, old = image_sql(definition, "NEW"), image_sql(definition, "OLD")
+    bodies = {
+        "bi": f"BEFORE INSERT ON {q} BEGIN {stage(False)} END",
+        "bu": f"BEFORE UPDATE ON {q} BEGIN {stage(True)} END",
+        "ai": f"AFTER INSERT ON {q} BEGIN {flush} "
+        f"{log} VALUES ('I', {lit}, NULL, {new}, {_NOW_US}); END",
+        "au": f"AFTER UPDATE ON {q} BEGIN {flush} "
+        f"{log} VALUES ('U', {lit}, {old}, {new}, {_NOW_US}); END",
+        "ad": f"AFTER DELETE ON {q} BEGIN "
+        f"DELETE FROM {PENDING} WHERE tbl = {lit} AND row_key = {key_image('OLD')}; "
+        f"{log} VALUES ('D', {lit}, {old}, NULL, {_NOW_US}); END",
+    }
+    statements = [*PENDING_SCHEMA]
+    for kind, name in zip(TRIGGER_KINDS, trigger_names(table), strict=True):
+        statements.append(f"DROP TRIGGER IF EXISTS {quote_identifier(name)}")
+        statements.append(f"CREATE TRIGGER {quote_identifier(name)} {bodies[kind]}")
+    return statements
+
+
+def _key_image(definition: TableDefinition, alias: str) -> str:
+    return " || ',' || ".join(
+        f"quote({alias}.{quote_identifier(k)})" for k in definition.key_columns
+    )
+
+
+def _same_key(definition: TableDefinition, row: str, other: str, keys: list[UniqueKey]) -> str:
+    """SQL: ``row`` is ``other``'s row in a WITHOUT ROWID table (same PK, PK collation)."""
+    pk = set(definition.key_columns)
+    for key in keys:
+        if {c for c, _ in key.columns} == pk:
+            return key.matches(row, other)
+    raise ConfigError(f"table {definition.table!r}: cannot find its primary key index")
