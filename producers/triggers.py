@@ -8,7 +8,9 @@ UNIQUE constraint, with each index's own collation), and the AFTER trigger of th
 logs a DELETE for each staged row that is gone before it logs the INSERT/UPDATE, so the
 DELETE precedes the INSERT in commit order. A statement whose row never reaches its
 AFTER trigger (IGNORE, FAIL, an upsert that turned into an UPDATE) leaves stale entries
-behind; every BEFORE trigger of the table clears them first. With ``recursive_triggers``
+behind; every BEFORE trigger that stages clears them first. An UPDATE that changes no key
+or unique column cannot collide, so it neither stages nor flushes: ordinary updates pay
+one comparison of NEW with OLD. With ``recursive_triggers``
 on, SQLite fires the DELETE trigger for a replaced row, and that trigger removes the
 row's staged entry so that its DELETE is logged once.
 
@@ -33,6 +35,7 @@ from producers.sqlite_changelog import (
     image_sql,
     quote_identifier,
     quote_text,
+    value_sql,
 )
 from schemas.records import TableDefinition
 
@@ -155,18 +158,26 @@ def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) ->
         else "1"
     )
     log = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us)"
-    flush = (
-        f"{log} SELECT 'D', {lit}, p.before_image, NULL, {_NOW_US} FROM {PENDING} AS p "
-        f"WHERE p.tbl = {lit} AND {removed} ORDER BY p.rowid; "
-        f"DELETE FROM {PENDING} WHERE tbl = {lit};"
-    )
+
+    def flush(when: str) -> str:
+        return (
+            f"{log} SELECT 'D', {lit}, p.before_image, NULL, {_NOW_US} FROM {PENDING} AS p "
+            f"WHERE {when} AND p.tbl = {lit} AND {removed} ORDER BY p.rowid; "
+            f"DELETE FROM {PENDING} WHERE {when} AND tbl = {lit};"
+        )
+
+    # An UPDATE that changes no key or unique column cannot collide with another row: it
+    # stages nothing and flushes nothing (a condition on NEW/OLD only, tested once per row).
+    watched = ["rowid"] if rowid else []
+    watched += [quote_identifier(c) for k in keys for c, _ in k.columns]
+    moved = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in dict.fromkeys(watched)) or "0"
     new, old = image_sql(definition, "NEW"), image_sql(definition, "OLD")
     bodies = {
         "bi": f"BEFORE INSERT ON {q} BEGIN {stage(False)} END",
-        "bu": f"BEFORE UPDATE ON {q} BEGIN {stage(True)} END",
-        "ai": f"AFTER INSERT ON {q} BEGIN {flush} "
+        "bu": f"BEFORE UPDATE ON {q} WHEN {moved} BEGIN {stage(True)} END",
+        "ai": f"AFTER INSERT ON {q} BEGIN {flush('1')} "
         f"{log} VALUES ('I', {lit}, NULL, {new}, {_NOW_US}); END",
-        "au": f"AFTER UPDATE ON {q} BEGIN {flush} "
+        "au": f"AFTER UPDATE ON {q} BEGIN {flush(f'({moved})')} "
         f"{log} VALUES ('U', {lit}, {old}, {new}, {_NOW_US}); END",
         "ad": f"AFTER DELETE ON {q} BEGIN "
         f"DELETE FROM {PENDING} WHERE tbl = {lit} AND row_key = {key_image('OLD')}; "
@@ -181,7 +192,7 @@ def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) ->
 
 def _key_image(definition: TableDefinition, alias: str) -> str:
     return " || ',' || ".join(
-        f"quote({alias}.{quote_identifier(k)})" for k in definition.key_columns
+        value_sql(f"{alias}.{quote_identifier(k)}") for k in definition.key_columns
     )
 
 
