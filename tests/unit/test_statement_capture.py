@@ -46,6 +46,15 @@ CREATE TABLE gen (id INTEGER PRIMARY KEY, a INT, twice INT GENERATED ALWAYS AS (
 CREATE TABLE strict_t (id INTEGER PRIMARY KEY, n INT, t TEXT UNIQUE, x ANY) STRICT;
 CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT);
 CREATE TABLE uncaptured (id INTEGER PRIMARY KEY, v);
+CREATE TABLE desc_key (id INTEGER PRIMARY KEY DESC, v TEXT UNIQUE, d TEXT DEFAULT 'dflt');
+CREATE TABLE defaulted (id INTEGER PRIMARY KEY,
+                        parent_id INT DEFAULT 3 REFERENCES parent(id) ON DELETE SET DEFAULT
+                        ON UPDATE CASCADE,
+                        at TEXT DEFAULT 'now', n INT DEFAULT (1 + 1));
+CREATE VIEW kv_view AS SELECT id, v FROM kv;
+CREATE TRIGGER kv_view_insert INSTEAD OF INSERT ON kv_view BEGIN
+    INSERT OR REPLACE INTO kv VALUES (NEW.id, NEW.v);
+END;
 CREATE TRIGGER kv_audit AFTER UPDATE ON kv BEGIN
     INSERT INTO audit(what) VALUES ('kv ' || NEW.id || ' = ' || quote(NEW.v));
 END;
@@ -61,10 +70,12 @@ INSERT INTO child VALUES (10, 1, 'a'), (11, 1, 'b'), (12, 2, 'c'), (13, 3, 'd');
 INSERT INTO orphan VALUES (20, 1, 'x'), (21, 2, 'y');
 INSERT INTO gen(id, a) VALUES (1, 1), (2, 2);
 INSERT INTO strict_t VALUES (1, 1, 'one', 1.5), (2, 2, 'two', x'00');
+INSERT INTO desc_key VALUES (1, 'a', 'x'), (2, 'b', 'y');
+INSERT INTO defaulted(id, parent_id) VALUES (1, 1), (2, 2);
 """
 CAPTURED = [
     "kv", "users", "codes", "slots", "colrep", "tblrep", "parent", "child", "orphan", "gen",
-    "strict_t", "audit",
+    "strict_t", "audit", "desc_key", "defaulted",
 ]  # fmt: skip
 
 
@@ -421,6 +432,69 @@ def test_uncaptured_tables_and_installs_are_left_alone(app, replay):
     run(app, replay, "REPLACE INTO kv VALUES (1, 'after reinstall')")
 
 
+def test_returning_ctes_row_values_default_values_and_views(app, replay):
+    run(
+        app,
+        replay,
+        "INSERT INTO kv VALUES (5, 'five') RETURNING id, v",
+        "REPLACE INTO kv VALUES (5, 'five again') RETURNING *",
+        "WITH n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) "
+        "INSERT OR REPLACE INTO kv SELECT x, 'cte ' || x FROM n",
+        "UPDATE users SET (team, seat) = (SELECT 7, 7) WHERE id = 1",
+        "UPDATE OR REPLACE users SET (team, seat) = (1, 2) WHERE id = 3",
+        "INSERT INTO defaulted DEFAULT VALUES",
+        "INSERT INTO kv_view VALUES (1, 'through a view')",  # INSTEAD OF trigger
+        "DELETE FROM kv WHERE id = 2 RETURNING id",
+    )
+
+
+def test_upsert_with_several_conflict_targets(app, replay):
+    run(
+        app,
+        replay,
+        "INSERT INTO users(id, email, handle) VALUES (1, 'b@x', 'q') "
+        "ON CONFLICT(id) DO UPDATE SET handle = 'by id' ON CONFLICT(email) DO NOTHING",
+        "INSERT INTO users(id, email, handle) VALUES (90, 'c@x', 'q') "
+        "ON CONFLICT(id) DO NOTHING ON CONFLICT(email) DO UPDATE SET handle = 'by email'",
+    )
+
+
+def test_or_rollback_and_or_abort_undo_what_they_must(app, replay):
+    app.execute("BEGIN")
+    app.execute("INSERT INTO kv VALUES (90, 'rolled back with the transaction')")
+    with pytest.raises(sqlite3.IntegrityError):
+        app.execute("INSERT OR ROLLBACK INTO kv VALUES (1, 'conflict')")
+    assert not app.in_transaction
+    replay.assert_matches(app)
+    with pytest.raises(sqlite3.IntegrityError):
+        app.execute("INSERT OR ABORT INTO kv VALUES (91, 'undone'), (1, 'conflict')")
+    replay.assert_matches(app)
+
+
+def test_a_descending_integer_key_and_set_default_actions(app, replay):
+    """INTEGER PRIMARY KEY DESC is not a rowid alias; ON DELETE SET DEFAULT rewrites children."""
+    run(
+        app,
+        replay,
+        "REPLACE INTO desc_key(id, v) VALUES (3, 'a')",
+        "REPLACE INTO desc_key VALUES (2, 'c', 'z')",
+        "UPDATE OR REPLACE desc_key SET id = 2 WHERE id = 3",
+        "DELETE FROM parent WHERE id = 1",  # defaulted row 1 -> parent_id 3
+    )
+
+
+def test_writes_through_an_attached_schema(app, replay, tmp_path):
+    other = sqlite3.connect(tmp_path / "other.sqlite", isolation_level=None)
+    try:
+        db = app.execute("PRAGMA database_list").fetchone()[2]
+        other.execute("ATTACH DATABASE ? AS p", (db,))
+        other.execute("REPLACE INTO p.kv VALUES (1, 'from an attached schema')")
+        other.execute("UPDATE OR REPLACE p.users SET email = 'a@x' WHERE id = 2")
+        replay.assert_matches(app)
+    finally:
+        other.close()
+
+
 # -- refused at install -------------------------------------------------------------------------
 
 
@@ -446,6 +520,7 @@ def test_uncaptured_tables_and_installs_are_left_alone(app, replay):
             "DEFAULT 'x' UNIQUE)",
             "NOT NULL ON CONFLICT REPLACE",
         ),
+        ("CREATE VIRTUAL TABLE t USING fts5(body)", "has no PRIMARY KEY"),
     ],
 )
 def test_unique_indexes_that_cannot_be_staged_are_refused(tmp_path, ddl, says):
