@@ -345,4 +345,7 @@ def raw_text_value(value: Value) -> Value:
 
 def forget_changes(conn: sqlite3.Connection, up_to_seq: int) -> None:
     """Drop change-log rows that Kafka holds durably (a short write on the primary)."""
+    from producers.triggers import forget_pending  # it builds on this module's SQL
+
     conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ?", (up_to_seq,))
+    forget_pending(conn)

@@ -6,13 +6,16 @@ control). So a BEFORE INSERT / BEFORE UPDATE trigger stages, in ``_cutline_pendi
 every existing row the new row conflicts with (on the rowid, the primary key or any
 UNIQUE constraint, with each index's own collation), and the AFTER trigger of the same row
 logs a DELETE for each staged row that is gone before it logs the INSERT/UPDATE, so the
-DELETE precedes the INSERT in commit order. A statement whose row never reaches its
-AFTER trigger (IGNORE, FAIL, an upsert that turned into an UPDATE) leaves stale entries
-behind; every BEFORE trigger that stages clears them first. An UPDATE that changes no key
-or unique column cannot collide, so it neither stages nor flushes: ordinary updates pay
-one comparison of NEW with OLD. With ``recursive_triggers``
-on, SQLite fires the DELETE trigger for a replaced row, and that trigger removes the
-row's staged entry so that its DELETE is logged once.
+DELETE precedes the INSERT in commit order. Each entry is tagged with the row that
+staged it, so that a statement nested in between (an application trigger writing the same
+table) neither takes nor discards another row's entries. A row whose AFTER trigger never
+runs (IGNORE, FAIL, an upsert that turned into an UPDATE) leaves its entries behind: the
+next BEFORE trigger with the same tag clears them, and capture drops every entry whenever
+it trims the change log (``forget_pending``), when no statement can be in flight. An UPDATE
+that changes no key or unique column cannot collide, so it neither stages nor flushes:
+ordinary updates pay one comparison of NEW with OLD. With ``recursive_triggers`` on,
+SQLite fires the DELETE trigger for a replaced row, and that trigger removes the row's
+staged entry so that its DELETE is logged once.
 
 A rowid table's staged row counts as removed only if its rowid is the new row's or no
 longer exists: in a BEFORE INSERT trigger an automatically assigned rowid reads as -1, so
@@ -41,8 +44,9 @@ from schemas.records import TableDefinition
 
 PENDING = "_cutline_pending"
 PENDING_SCHEMA = (
-    f"CREATE TABLE IF NOT EXISTS {PENDING} (tbl TEXT NOT NULL, row_key, "
+    f"CREATE TABLE IF NOT EXISTS {PENDING} (tbl TEXT NOT NULL, tag TEXT NOT NULL, row_key, "
     "before_image TEXT NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {PENDING}_by_tag ON {PENDING}(tbl, tag)",
     f"CREATE INDEX IF NOT EXISTS {PENDING}_by_row ON {PENDING}(tbl, row_key)",
 )
 
@@ -140,15 +144,28 @@ def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) ->
         terms += [f"({k.matches('t0', new)})" for k in keys]
         return " OR ".join(terms) or "0"
 
-    def stage(exclude_old: bool) -> str:
+    # Entries carry a tag naming the row whose BEFORE trigger staged them, so that a nested
+    # statement on the same table (an application trigger's) leaves them alone: an INSERT
+    # is named by its rowid and unique values (its rowid reads as -1 before SQLite assigns
+    # one), an UPDATE by its old key.
+    unique_columns = list(dict.fromkeys(c for k in keys for c, _ in k.columns))
+
+    def insert_tag(rowid_sql: str) -> str:
+        parts = [f"quote({rowid_sql})"] if rowid else []
+        parts += [f"quote(NEW.{quote_identifier(c)})" for c in unique_columns]
+        return " || ',' || ".join(["'I'", *parts])
+
+    update_tag = f"'U' || {'quote(OLD.rowid)' if rowid else _key_image(definition, 'OLD')}"
+
+    def stage(tag: str, exclude_old: bool) -> str:
         where = colliding("NEW")
         if exclude_old:
             same = "t0.rowid = OLD.rowid" if rowid else _same_key(definition, "t0", "OLD", keys)
             where = f"({where}) AND NOT ({same})"
         return (
-            f"DELETE FROM {PENDING} WHERE tbl = {lit}; "
-            f"INSERT INTO {PENDING}(tbl, row_key, before_image) "
-            f"SELECT {lit}, {key_image('t0')}, {image_sql(definition, 't0')} "
+            f"DELETE FROM {PENDING} WHERE tbl = {lit} AND tag = {tag}; "
+            f"INSERT INTO {PENDING}(tbl, tag, row_key, before_image) "
+            f"SELECT {lit}, {tag}, {key_image('t0')}, {image_sql(definition, 't0')} "
             f"FROM {q} AS t0 WHERE {where};"
         )
 
@@ -159,11 +176,12 @@ def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) ->
     )
     log = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us)"
 
-    def flush(when: str) -> str:
+    def flush(when: str, tags: str) -> str:
         return (
             f"{log} SELECT 'D', {lit}, p.before_image, NULL, {_NOW_US} FROM {PENDING} AS p "
-            f"WHERE {when} AND p.tbl = {lit} AND {removed} ORDER BY p.rowid; "
-            f"DELETE FROM {PENDING} WHERE {when} AND tbl = {lit};"
+            f"WHERE {when} AND p.tbl = {lit} AND p.tag IN ({tags}) AND {removed} "
+            f"ORDER BY p.rowid; "
+            f"DELETE FROM {PENDING} WHERE {when} AND tbl = {lit} AND tag IN ({tags});"
         )
 
     # An UPDATE that changes no key or unique column cannot collide with another row: it
@@ -172,12 +190,13 @@ def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) ->
     watched += [quote_identifier(c) for k in keys for c, _ in k.columns]
     moved = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in dict.fromkeys(watched)) or "0"
     new, old = image_sql(definition, "NEW"), image_sql(definition, "OLD")
+    inserted = insert_tag("NEW.rowid") + (f", {insert_tag('-1')}" if rowid else "")
     bodies = {
-        "bi": f"BEFORE INSERT ON {q} BEGIN {stage(False)} END",
-        "bu": f"BEFORE UPDATE ON {q} WHEN {moved} BEGIN {stage(True)} END",
-        "ai": f"AFTER INSERT ON {q} BEGIN {flush('1')} "
+        "bi": f"BEFORE INSERT ON {q} BEGIN {stage(insert_tag('NEW.rowid'), False)} END",
+        "bu": f"BEFORE UPDATE ON {q} WHEN {moved} BEGIN {stage(update_tag, True)} END",
+        "ai": f"AFTER INSERT ON {q} BEGIN {flush('1', inserted)} "
         f"{log} VALUES ('I', {lit}, NULL, {new}, {_NOW_US}); END",
-        "au": f"AFTER UPDATE ON {q} BEGIN {flush(f'({moved})')} "
+        "au": f"AFTER UPDATE ON {q} BEGIN {flush(f'({moved})', update_tag)} "
         f"{log} VALUES ('U', {lit}, {old}, {new}, {_NOW_US}); END",
         "ad": f"AFTER DELETE ON {q} BEGIN "
         f"DELETE FROM {PENDING} WHERE tbl = {lit} AND row_key = {key_image('OLD')}; "
@@ -203,3 +222,14 @@ def _same_key(definition: TableDefinition, row: str, other: str, keys: list[Uniq
         if {c for c, _ in key.columns} == pk:
             return key.matches(row, other)
     raise ConfigError(f"table {definition.table!r}: cannot find its primary key index")
+
+
+def forget_pending(conn: sqlite3.Connection) -> None:
+    """Drop every staged entry: run by capture in its own write transaction, when no
+    statement of the application can be between its BEFORE and AFTER triggers, so every
+    entry left is one whose AFTER trigger never ran (IGNORE, FAIL, upserts)."""
+    try:
+        conn.execute(f"DELETE FROM {PENDING}")
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise

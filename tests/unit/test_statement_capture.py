@@ -19,7 +19,14 @@ import pytest
 from consumers.replica import Shard
 from cutline.errors import ConfigError
 from producers.operations import TableLayout, partition_for, to_operations
-from producers.sqlite_changelog import KIND_MARKER, connect, install, quote_identifier, read_changes
+from producers.sqlite_changelog import (
+    KIND_MARKER,
+    connect,
+    forget_changes,
+    install,
+    quote_identifier,
+    read_changes,
+)
 from schemas.records import TableDefinition
 
 PARTITIONS = 4
@@ -537,3 +544,30 @@ def test_unique_indexes_that_cannot_be_staged_are_refused(tmp_path, ddl, says):
         assert not {n for n in names if n.startswith("_cutline_")}
     finally:
         conn.close()
+
+
+def test_an_application_trigger_writing_its_own_table_keeps_the_outer_replace(app, replay):
+    """A trigger created after capture's fires first: its nested INSERT into the same table
+    must not discard the rows the outer REPLACE staged."""
+    app.execute(
+        "CREATE TRIGGER kv_history AFTER INSERT ON kv WHEN NEW.v NOT LIKE 'history%' BEGIN "
+        "INSERT INTO kv(v) VALUES ('history of ' || NEW.id); "
+        "UPDATE OR REPLACE kv SET id = -NEW.id WHERE id = NEW.id + 1; END"
+    )
+    run(
+        app,
+        replay,
+        "REPLACE INTO kv VALUES (1, 'replaced; row 2 moves onto -1')",
+        "INSERT INTO kv VALUES (10, 'ten'), (20, 'twenty')",
+        "REPLACE INTO kv VALUES (9, 'row 10 moves to -9')",
+        "REPLACE INTO kv VALUES (-9, 'replaced by hand')",
+    )
+    assert app.execute("SELECT count(*) FROM kv WHERE v LIKE 'history%'").fetchone()[0] == 5
+
+
+def test_staged_rows_left_by_ignore_are_forgotten_by_capture(app, replay):
+    run(app, replay, "INSERT OR IGNORE INTO kv VALUES (1, 'ignored')")
+    assert app.execute("SELECT count(*) FROM _cutline_pending").fetchone()[0] == 1
+    forget_changes(replay.capture, replay.seq)
+    assert app.execute("SELECT count(*) FROM _cutline_pending").fetchone()[0] == 0
+    run(app, replay, "REPLACE INTO kv VALUES (1, 'after forgetting')")
