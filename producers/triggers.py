@@ -147,15 +147,19 @@ def trigger_statements(conn: sqlite3.Connection, definition: TableDefinition) ->
     # Entries carry a tag naming the row whose BEFORE trigger staged them, so that a nested
     # statement on the same table (an application trigger's) leaves them alone: an INSERT
     # is named by its rowid and unique values (its rowid reads as -1 before SQLite assigns
-    # one), an UPDATE by its old key.
+    # one), an UPDATE by its old key and its new rowid and unique values (a nested UPDATE
+    # of the same row that could stage anything changes one of those).
     unique_columns = list(dict.fromkeys(c for k in keys for c, _ in k.columns))
 
-    def insert_tag(rowid_sql: str) -> str:
+    def new_values(rowid_sql: str) -> list[str]:
         parts = [f"quote({rowid_sql})"] if rowid else []
-        parts += [f"quote(NEW.{quote_identifier(c)})" for c in unique_columns]
-        return " || ',' || ".join(["'I'", *parts])
+        return parts + [f"quote(NEW.{quote_identifier(c)})" for c in unique_columns]
 
-    update_tag = f"'U' || {'quote(OLD.rowid)' if rowid else _key_image(definition, 'OLD')}"
+    def insert_tag(rowid_sql: str) -> str:
+        return " || ',' || ".join(["'I'", *new_values(rowid_sql)])
+
+    old_key = "quote(OLD.rowid)" if rowid else _key_image(definition, "OLD")
+    update_tag = " || ',' || ".join(["'U'", old_key, *new_values("NEW.rowid")])
 
     def stage(tag: str, exclude_old: bool) -> str:
         where = colliding("NEW")
@@ -222,6 +226,47 @@ def _same_key(definition: TableDefinition, row: str, other: str, keys: list[Uniq
         if {c for c, _ in key.columns} == pk:
             return key.matches(row, other)
     raise ConfigError(f"table {definition.table!r}: cannot find its primary key index")
+
+
+def triggers_ahead_of_capture(conn: sqlite3.Connection, table: str) -> list[str]:
+    """Application triggers on ``table`` that fire before cutline's and may write ``table``.
+
+    SQLite fires the triggers of one event newest first, so a trigger created after
+    cutline's runs before them; if it writes the same table (a "touch updated_at" trigger),
+    its change is logged before the statement's own, and the replica would apply the
+    statement's older image last. ``install`` re-makes cutline's triggers, so they fire
+    first from then on; this finds triggers created since (a trigger whose body names the
+    table counts as writing it).
+    """
+    rows = conn.execute(
+        "SELECT rowid, name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+        (table,),
+    ).fetchall()
+    ours = [rowid for rowid, name, _ in rows if name in trigger_names(table)]
+    if not ours:
+        return []
+    named = re.compile(
+        r"(?<![\w$])(?:" + "|".join(re.escape(q) for q in _spellings(table)) + r")(?![\w$])",
+        re.IGNORECASE,
+    )
+    ahead = []
+    for rowid, name, sql in rows:
+        if rowid > min(ours) and name not in trigger_names(table):
+            body = re.split(r"\bBEGIN\b", sql or "", maxsplit=1, flags=re.IGNORECASE)[-1]
+            if named.search(body):
+                ahead.append(name)
+    return sorted(ahead)
+
+
+def _spellings(table: str) -> list[str]:
+    """How SQL can name ``table``: bare, "quoted", [bracketed], `backquoted`, 'string'."""
+    return [
+        table,
+        quote_identifier(table),
+        f"[{table}]",
+        "`" + table.replace("`", "``") + "`",
+        quote_text(table),
+    ]
 
 
 def forget_pending(conn: sqlite3.Connection) -> None:

@@ -27,6 +27,7 @@ from producers.sqlite_changelog import (
     quote_identifier,
     read_changes,
 )
+from producers.triggers import triggers_ahead_of_capture
 from schemas.records import TableDefinition
 
 PARTITIONS = 4
@@ -571,3 +572,39 @@ def test_staged_rows_left_by_ignore_are_forgotten_by_capture(app, replay):
     forget_changes(replay.capture, replay.seq)
     assert app.execute("SELECT count(*) FROM _cutline_pending").fetchone()[0] == 0
     run(app, replay, "REPLACE INTO kv VALUES (1, 'after forgetting')")
+
+
+def test_an_application_trigger_updating_the_row_an_update_or_replace_moved(app, replay):
+    """A "normalise on update" trigger writing its own table, with cutline's triggers
+    re-made after it (as every capture start does), so that they fire first."""
+    app.execute(
+        "CREATE TRIGGER users_normalise AFTER UPDATE ON users WHEN NEW.email GLOB '*@X' BEGIN "
+        "UPDATE OR REPLACE users SET email = lower(NEW.email) WHERE id = NEW.id; END"
+    )
+    assert triggers_ahead_of_capture(replay.capture, "users") == ["users_normalise"]
+    install(replay.capture, "src", CAPTURED)  # a capture start
+    assert triggers_ahead_of_capture(replay.capture, "users") == []
+    run(
+        app,
+        replay,
+        "UPDATE OR REPLACE users SET handle = 'bob', email = 'Q@X' WHERE id = 1",
+        "UPDATE OR REPLACE users SET email = 'C@X' WHERE id = 4",  # nested one replaces c@x
+    )
+    assert app.execute("SELECT id, email FROM users ORDER BY id").fetchall() == [
+        (1, "q@x"),
+        (4, "c@x"),
+    ]
+
+
+def test_only_triggers_that_name_their_table_and_fire_first_are_reported(app, replay):
+    app.execute(
+        "CREATE TRIGGER kv_elsewhere AFTER UPDATE ON kv BEGIN "
+        "INSERT INTO uncaptured(v) VALUES (NEW.v); END"
+    )
+    app.execute(
+        'CREATE TRIGGER kv_touch AFTER INSERT ON kv BEGIN UPDATE "KV" SET v = upper(v) '
+        "WHERE id = NEW.id; END"
+    )
+    # kv_audit (from the schema) was created before capture's triggers: it fires after them
+    assert triggers_ahead_of_capture(replay.capture, "kv") == ["kv_touch"]
+    assert triggers_ahead_of_capture(replay.capture, "uncaptured") == []
