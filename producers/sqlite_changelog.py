@@ -220,7 +220,10 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
     as INSERTs in the same transaction that creates its triggers, so the replica starts
     from exactly the primary's content at that commit and misses nothing after it.
     """
-    from producers.triggers import trigger_statements  # it builds on this module's SQL
+    from producers.triggers import (  # they build on this module's SQL
+        trigger_statements,
+        triggers_ahead_of_capture,
+    )
 
     if not tables:
         raise ConfigError("no tables to capture: pass --tables T1,T2")
@@ -242,7 +245,16 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
                     f"({known[0]} -> {columns}); schema changes are not captured yet: "
                     "start a new source (--source) for the new layout"
                 )
-            for statement in trigger_statements(conn, definition):  # (re)made: upgrades old ones
+            for name in triggers_ahead_of_capture(conn, table):
+                log.warning(
+                    "trigger %r on table %r was created after cutline's and fired before them, "
+                    "so changes it made to %r may be logged out of order; cutline's triggers are "
+                    "re-made to fire first: if it wrote that table meanwhile, start a new source",
+                    name,
+                    table,
+                    table,
+                )
+            for statement in trigger_statements(conn, definition):  # (re)made to fire first
                 conn.execute(statement)
             if known is not None:
                 continue
