@@ -59,6 +59,7 @@ CREATE TABLE defaulted (id INTEGER PRIMARY KEY,
                         parent_id INT DEFAULT 3 REFERENCES parent(id) ON DELETE SET DEFAULT
                         ON UPDATE CASCADE,
                         at TEXT DEFAULT 'now', n INT DEFAULT (1 + 1));
+CREATE TABLE checked (id INTEGER PRIMARY KEY, n INT CHECK (n >= 0), u TEXT UNIQUE);
 CREATE VIEW kv_view AS SELECT id, v FROM kv;
 CREATE TRIGGER kv_view_insert INSTEAD OF INSERT ON kv_view BEGIN
     INSERT OR REPLACE INTO kv VALUES (NEW.id, NEW.v);
@@ -79,11 +80,12 @@ INSERT INTO orphan VALUES (20, 1, 'x'), (21, 2, 'y');
 INSERT INTO gen(id, a) VALUES (1, 1), (2, 2);
 INSERT INTO strict_t VALUES (1, 1, 'one', 1.5), (2, 2, 'two', x'00');
 INSERT INTO desc_key VALUES (1, 'a', 'x'), (2, 'b', 'y');
+INSERT INTO checked VALUES (1, 1, 'a'), (2, 2, 'b');
 INSERT INTO defaulted(id, parent_id) VALUES (1, 1), (2, 2);
 """
 CAPTURED = [
     "kv", "users", "codes", "slots", "colrep", "tblrep", "parent", "child", "orphan", "gen",
-    "strict_t", "audit", "desc_key", "defaulted",
+    "strict_t", "audit", "desc_key", "defaulted", "checked",
 ]  # fmt: skip
 
 
@@ -454,6 +456,20 @@ def test_returning_ctes_row_values_default_values_and_views(app, replay):
         "INSERT INTO kv_view VALUES (1, 'through a view')",  # INSTEAD OF trigger
         "DELETE FROM kv WHERE id = 2 RETURNING id",
     )
+
+
+def test_check_constraints_under_every_conflict_resolution(app, replay):
+    """REPLACE acts as ABORT for CHECK; IGNORE skips the row, after the BEFORE trigger ran."""
+    run(app, replay, "INSERT OR IGNORE INTO checked VALUES (1, -1, 'b')")
+    for statement in (
+        "INSERT OR REPLACE INTO checked VALUES (1, -1, 'b')",
+        "UPDATE OR REPLACE checked SET n = -5, u = 'a' WHERE id = 2",
+        "INSERT OR FAIL INTO checked VALUES (3, 3, 'c'), (1, -1, 'b')",
+    ):
+        with pytest.raises(sqlite3.IntegrityError):
+            app.execute(statement)
+        replay.assert_matches(app)
+    run(app, replay, "REPLACE INTO checked VALUES (4, 4, 'b')", "UPDATE checked SET n = n + 1")
 
 
 def test_upsert_with_several_conflict_targets(app, replay):
