@@ -274,7 +274,8 @@ def forget_pending(conn: sqlite3.Connection) -> None:
     statement of the application can be between its BEFORE and AFTER triggers, so every
     entry left is one whose AFTER trigger never ran (IGNORE, FAIL, upserts)."""
     try:
-        conn.execute(f"DELETE FROM {PENDING}")
+        if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {PENDING})").fetchone()[0]:
+            conn.execute(f"DELETE FROM {PENDING}")  # the write lock only when there is work
     except sqlite3.OperationalError as exc:
         if "no such table" not in str(exc):
             raise
