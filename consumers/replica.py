@@ -251,19 +251,22 @@ class Shard:
             except sqlite3.ProgrammingError:
                 return  # closed under a stuck thread: SQLite rolled back on close
             self._definitions = {d.table: d for d in self.definitions()}
+            self._statements = {}  # a rolled-back define may have changed a layout
 
     def define(self, definition: TableDefinition) -> None:
-        """Create a captured table from the primary's own DDL (native format)."""
+        """Create a captured table from the primary's own DDL (native format).
+
+        The same definition again (capture sends every definition at each start) changes
+        nothing. A different one means capture re-installed the table after a schema
+        change: the table is dropped and created from the new DDL, and the primary's whole
+        content follows as INSERTs (``producers/schema_changes.py``).
+        """
         known = self._definitions.get(definition.table)
-        if known is not None:
-            if known.column_names != definition.column_names:
-                raise ApplyError(
-                    f"table {definition.table!r} changed columns "
-                    f"({','.join(known.column_names)} -> {','.join(definition.column_names)}); "
-                    "schema changes are not replicated"
-                )
+        if known is not None and _same_layout(known, definition):
             return
         try:
+            if known is not None:
+                self.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
             self.conn.execute(definition.ddl)
         except sqlite3.Error as exc:
             raise ApplyError(f"cannot create table {definition.table!r}: {exc}") from exc
@@ -271,10 +274,11 @@ class Shard:
             f"{c.name}\x1e{c.declared_type}\x1e{int(c.not_null)}" for c in definition.columns
         )
         self.conn.execute(
-            f"INSERT INTO {TABLES} VALUES (?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO {TABLES} VALUES (?, ?, ?, ?)",
             (definition.table, definition.ddl, columns, "\x1f".join(definition.key_columns)),
         )
         self._definitions[definition.table] = definition
+        self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
 
     def apply(self, op: Operation) -> None:
         """Apply one operation inside the open batch; raise ApplyError if it cannot be."""
@@ -366,6 +370,15 @@ class Shard:
     def close(self) -> None:
         self.rollback()
         self.conn.close()
+
+
+def _same_layout(known: TableDefinition, new: TableDefinition) -> bool:
+    """Same DDL, columns and key (the source is not stored in the shard)."""
+    return (known.ddl, known.columns, known.key_columns) == (
+        new.ddl,
+        new.columns,
+        new.key_columns,
+    )
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

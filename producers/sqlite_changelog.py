@@ -34,6 +34,7 @@ INTERNAL_PREFIX = "_cutline_"
 ROWID = "rowid"
 
 KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
+KIND_SCHEMA = "S"  # a captured table was re-installed for a new layout (schema_changes.py)
 TEXT_AS_HEX = "T"  # prefix of the literal T'<hex>' for TEXT that quote() would cut at a NUL
 
 _NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
@@ -229,6 +230,30 @@ def _trigger_sql(definition: TableDefinition) -> list[str]:
     ]
 
 
+def create_triggers(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """Create capture's triggers on one table, for its current layout."""
+    for statement in _trigger_sql(definition):
+        conn.execute(statement)
+
+
+def trigger_sql(definition: TableDefinition) -> list[str]:
+    """The CREATE TRIGGER statements capture needs on this table, as SQLite stores them."""
+    return [
+        statement.replace("CREATE TRIGGER IF NOT EXISTS ", "CREATE TRIGGER ", 1)
+        for statement in _trigger_sql(definition)
+    ]
+
+
+def copy_rows(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """Write the table's whole current content to the change log as INSERTs."""
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
+        f"SELECT 'I', ?, NULL, {_image_sql(definition, 't')}, ? "
+        f"FROM {quote_identifier(definition.table)} AS t",
+        (definition.table, now_us()),
+    )
+
+
 def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[TableDefinition]:
     """Install capture on ``tables`` (idempotent) and return their definitions.
 
@@ -251,26 +276,17 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
             columns = ",".join(definition.column_names)
             known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
             if known is not None:
-                if known[0] != columns:
-                    raise ConfigError(
-                        f"table {table!r} changed columns since capture was installed "
-                        f"({known[0]} -> {columns}); schema changes are not captured yet: "
-                        "start a new source (--source) for the new layout"
-                    )
-                continue
-            for statement in _trigger_sql(definition):
-                conn.execute(statement)
-            conn.execute(
-                f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
-                f"SELECT 'I', ?, NULL, {_image_sql(definition, 't')}, ? "
-                f"FROM {quote_identifier(table)} AS t",
-                (table, now_us()),
-            )
+                continue  # a changed layout is followed by ensure_schema, below
+            create_triggers(conn, definition)
+            copy_rows(conn, definition)
             conn.execute(
                 f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) "
                 "VALUES (?, ?, ?, ?)",
                 (table, columns, ",".join(definition.key_columns), now_us()),
             )
+        from producers.schema_changes import ensure_schema  # it builds on this module
+
+        ensure_schema(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
