@@ -256,13 +256,19 @@ class Shard:
     def define(self, definition: TableDefinition) -> None:
         """Create a captured table from the primary's own DDL (native format).
 
-        The same definition again (capture sends every definition at each start) changes
-        nothing. A different one means capture re-installed the table after a schema
-        change: the table is dropped and created from the new DDL, and the primary's whole
-        content follows as INSERTs (``producers/schema_changes.py``).
+        Capture sends every definition again at each start: that changes nothing. One
+        marked ``reinstalled`` follows a schema change on the primary: the table is dropped
+        and created from the new DDL, and the primary's whole content follows as INSERTs
+        (``producers/schema_changes.py``).
         """
         known = self._definitions.get(definition.table)
-        if known is not None and _same_layout(known, definition):
+        if known is not None and not definition.reinstalled:
+            if known.column_names != definition.column_names:
+                raise ApplyError(
+                    f"table {definition.table!r} changed columns "
+                    f"({','.join(known.column_names)} -> {','.join(definition.column_names)}) "
+                    "without being re-installed by capture; replicate a new --source"
+                )
             return
         try:
             if known is not None:
@@ -370,15 +376,6 @@ class Shard:
     def close(self) -> None:
         self.rollback()
         self.conn.close()
-
-
-def _same_layout(known: TableDefinition, new: TableDefinition) -> bool:
-    """Same DDL, columns and key (the source is not stored in the shard)."""
-    return (known.ddl, known.columns, known.key_columns) == (
-        new.ddl,
-        new.columns,
-        new.key_columns,
-    )
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -50,9 +50,9 @@ from cutline.settings import Topics
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.schema_changes import (
-    definition_from_json,
     follow_schema_changes,
     layouts_at,
+    reinstalled_definition,
     schema_moved,
 )
 from producers.sqlite_changelog import (
@@ -329,9 +329,9 @@ class Capture:
 
     def _produce_schema_change(self, row: ChangeRow) -> None:
         """A re-installed table: its new definition to every partition, in commit order."""
-        definition = definition_from_json(row.after or "", self.config.source)
+        definition = reinstalled_definition(row.after or "", self.config.source)
         self._produce_definitions([definition])
-        self._layouts[definition.table] = TableLayout.of(definition)
+        self._layouts[definition.table] = TableLayout.of(replace(definition, reinstalled=False))
 
     def _retry_later(self, exc: TransactionFailed) -> None:
         """Note a failed transaction; give up once Kafka has refused them for too long."""

@@ -29,6 +29,7 @@ Why this is exact:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -80,6 +81,11 @@ def definition_from_json(text: str, source: str) -> TableDefinition:
         columns=tuple(Column(n, t, bool(nn)) for n, t, nn in data["columns"]),
         key_columns=tuple(data["key_columns"]),
     )
+
+
+def reinstalled_definition(after: str, source: str) -> TableDefinition:
+    """The definition an ``'S'`` row announces, marked so that replicas rebuild the table."""
+    return dataclasses.replace(definition_from_json(after, source), reinstalled=True)
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:
