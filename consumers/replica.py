@@ -259,7 +259,8 @@ class Shard:
         Capture sends every definition again at each start: that changes nothing. One
         marked ``reinstalled`` follows a schema change on the primary: the table is dropped
         and created from the new DDL, and the primary's whole content follows as INSERTs
-        (``producers/schema_changes.py``).
+        (``producers/schema_changes.py``); with no DDL, the table is no longer captured
+        and is dropped.
         """
         known = self._definitions.get(definition.table)
         if known is not None and not definition.reinstalled:
@@ -270,9 +271,14 @@ class Shard:
                     "without being re-installed by capture; replicate a new --source"
                 )
             return
+        self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
         try:
             if known is not None:
                 self.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
+            if not definition.ddl and definition.reinstalled:  # no longer captured
+                self.conn.execute(f"DELETE FROM {TABLES} WHERE tbl = ?", (definition.table,))
+                self._definitions.pop(definition.table, None)
+                return
             self.conn.execute(definition.ddl)
         except sqlite3.Error as exc:
             raise ApplyError(f"cannot create table {definition.table!r}: {exc}") from exc
@@ -284,7 +290,6 @@ class Shard:
             (definition.table, definition.ddl, columns, "\x1f".join(definition.key_columns)),
         )
         self._definitions[definition.table] = definition
-        self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
 
     def apply(self, op: Operation) -> None:
         """Apply one operation inside the open batch; raise ApplyError if it cannot be."""

@@ -329,9 +329,12 @@ class Capture:
 
     def _produce_schema_change(self, row: ChangeRow) -> None:
         """A re-installed table: its new definition to every partition, in commit order."""
-        definition = reinstalled_definition(row.after or "", self.config.source)
+        definition = reinstalled_definition(row.table or "", row.after, self.config.source)
         self._produce_definitions([definition])
-        self._layouts[definition.table] = TableLayout.of(replace(definition, reinstalled=False))
+        if row.after is None:  # no longer captured: later markers do not list it
+            self._layouts.pop(definition.table, None)
+        else:
+            self._layouts[definition.table] = TableLayout.of(replace(definition, reinstalled=False))
 
     def _retry_later(self, exc: TransactionFailed) -> None:
         """Note a failed transaction; give up once Kafka has refused them for too long."""

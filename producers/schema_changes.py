@@ -83,8 +83,14 @@ def definition_from_json(text: str, source: str) -> TableDefinition:
     )
 
 
-def reinstalled_definition(after: str, source: str) -> TableDefinition:
-    """The definition an ``'S'`` row announces, marked so that replicas rebuild the table."""
+def reinstalled_definition(table: str, after: str | None, source: str) -> TableDefinition:
+    """The definition an ``'S'`` row announces, marked so that replicas rebuild the table.
+
+    A table no longer captured (``after`` NULL) is announced with no DDL and no columns:
+    replicas drop their copy.
+    """
+    if after is None:
+        return TableDefinition(source, table, "", (), (), reinstalled=True)
     return dataclasses.replace(definition_from_json(after, source), reinstalled=True)
 
 
@@ -156,20 +162,20 @@ def layouts_at(conn: sqlite3.Connection, source: str, after_seq: int) -> dict[st
     """Each captured table's definition as of change ``after_seq`` of the change log.
 
     The change rows after ``after_seq`` and before a table's first later ``'S'`` row are in
-    that row's *before* layout; with no later ``'S'`` row, the recorded definition holds.
+    that row's *before* layout (none: the table is captured only from that row on); with
+    no later ``'S'`` row, the recorded definition holds.
     """
-    out: dict[str, TableDefinition] = {}
+    earliest: dict[str, str | None] = {}
+    for table, before in conn.execute(
+        f"SELECT tbl, before FROM {CHANGES} WHERE kind = ? AND seq > ? ORDER BY seq DESC",
+        (KIND_SCHEMA, after_seq),
+    ):
+        earliest[table] = before  # the earliest row wins; NULL: not captured yet
+    out = {t: definition_from_json(b, source) for t, b in earliest.items() if b is not None}
     for table in installed_tables(conn):
-        row = conn.execute(
-            f"SELECT before FROM {CHANGES} WHERE kind = ? AND tbl = ? AND seq > ? "
-            "ORDER BY seq LIMIT 1",
-            (KIND_SCHEMA, table, after_seq),
-        ).fetchone()
-        if row is not None:
-            out[table] = definition_from_json(row[0], source)
-        else:
+        if table not in earliest:
             out[table] = recorded_definition(conn, table, source)
-    return out
+    return dict(sorted(out.items()))
 
 
 def _reconcile(conn: sqlite3.Connection, table: str) -> bool:
@@ -193,19 +199,65 @@ def _reconcile(conn: sqlite3.Connection, table: str) -> bool:
     recorded = definition_from_json(row[0], "")
     if recorded == live and triggers_ok:
         return False
+    _reinstall(conn, row[0], live)
+    return True
+
+
+def _reinstall(conn: sqlite3.Connection, before_json: str, live: TableDefinition) -> None:
+    """New triggers, the 'S' row (old and new definition), then the whole content."""
+    table = live.table
     drop_triggers(conn, table)
     create_triggers(conn, live)
-    conn.execute(
-        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES (?, ?, ?, ?, ?)",
-        (KIND_SCHEMA, table, row[0], definition_json(live), now_us()),
-    )
+    announce(conn, before_json, live)
     copy_rows(conn, live)
     conn.execute(
         f"UPDATE {TABLES} SET columns = ?, key_columns = ? WHERE tbl = ?",
         (",".join(live.column_names), ",".join(live.key_columns), table),
     )
+
+
+def announce(conn: sqlite3.Connection, before_json: str | None, live: TableDefinition) -> None:
+    """The 'S' row: the table's content that follows is in this layout (before: NULL for a
+    table captured from here on), and the definition recorded for later checks."""
+    _create_tables(conn)
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES (?, ?, ?, ?, ?)",
+        (KIND_SCHEMA, live.table, before_json, definition_json(live), now_us()),
+    )
     _record(conn, live)
-    return True
+
+
+def uncapture(conn: sqlite3.Connection, table: str) -> None:
+    """Stop capturing a table that was dropped or renamed on purpose (``cutline migrate``).
+
+    Inside the caller's write transaction: its triggers (wherever a rename took them) and
+    its records go, and an 'S' row with no new definition tells replicas to drop it;
+    backups after it no longer hold the table.
+    """
+    for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' "
+        "AND name LIKE '\\_cutline\\_%' ESCAPE '\\' AND substr(name, -length(?) - 1) = ?",
+        (table, "_" + table),
+    ).fetchall():
+        conn.execute(f"DROP TRIGGER {quote_identifier(name)}")
+    row = conn.execute(f"SELECT definition FROM {DEFINITIONS} WHERE tbl = ?", (table,)).fetchone()
+    before = row[0] if row is not None else definition_json(_legacy_definition(conn, table))
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES (?, ?, ?, NULL, ?)",
+        (KIND_SCHEMA, table, before, now_us()),
+    )
+    conn.execute(f"DELETE FROM {TABLES} WHERE tbl = ?", (table,))
+    conn.execute(f"DELETE FROM {DEFINITIONS} WHERE tbl = ?", (table,))
+    log.warning("table %r is no longer captured; backups from the next marker on lack it", table)
+
+
+def _legacy_definition(conn: sqlite3.Connection, table: str) -> TableDefinition:
+    """What a cutline that kept only column names knew of a table."""
+    columns, keys = conn.execute(
+        f"SELECT columns, key_columns FROM {TABLES} WHERE tbl = ?", (table,)
+    ).fetchone()
+    names = tuple(Column(name, "") for name in columns.split(","))
+    return TableDefinition("", table, "", names, tuple(keys.split(",")))
 
 
 def _first_record(
@@ -213,14 +265,13 @@ def _first_record(
 ) -> bool:
     """A table installed just now (or by a cutline that did not follow schema changes)."""
     (columns,) = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
-    if not triggers_ok or columns != ",".join(live.column_names):
-        raise ConfigError(
-            f"captured table {table!r} changed ({columns} -> {','.join(live.column_names)}) "
-            "while capture was installed by a cutline that did not follow schema changes; "
-            "its stream cannot be continued exactly: capture the database under a new --source"
-        )
-    _record(conn, live)
-    return False
+    if triggers_ok and columns == ",".join(live.column_names):
+        _record(conn, live)
+        return False
+    # changed under a cutline that kept only the column names: rows logged before this
+    # are in that layout (the replica compares names only for a definition sent again)
+    _reinstall(conn, definition_json(_legacy_definition(conn, table)), live)
+    return True
 
 
 def _record(conn: sqlite3.Connection, definition: TableDefinition) -> None:
@@ -254,13 +305,16 @@ def _gone(conn: sqlite3.Connection, table: str) -> str:
             f"captured table {table!r} was renamed to {moved[0]!r}; capture does not follow a "
             f"renamed table and stopped before publishing anything after it: rename it back "
             f"(ALTER TABLE {quote_identifier(moved[0])} RENAME TO {quote_identifier(table)}) "
-            f"and start capture again, or capture {moved[0]!r} under a new --source"
+            "and start capture again; or stop capturing it: cutline migrate --db PATH "
+            f"'DROP TABLE IF EXISTS {quote_identifier(table)}', then start capture with "
+            f"--tables naming {moved[0]!r} instead"
         )
     return (
         f"captured table {table!r} no longer exists in the primary; capture stopped before "
         "publishing anything after it: if a migration is under way, finish it (e.g. rename the "
-        f"new table to {table!r}) and start capture again; if it was dropped for good, capture "
-        "the remaining tables under a new --source"
+        f"new table to {table!r}) and start capture again; if it was dropped for good, stop "
+        f"capturing it: cutline migrate --db PATH 'DROP TABLE IF EXISTS {quote_identifier(table)}'"
+        ", then start capture without it in --tables"
     )
 
 
@@ -288,8 +342,9 @@ def migrate(conn: sqlite3.Connection, sql: str) -> list[str]:
     refuses ``DROP COLUMN`` of a column a trigger reads), then the statements run, then
     :func:`ensure_schema` re-installs capture wherever a layout changed. A table whose
     triggers were dropped is re-installed (content copied) unless its definition is
-    unchanged and the statements changed no row at all. All or nothing. Returns the
-    tables re-installed.
+    unchanged and the statements changed no row at all. A captured table the SQL names
+    that no longer exists afterwards (dropped, or renamed) is no longer captured. All or
+    nothing. Returns the tables re-installed.
     """
     statements = split_statements(sql)
     if not statements:
@@ -316,6 +371,9 @@ def migrate(conn: sqlite3.Connection, sql: str) -> list[str]:
                     f"statement {number} failed, nothing was changed: {exc} "
                     f"({_short(statement)}); fix it and run the whole migration again"
                 ) from None
+        for table in named:  # dropped or renamed on purpose: no longer captured
+            if not _table_exists(conn, table):
+                uncapture(conn, table)
         if conn.total_changes == changes_before:
             for table in named:  # no row changed: a table whose layout held needs no copy
                 if _table_exists(conn, table) and not _layout_changed(conn, table):

@@ -19,8 +19,16 @@ import time
 import duckdb
 
 from consumers.chain import resolved_database
+from producers.markers import request_marker_in_transaction
 from tests.faults.checker import verify_run
-from tests.integration.pipeline import TABLES, Pipeline, primary_columns, table_rows
+from tests.integration.pipeline import (
+    TABLES,
+    Pipeline,
+    avro_rows,
+    backup_rows,
+    primary_columns,
+    table_rows,
+)
 from tests.integration.test_backups_in_use import restore, restored_rows
 from tests.integration.workload import transfer
 
@@ -215,7 +223,7 @@ def test_an_incremental_after_a_layout_change_is_written_full(pipeline: Pipeline
     conn.close()
 
 
-def test_dropping_a_captured_table_stops_capture_with_one_line(pipeline: Pipeline) -> None:
+def test_dropping_a_captured_table_stops_capture_until_it_is_let_go(pipeline: Pipeline) -> None:
     pipeline.create_primary()
     capture = pipeline.start_capture(2)
     pipeline.start_replicator("replicate")
@@ -240,4 +248,25 @@ def test_dropping_a_captured_table_stops_capture_with_one_line(pipeline: Pipelin
     )
     assert late.fetchone() == (1,), "the change after the DROP waits in the change log"
     assert list(pipeline.published()) == [first.marker_id]
+
+    # the way forward the message gives: let the table go, capture the others
+    let_go = pipeline.cli("migrate", "--db", str(pipeline.db), "DROP TABLE IF EXISTS events")
+    assert let_go.returncode == 0, let_go.stderr
+    remaining = [t for t in TABLES if t != "events"]
+    pipeline.start(
+        "capture-again", "capture", "--db", str(pipeline.db), "--tables", ",".join(remaining),
+        "--source", pipeline.source, "--bootstrap-servers", pipeline.bootstrap,
+    )  # fmt: skip
+    conn.execute("UPDATE accounts SET balance = 1 WHERE id = 999")
+    conn.execute("BEGIN IMMEDIATE")
+    expected = {t: table_rows(conn, t, primary_columns(conn, t)) for t in remaining}
+    second = request_marker_in_transaction(conn).marker_id
+    conn.execute("COMMIT")
+    backup = pipeline.wait_for_backups([second])[second]
+    assert sorted(backup.tables) == sorted(remaining)
+    assert backup_rows(backup) == expected
+    assert avro_rows(backup)[0] == expected
+    target = pipeline.root / "restored.sqlite"
+    restore(pipeline, second, target)
+    assert restored_rows(target)[0] == expected
     conn.close()

@@ -33,6 +33,7 @@ from producers.sqlite_changelog import (
     KIND_SCHEMA,
     connect,
     install,
+    installed_tables,
     quote_identifier,
     read_changes,
 )
@@ -91,11 +92,19 @@ class Mirror:
                 self.at_marker[row.marker_id or 0] = content(self.shard.conn, sorted(self.layouts))
                 self.shard.begin()
             elif row.kind == KIND_SCHEMA:
-                definition = reinstalled_definition(row.after or "", SOURCE)
+                definition = reinstalled_definition(row.table or "", row.after, SOURCE)
                 self.shard.define(definition)
-                self.layouts[definition.table] = TableLayout.of(definition)
+                if row.after is None:
+                    del self.layouts[definition.table]
+                else:
+                    self.layouts[definition.table] = TableLayout.of(definition)
             else:
-                for _, operation in to_operations(row, self.layouts[row.table or ""], SOURCE):
+                table = row.table or ""
+                if table not in self.layouts:  # installed after the start (as capture does)
+                    definition = layouts_at(self.conn, SOURCE, row.seq - 1)[table]
+                    self.shard.define(definition)
+                    self.layouts[table] = TableLayout.of(definition)
+                for _, operation in to_operations(row, self.layouts[table], SOURCE):
                     self.shard.apply(operation)
         self.shard.commit(rows[-1].seq if rows else self.seq)
         self.seq = rows[-1].seq if rows else self.seq
@@ -149,7 +158,7 @@ class Oracle:
         """Commit a marker and record the primary's content at exactly that commit."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            state = content(self.conn, TABLES)
+            state = content(self.conn, installed_tables(self.conn))
             ticket = request_marker_in_transaction(self.conn, note="test")
             self.conn.execute("COMMIT")
         except BaseException:
@@ -323,6 +332,53 @@ def test_rename_of_a_captured_table_is_refused_until_renamed_back(conn, app, mir
     app.execute("INSERT INTO accounts VALUES (9, 'z', 0, NULL)")
     oracle.cut()
     assert_exact(mirror, oracle)
+
+
+def test_a_table_dropped_for_good_is_let_go_through_migrate(conn, app, mirror, oracle):
+    oracle.cut()
+    mirror.follow()
+    app.execute("UPDATE tags SET tag = 'gone' WHERE account = 1")
+    app.execute("DROP TABLE tags")
+    with pytest.raises(ConfigError, match="DROP TABLE IF EXISTS"):
+        request_marker(conn)
+    assert migrate(conn, 'DROP TABLE IF EXISTS "tags"') == []
+    assert installed_tables(conn) == ["accounts"]
+    app.execute("INSERT INTO accounts (id, owner) VALUES (7, 'g')")
+    oracle.cut()
+    assert_exact(mirror, oracle)
+    assert list(oracle.expected.values())[-1].keys() == {"accounts"}
+    assert (
+        mirror.shard.conn.execute("SELECT name FROM sqlite_master WHERE name = 'tags'").fetchone()
+        is None
+    )
+
+
+def test_a_renamed_table_is_let_go_and_captured_under_its_new_name(conn, app, mirror, oracle):
+    oracle.cut()
+    mirror.follow()
+    app.execute("ALTER TABLE tags RENAME TO labels")
+    app.execute("INSERT INTO labels VALUES (3, 'x')")
+    with pytest.raises(ConfigError, match="renamed to 'labels'"):
+        request_marker(conn)
+    migrate(conn, "DROP TABLE IF EXISTS tags")
+    assert conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'labels'"
+    ).fetchone() == (0,)
+    install(conn, SOURCE, ["labels"])
+    app.execute("DELETE FROM labels WHERE account = 2")
+    oracle.cut()
+    assert_exact(mirror, oracle)
+    assert list(oracle.expected.values())[-1]["labels"][1] == [(1, "vip"), (3, "x")]
+
+
+def test_a_database_installed_before_schema_changes_were_followed(conn, app, mirror, oracle):
+    conn.executescript("DROP TABLE _cutline_definitions; DROP TABLE _cutline_schema;")
+    app.execute("INSERT INTO accounts (id, owner) VALUES (8, 'h')")
+    app.execute("ALTER TABLE accounts ADD COLUMN email TEXT")
+    app.execute("UPDATE accounts SET email = 'h@x' WHERE id = 8")
+    oracle.cut()
+    assert_exact(mirror, oracle)
+    assert schema_rows(conn) == ["accounts"]
 
 
 def test_losing_the_primary_key_is_refused(conn, app):
