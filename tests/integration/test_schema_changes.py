@@ -18,6 +18,7 @@ import time
 
 import duckdb
 
+from consumers.catalog import list_backups
 from consumers.chain import resolved_database
 from producers.markers import request_marker_in_transaction
 from tests.faults.checker import verify_run
@@ -180,9 +181,24 @@ def test_schema_changes_mid_run_give_exact_backups_in_each_layout(pipeline: Pipe
     assert checked.returncode == 0, checked.stdout + checked.stderr
     diffed = pipeline.cli(
         "diff", "--backups", str(pipeline.backups), "--source", pipeline.source,
-        str(m_start), str(m_final), "--table", "transfers",
+        str(m_start), str(m_final), "--json",
     )  # fmt: skip
     assert diffed.returncode == 0, diffed.stderr
+    changes = json.loads(diffed.stdout)["tables"]
+    assert changes["accounts"]["changed"] or changes["accounts"]["added"], changes["accounts"]
+
+    # the stream alone rebuilds every backup, in its layout (cutline replay)
+    replayed = pipeline.root / "replayed"
+    rebuilt = pipeline.cli(
+        "replay", "--replica", str(pipeline.root / "replica-replay"), "--backups", str(replayed),
+        "--source", pipeline.source, "--bootstrap-servers", pipeline.bootstrap, "--json",
+        timeout_s=120,
+    )  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    again = {b.marker_id: b for b in list_backups(replayed, pipeline.source)}
+    assert sorted(again) == sorted(pipeline.oracle)
+    for marker_id, backup in again.items():
+        assert backup_rows(backup) == pipeline.oracle[marker_id], marker_id
     app.close()
     oracle.close()
 
