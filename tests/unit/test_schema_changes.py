@@ -9,7 +9,10 @@ shard's content at each marker must equal the oracle, column names included.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -435,3 +438,29 @@ def test_split_statements_keeps_semicolons_inside_strings_and_triggers():
         "DELETE FROM u; INSERT INTO u VALUES (1); END; SELECT 1"
     )
     assert len(split_statements(sql)) == 3
+
+
+def test_the_migrate_command_prints_one_line_and_a_json_summary(conn, db_path: Path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cutline.cli", "migrate", "--db", str(db_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    failed = run("ALTER TABLE accounts DROP COLUMN nope")
+    assert failed.returncode == 2
+    assert failed.stderr.count("\n") == 1 and "nothing was changed" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    done = run("ALTER TABLE accounts DROP COLUMN avatar")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"reinstalled": ["accounts"]}
+    assert run("SELECT 1").returncode == 0  # nothing captured changed: nothing to do
+    gone = subprocess.run(
+        [sys.executable, "-m", "cutline.cli", "migrate", "--db", str(db_path.parent / "x.db"), "X"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gone.returncode == 2 and "does not exist" in gone.stderr
