@@ -112,10 +112,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     conn = connect(args.db)
     try:
-        reinstalled = migrate(conn, args.sql)
+        summary = migrate(conn, args.sql)
     finally:
         conn.close()
-    print(json.dumps({"reinstalled": reinstalled}))
+    print(json.dumps(summary))
     return 0
 
 

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "this way; ADD/RENAME COLUMN and migrations also work when run by the application.",
     )
     migrate.add_argument("--db", required=True, type=Path, help="the SQLite primary")
+    migrate.epilog = (
+        'Prints {"reinstalled": [tables], "no_longer_captured": [tables]}. A captured table the '
+        "SQL names that no longer exists afterwards (e.g. 'DROP TABLE IF EXISTS t') is no "
+        "longer captured."
+    )
     migrate.add_argument("sql", help='e.g. "ALTER TABLE accounts DROP COLUMN avatar"')
 
     replicate = sub.add_parser(

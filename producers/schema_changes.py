@@ -131,7 +131,7 @@ def ensure_schema(conn: sqlite3.Connection) -> list[str]:
         f"UPDATE {SCHEMA} SET version = (SELECT schema_version FROM pragma_schema_version)"
     )
     for table in reinstalled:
-        log.warning(
+        log.info(
             "table %r changed layout or lost capture's triggers: capture re-installed it "
             "(new triggers, the new definition and its whole content are in the change log)",
             table,
@@ -248,7 +248,7 @@ def uncapture(conn: sqlite3.Connection, table: str) -> None:
     )
     conn.execute(f"DELETE FROM {TABLES} WHERE tbl = ?", (table,))
     conn.execute(f"DELETE FROM {DEFINITIONS} WHERE tbl = ?", (table,))
-    log.warning("table %r is no longer captured; backups from the next marker on lack it", table)
+    log.info("table %r is no longer captured; backups from the next marker on lack it", table)
 
 
 def _legacy_definition(conn: sqlite3.Connection, table: str) -> TableDefinition:
@@ -335,7 +335,7 @@ def split_statements(sql: str) -> list[str]:
 _TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 
 
-def migrate(conn: sqlite3.Connection, sql: str) -> list[str]:
+def migrate(conn: sqlite3.Connection, sql: str) -> dict[str, list[str]]:
     """Run DDL (and any SQL) on a captured primary in ONE write transaction.
 
     Capture's triggers on the captured tables the SQL names are dropped first (SQLite
@@ -344,7 +344,7 @@ def migrate(conn: sqlite3.Connection, sql: str) -> list[str]:
     triggers were dropped is re-installed (content copied) unless its definition is
     unchanged and the statements changed no row at all. A captured table the SQL names
     that no longer exists afterwards (dropped, or renamed) is no longer captured. All or
-    nothing. Returns the tables re-installed.
+    nothing. Returns the tables re-installed and the tables no longer captured.
     """
     statements = split_statements(sql)
     if not statements:
@@ -371,9 +371,9 @@ def migrate(conn: sqlite3.Connection, sql: str) -> list[str]:
                     f"statement {number} failed, nothing was changed: {exc} "
                     f"({_short(statement)}); fix it and run the whole migration again"
                 ) from None
-        for table in named:  # dropped or renamed on purpose: no longer captured
-            if not _table_exists(conn, table):
-                uncapture(conn, table)
+        released = [t for t in named if not _table_exists(conn, t)]
+        for table in released:  # dropped or renamed on purpose: no longer captured
+            uncapture(conn, table)
         if conn.total_changes == changes_before:
             for table in named:  # no row changed: a table whose layout held needs no copy
                 if _table_exists(conn, table) and not _layout_changed(conn, table):
@@ -384,7 +384,7 @@ def migrate(conn: sqlite3.Connection, sql: str) -> list[str]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return reinstalled
+    return {"reinstalled": reinstalled, "no_longer_captured": released}
 
 
 def _layout_changed(conn: sqlite3.Connection, table: str) -> bool:

@@ -216,7 +216,7 @@ def test_drop_column_is_refused_by_sqlite_and_done_by_migrate(conn, app, mirror,
     with pytest.raises(sqlite3.OperationalError, match="_cutline_"):
         app.execute("ALTER TABLE accounts DROP COLUMN avatar")
     app.execute("INSERT INTO accounts VALUES (3, 'cy', 1, x'01')")
-    assert migrate(conn, "ALTER TABLE accounts DROP COLUMN avatar") == ["accounts"]
+    assert migrate(conn, "ALTER TABLE accounts DROP COLUMN avatar")["reinstalled"] == ["accounts"]
     app.execute("INSERT INTO accounts(id, owner, balance) VALUES (4, 'di', 2)")
     oracle.cut()
     assert_exact(mirror, oracle)
@@ -344,7 +344,10 @@ def test_a_table_dropped_for_good_is_let_go_through_migrate(conn, app, mirror, o
     app.execute("DROP TABLE tags")
     with pytest.raises(ConfigError, match="DROP TABLE IF EXISTS"):
         request_marker(conn)
-    assert migrate(conn, 'DROP TABLE IF EXISTS "tags"') == []
+    assert migrate(conn, 'DROP TABLE IF EXISTS "tags"') == {
+        "reinstalled": [],
+        "no_longer_captured": ["tags"],
+    }
     assert installed_tables(conn) == ["accounts"]
     app.execute("INSERT INTO accounts (id, owner) VALUES (7, 'g')")
     oracle.cut()
@@ -411,7 +414,7 @@ def test_migrate_is_all_or_nothing(conn, app):
 
 
 def test_migrate_without_layout_or_row_changes_copies_nothing(conn, mirror, oracle):
-    assert migrate(conn, "CREATE INDEX accounts_balance ON accounts(balance)") == []
+    assert migrate(conn, "CREATE INDEX accounts_balance ON accounts(balance)")["reinstalled"] == []
     assert schema_rows(conn) == []
     oracle.cut()
     assert_exact(mirror, oracle)
@@ -455,7 +458,8 @@ def test_the_migrate_command_prints_one_line_and_a_json_summary(conn, db_path: P
     assert "Traceback" not in failed.stderr
     done = run("ALTER TABLE accounts DROP COLUMN avatar")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"reinstalled": ["accounts"]}
+    assert json.loads(done.stdout) == {"reinstalled": ["accounts"], "no_longer_captured": []}
+    assert done.stderr == ""
     assert run("SELECT 1").returncode == 0  # nothing captured changed: nothing to do
     gone = subprocess.run(
         [sys.executable, "-m", "cutline.cli", "migrate", "--db", str(db_path.parent / "x.db"), "X"],
