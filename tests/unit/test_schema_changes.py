@@ -40,6 +40,14 @@ from producers.sqlite_changelog import (
     quote_identifier,
     read_changes,
 )
+from schemas.records import ConsistencyMarker, Operation, TableDefinition
+from tests.unit.test_capture_transactions import (
+    PARTITIONS,
+    StandInProducer,
+    abortable,
+    make_capture,
+    published,
+)
 
 SOURCE = "shop"
 TABLES = ["accounts", "tags"]
@@ -468,3 +476,37 @@ def test_the_migrate_command_prints_one_line_and_a_json_summary(conn, db_path: P
         timeout=60,
     )
     assert gone.returncode == 2 and "does not exist" in gone.stderr
+
+
+def test_capture_publishes_the_new_definition_in_order_and_again_after_an_abort(tmp_path: Path):
+    db = tmp_path / "primary.sqlite"
+    setup = sqlite3.connect(db)
+    setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    setup.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"v{i}") for i in range(20)])
+    setup.commit()
+    setup.close()
+    producer = StandInProducer(commit_errors=[abortable()])
+    capture = make_capture(db, producer)
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("ALTER TABLE t ADD COLUMN w TEXT")
+    app.execute("INSERT INTO t (id, v, w) VALUES (100, 'x', 'y')")  # logged in the old layout
+    request_marker(capture._conn)  # follows the change first: 'S', then the copy, then 'M'
+    app.close()
+
+    assert capture.step() == 0, "the first transaction is aborted"
+    assert capture._layouts["t"].columns == ("id", "v"), "the aborted definition is void"
+    assert capture.step() == 21 + 1 + 21 + 1
+    records = published(producer)
+    kinds = [type(r).__name__ for r in records]
+    first_definition = kinds.index("TableDefinition")
+    assert kinds[:first_definition] == ["Operation"] * 21
+    definitions = [r for r in records if isinstance(r, TableDefinition)]
+    assert len(definitions) == PARTITIONS and all(d.reinstalled for d in definitions)
+    assert definitions[0].column_names == ("id", "v", "w")
+    operations = [r for r in records if isinstance(r, Operation)]
+    assert [set(op.after or {}) for op in operations[:21]] == [{"id", "v"}] * 21
+    assert [set(op.after or {}) for op in operations[21:]] == [{"id", "v", "w"}] * 21
+    marker = next(r for r in records if isinstance(r, ConsistencyMarker))
+    assert sum(marker.counts) == 42 and marker.tables == ("t",)
+    assert capture._layouts["t"].columns == ("id", "v", "w")
+    assert not capture._layouts["t"].definition.reinstalled
