@@ -16,6 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_capture_transactions import (
+    PARTITIONS,
+    StandInProducer,
+    abortable,
+    make_capture,
+    published,
+)
 
 from consumers.replica import Shard
 from cutline.errors import ConfigError
@@ -41,13 +48,6 @@ from producers.sqlite_changelog import (
     read_changes,
 )
 from schemas.records import ConsistencyMarker, Operation, TableDefinition
-from tests.unit.test_capture_transactions import (
-    PARTITIONS,
-    StandInProducer,
-    abortable,
-    make_capture,
-    published,
-)
 
 SOURCE = "shop"
 TABLES = ["accounts", "tags"]
