@@ -215,17 +215,30 @@ def test_an_incremental_after_a_layout_change_is_written_full(pipeline: Pipeline
         "CREATE INDEX accounts_email ON accounts (email)",
         "ALTER TABLE events RENAME COLUMN kind TO category",
         "DELETE FROM accounts WHERE id = 3",
+        # the same columns and types, other constraints (the recipe, in one transaction)
+        "BEGIN; CREATE TABLE t2 (account INTEGER NOT NULL, tag TEXT CHECK (tag <> ''), "
+        "PRIMARY KEY (account, tag)) WITHOUT ROWID; INSERT INTO t2 SELECT * FROM tags; "
+        "DROP TABLE tags; ALTER TABLE t2 RENAME TO tags; COMMIT;",
+        "INSERT INTO tags VALUES (1, 'late')",
     ]
     markers = [pipeline.cut(conn).marker_id]
     for step in steps:
-        conn.execute(step)
+        conn.executescript(step)
         markers.append(pipeline.cut(conn).marker_id)
     published = pipeline.wait_for_backups(markers)
     kinds = [(published[m].manifest["kind"], published[m].manifest["kind_reason"]) for m in markers]
     assert [k for k, _ in kinds] == [
-        "full", "incremental", "full", "incremental", "incremental", "full", "incremental"
+        "full", "incremental", "full", "incremental", "incremental", "full", "incremental",
+        "full", "incremental",
     ], kinds  # fmt: skip
     assert "'accounts' changed columns" in kinds[2][1] and "'events'" in kinds[5][1], kinds
+    assert "'tags' was re-created" in kinds[7][1], kinds
+    target = pipeline.root / "restored.sqlite"
+    restore(pipeline, markers[-1], target)
+    restored = sqlite3.connect(target)
+    ddl = "SELECT sql FROM sqlite_master WHERE name = 'tags'"
+    assert restored.execute(ddl).fetchone() == conn.execute(ddl).fetchone()
+    restored.close()
     for marker_id in markers:  # each one, resolved through its chain, is the primary at its cut
         with resolved_database(published[marker_id]) as path:
             db = duckdb.connect(str(path), read_only=True)
