@@ -268,7 +268,8 @@ class Shard:
                 raise ApplyError(
                     f"table {definition.table!r} changed columns "
                     f"({','.join(known.column_names)} -> {','.join(definition.column_names)}) "
-                    "without being re-installed by capture; replicate a new --source"
+                    "in a definition not marked as re-installed by capture: set aside, the "
+                    "replica keeps its layout"
                 )
             return
         self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
