@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sqlite3
 
 from cutline.errors import ConfigError
@@ -162,18 +163,17 @@ def layouts_at(conn: sqlite3.Connection, source: str, after_seq: int) -> dict[st
     """Each captured table's definition as of change ``after_seq`` of the change log.
 
     The change rows after ``after_seq`` and before a table's first later ``'S'`` row are in
-    that row's *before* layout (none: the table is captured only from that row on); with
-    no later ``'S'`` row, the recorded definition holds.
+    that row's *before* layout; with no later ``'S'`` row, the recorded definition holds.
+    (A table let go later is still listed: its rows before that point are published.)
     """
-    earliest: dict[str, str | None] = {}
+    out: dict[str, TableDefinition] = {}
     for table, before in conn.execute(
         f"SELECT tbl, before FROM {CHANGES} WHERE kind = ? AND seq > ? ORDER BY seq DESC",
         (KIND_SCHEMA, after_seq),
     ):
-        earliest[table] = before  # the earliest row wins; NULL: not captured yet
-    out = {t: definition_from_json(b, source) for t, b in earliest.items() if b is not None}
+        out[table] = definition_from_json(before, source)  # the earliest row wins
     for table in installed_tables(conn):
-        if table not in earliest:
+        if table not in out:
             out[table] = recorded_definition(conn, table, source)
     return dict(sorted(out.items()))
 
@@ -216,10 +216,9 @@ def _reinstall(conn: sqlite3.Connection, before_json: str, live: TableDefinition
     )
 
 
-def announce(conn: sqlite3.Connection, before_json: str | None, live: TableDefinition) -> None:
-    """The 'S' row: the table's content that follows is in this layout (before: NULL for a
-    table captured from here on), and the definition recorded for later checks."""
-    _create_tables(conn)
+def announce(conn: sqlite3.Connection, before_json: str, live: TableDefinition) -> None:
+    """The 'S' row (rows before it are in the old layout, rows after it in the new one),
+    and the new definition recorded for later checks."""
     conn.execute(
         f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES (?, ?, ?, ?, ?)",
         (KIND_SCHEMA, live.table, before_json, definition_json(live), now_us()),
@@ -234,14 +233,10 @@ def uncapture(conn: sqlite3.Connection, table: str) -> None:
     its records go, and an 'S' row with no new definition tells replicas to drop it;
     backups after it no longer hold the table.
     """
-    for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' "
-        "AND name LIKE '\\_cutline\\_%' ESCAPE '\\' AND substr(name, -length(?) - 1) = ?",
-        (table, "_" + table),
-    ).fetchall():
-        conn.execute(f"DROP TRIGGER {quote_identifier(name)}")
     row = conn.execute(f"SELECT definition FROM {DEFINITIONS} WHERE tbl = ?", (table,)).fetchone()
     before = row[0] if row is not None else definition_json(_legacy_definition(conn, table))
+    for name in _trigger_names(definition_from_json(before, "")):
+        conn.execute(f"DROP TRIGGER IF EXISTS {quote_identifier(name)}")
     conn.execute(
         f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES (?, ?, ?, NULL, ?)",
         (KIND_SCHEMA, table, before, now_us()),
@@ -249,6 +244,19 @@ def uncapture(conn: sqlite3.Connection, table: str) -> None:
     conn.execute(f"DELETE FROM {TABLES} WHERE tbl = ?", (table,))
     conn.execute(f"DELETE FROM {DEFINITIONS} WHERE tbl = ?", (table,))
     log.info("table %r is no longer captured; backups from the next marker on lack it", table)
+
+
+_TRIGGER_NAME = re.compile(r'CREATE TRIGGER "((?:[^"]|"")*)"')
+
+
+def _trigger_names(definition: TableDefinition) -> list[str]:
+    """The names of capture's triggers for this table (they follow it through a rename)."""
+    names = []
+    for statement in trigger_sql(definition):
+        found = _TRIGGER_NAME.match(statement)
+        if found:
+            names.append(found.group(1).replace('""', '"'))
+    return names
 
 
 def _legacy_definition(conn: sqlite3.Connection, table: str) -> TableDefinition:
@@ -296,9 +304,12 @@ def _table_exists(conn: sqlite3.Connection, table: str) -> bool:
 
 def _gone(conn: sqlite3.Connection, table: str) -> str:
     """Why a captured table is missing, and what to do, in one line."""
+    row = conn.execute(f"SELECT definition FROM {DEFINITIONS} WHERE tbl = ?", (table,)).fetchone()
+    known = definition_from_json(row[0], "") if row else _legacy_definition(conn, table)
+    names = _trigger_names(known)
     moved = conn.execute(
         "SELECT tbl_name FROM sqlite_master WHERE type = 'trigger' AND name = ?",
-        ("_cutline_ai_" + table,),
+        (names[0] if names else "",),
     ).fetchone()
     if moved is not None and moved[0] != table:
         return (

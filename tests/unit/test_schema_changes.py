@@ -510,3 +510,13 @@ def test_capture_publishes_the_new_definition_in_order_and_again_after_an_abort(
     assert sum(marker.counts) == 42 and marker.tables == ("t",)
     assert capture._layouts["t"].columns == ("id", "v", "w")
     assert not capture._layouts["t"].definition.reinstalled
+
+
+def test_letting_a_table_go_leaves_the_triggers_of_a_table_whose_name_ends_like_it(conn, app):
+    app.execute("CREATE TABLE x_tags (id INTEGER PRIMARY KEY)")
+    install(conn, SOURCE, ["x_tags"])
+    ours = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'x_tags'"
+    before = conn.execute(ours).fetchone()
+    migrate(conn, "DROP TABLE tags")
+    assert conn.execute(ours).fetchone() == before != (0,)
+    assert installed_tables(conn) == ["accounts", "x_tags"]
