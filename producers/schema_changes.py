@@ -190,9 +190,8 @@ def _reconcile(conn: sqlite3.Connection, table: str) -> bool:
             "stopped before publishing anything after the change: give it a PRIMARY KEY "
             "again (SQLite's create-copy-drop-rename recipe), then start capture again"
         ) from None
-    triggers_ok = [sql for _, sql in conn.execute(_OUR_TRIGGERS, (table,))] == sorted(
-        trigger_sql(live)
-    )
+    present = [sql for _, sql in conn.execute(_OUR_TRIGGERS, (table,))]
+    triggers_ok = _normalized(present) == _normalized(trigger_sql(live))
     row = conn.execute(f"SELECT definition FROM {DEFINITIONS} WHERE tbl = ?", (table,)).fetchone()
     if row is None:
         return _first_record(conn, table, live, triggers_ok)
@@ -201,6 +200,15 @@ def _reconcile(conn: sqlite3.Connection, table: str) -> bool:
         return False
     _reinstall(conn, row[0], live)
     return True
+
+
+def _normalized(statements: list[str]) -> list[str]:
+    """Trigger SQL compared as SQLite keeps it: no IF NOT EXISTS, whitespace runs as one."""
+    out = []
+    for statement in statements:
+        text = " ".join(statement.split())
+        out.append(text.replace("CREATE TRIGGER IF NOT EXISTS ", "CREATE TRIGGER ", 1))
+    return sorted(out)
 
 
 def _reinstall(conn: sqlite3.Connection, before_json: str, live: TableDefinition) -> None:
