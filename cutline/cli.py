@@ -118,6 +118,19 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from producers.schema_changes import migrate
+    from producers.sqlite_changelog import connect
+
+    conn = connect(args.db)
+    try:
+        summary = migrate(conn, args.sql)
+    finally:
+        conn.close()
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
     from cutline.metrics import NO_METRICS
@@ -346,6 +359,7 @@ COMMANDS = {
     "kafka": cmd_kafka,
     "capture": cmd_capture,
     "mark": cmd_mark,
+    "migrate": cmd_migrate,
     "replicate": cmd_replicate,
     "replay": cmd_replay,
     "backups": cmd_backups,

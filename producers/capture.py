@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -51,13 +51,20 @@ from cutline.settings import Topics
 from producers.backlog import capture_backlog
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
+from producers.schema_changes import (
+    follow_schema_changes,
+    layouts_at,
+    reinstalled_definition,
+    schema_moved,
+)
 from producers.sqlite_changelog import (
     KIND_MARKER,
+    KIND_SCHEMA,
+    ChangeRow,
     connect,
     describe_table,
     forget_changes,
     install,
-    installed_tables,
     read_changes,
 )
 from schemas.codec import CodecError, decode, encode
@@ -144,11 +151,8 @@ class Capture:
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        install(conn, cfg.source, cfg.tables)
+        install(conn, cfg.source, cfg.tables)  # also follows schema changes made meanwhile
         self._conn = conn
-        self._layouts = {
-            t: TableLayout.of(describe_table(conn, cfg.source, t)) for t in installed_tables(conn)
-        }
         counts = ensure_topics(
             cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
         )
@@ -161,6 +165,7 @@ class Capture:
         self._max_record = self._record_limit()
         self._producer = self._new_producer()
         self._recover_position()
+        self._layouts = self._layouts_at_position()
         self._broadcast_definitions()
         self.metrics.captured(0, 0, self._seq)
         self.progress(
@@ -277,11 +282,11 @@ class Capture:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
                 return 0
-        rows = read_changes(self._conn, self._seq, self.config.batch_size)
+        rows = self._read_batch()
         if not rows:
             return 0
         saved = (self._marker_id, list(self._counts))
-        known_tables = set(self._layouts)
+        saved_layouts = dict(self._layouts)
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
@@ -289,6 +294,8 @@ class Capture:
                 if row.kind == KIND_MARKER:
                     self._produce_marker(row.marker_id or 0, row.at_us, row.seq)
                     produced["markers"] += 1
+                elif row.kind == KIND_SCHEMA:
+                    self._produce_schema_change(row)
                 else:
                     produced["ops"] += self._produce_change(row)
             failpoints.hit("capture.batch_produced")
@@ -296,11 +303,12 @@ class Capture:
         try:
             self._transaction(body, position=True, last_seq=rows[-1].seq)
         except BaseException as exc:
-            for table in set(self._layouts) - known_tables:  # their definitions were aborted
-                del self._layouts[table]
+            self._layouts = saved_layouts  # definitions sent in the aborted batch are void
             if isinstance(exc, TransactionFailed):
                 if not exc.position_reloaded:
                     self._marker_id, self._counts = saved
+                else:
+                    self._layouts = self._layouts_at_position()
                 self._retry_later(exc)
                 return 0
             self._marker_id, self._counts = saved
@@ -334,6 +342,39 @@ class Capture:
             return False, f"Kafka did not answer a metadata request: {exc.args[0].str()}"
         return True, f"ready: published up to change {self._seq}"
 
+    def _read_batch(self) -> list[ChangeRow]:
+        """The next batch, read in one read transaction that also checks schema_version.
+
+        A DDL on the primary since the last check is followed first (ensure_schema in a
+        write transaction: it may re-install tables, or raise ConfigError and stop capture),
+        so no batch holding changes committed after a DDL is published before its fix-up.
+        """
+        conn = self._conn
+        while True:
+            conn.execute("BEGIN")
+            try:
+                if not schema_moved(conn):
+                    return read_changes(conn, self._seq, self.config.batch_size)
+            finally:
+                conn.execute("COMMIT")
+            reinstalled = follow_schema_changes(conn)
+            if reinstalled:
+                self.progress(f"schema change followed: re-installed {', '.join(reinstalled)}")
+
+    def _layouts_at_position(self) -> dict[str, TableLayout]:
+        """Each table's layout as of the position: change rows after it are in that layout."""
+        definitions = layouts_at(self._conn, self.config.source, self._seq)
+        return {table: TableLayout.of(d) for table, d in definitions.items()}
+
+    def _produce_schema_change(self, row: ChangeRow) -> None:
+        """A re-installed table: its new definition to every partition, in commit order."""
+        definition = reinstalled_definition(row.table or "", row.after, self.config.source)
+        self._produce_definitions([definition])
+        if row.after is None:  # no longer captured: later markers do not list it
+            self._layouts.pop(definition.table, None)
+        else:
+            self._layouts[definition.table] = TableLayout.of(replace(definition, reinstalled=False))
+
     def _retry_later(self, exc: TransactionFailed) -> None:
         """Note a failed transaction; give up once Kafka has refused them for too long."""
         now = time.monotonic()
@@ -351,8 +392,9 @@ class Capture:
 
     def _produce_change(self, row) -> int:
         layout = self._layouts.get(row.table)
-        if layout is None:
-            definition = describe_table(self._conn, self.config.source, row.table)
+        if layout is None:  # installed after this process started: its layout at this row
+            definition = layouts_at(self._conn, self.config.source, row.seq - 1).get(row.table)
+            definition = definition or describe_table(self._conn, self.config.source, row.table)
             layout = self._layouts[row.table] = TableLayout.of(definition)
             self._produce_definitions([definition])
         pairs = to_operations(row, layout, self.config.source)

@@ -34,6 +34,7 @@ INTERNAL_PREFIX = "_cutline_"
 ROWID = "rowid"
 
 KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
+KIND_SCHEMA = "S"  # a captured table was re-installed for a new layout (schema_changes.py)
 TEXT_AS_HEX = "T"  # prefix of the literal T'<hex>' for TEXT that quote() would cut at a NUL
 
 _NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
@@ -213,6 +214,31 @@ def image_sql(definition: TableDefinition, alias: str) -> str:
     return " || ',' || ".join(parts)
 
 
+def create_triggers(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """(Re)create capture's triggers on one table, for its current layout, firing first."""
+    from producers.triggers import trigger_statements  # it builds on this module's SQL
+
+    for statement in trigger_statements(conn, definition):
+        conn.execute(statement)
+
+
+def trigger_sql(conn: sqlite3.Connection, definition: TableDefinition) -> list[str]:
+    """The CREATE TRIGGER statements capture needs on this table, as SQLite stores them."""
+    from producers.triggers import trigger_statements
+
+    return [s for s in trigger_statements(conn, definition) if s.startswith("CREATE TRIGGER ")]
+
+
+def copy_rows(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """Write the table's whole current content to the change log as INSERTs."""
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
+        f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ? "
+        f"FROM {quote_identifier(definition.table)} AS t",
+        (definition.table, now_us()),
+    )
+
+
 def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[TableDefinition]:
     """Install capture on ``tables`` (idempotent) and return their definitions.
 
@@ -220,11 +246,6 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
     as INSERTs in the same transaction that creates its triggers, so the replica starts
     from exactly the primary's content at that commit and misses nothing after it.
     """
-    from producers.triggers import (  # they build on this module's SQL
-        trigger_statements,
-        triggers_ahead_of_capture,
-    )
-
     if not tables:
         raise ConfigError("no tables to capture: pass --tables T1,T2")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -239,36 +260,18 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
             definitions.append(definition)
             columns = ",".join(definition.column_names)
             known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
-            if known is not None and known[0] != columns:
-                raise ConfigError(
-                    f"table {table!r} changed columns since capture was installed "
-                    f"({known[0]} -> {columns}); schema changes are not captured yet: "
-                    "start a new source (--source) for the new layout"
-                )
-            for name in triggers_ahead_of_capture(conn, table):
-                log.warning(
-                    "trigger %r on table %r was created after cutline's and fired before them, "
-                    "so changes it made to %r may be logged out of order; cutline's triggers are "
-                    "re-made to fire first: if it wrote that table meanwhile, start a new source",
-                    name,
-                    table,
-                    table,
-                )
-            for statement in trigger_statements(conn, definition):  # (re)made to fire first
-                conn.execute(statement)
             if known is not None:
-                continue
-            conn.execute(
-                f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
-                f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ? "
-                f"FROM {quote_identifier(table)} AS t",
-                (table, now_us()),
-            )
+                continue  # changed layouts, missing or outdated triggers: ensure_schema, below
+            create_triggers(conn, definition)
+            copy_rows(conn, definition)
             conn.execute(
                 f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) "
                 "VALUES (?, ?, ?, ?)",
                 (table, columns, ",".join(definition.key_columns), now_us()),
             )
+        from producers.schema_changes import ensure_schema  # it builds on this module
+
+        ensure_schema(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
