@@ -225,7 +225,8 @@ class SizeRun:
     def read_resumes(self) -> None:
         if not self.resumes_path.exists():
             return
-        for line in self.resumes_path.read_text().splitlines():
+        lines = self.resumes_path.read_text().split("\n")
+        for line in lines[:-1]:  # the last piece has no newline yet: still being written
             if line.strip():
                 event = json.loads(line)
                 by_part = self.resumes.setdefault(int(event["marker_id"]), {})
@@ -301,7 +302,9 @@ def run_size(bootstrap: str, workdir: Path, source: str, rows: int, markers: int
                 run.healthy()
                 return bool(installed_tables(conn))
 
-            wait_until(installed, deadline_s, f"scale {rows}: capture installed", interval_s=0.05)
+            install_s = wait_until(
+                installed, deadline_s, f"scale {rows}: capture installed", interval_s=0.05
+            )
             first = run.cut(conn, deadline_s)
             while table_rows(first) < rows:  # a chunked initial snapshot may need more cuts
                 first = run.cut(conn, deadline_s - load.so_far())
@@ -329,7 +332,11 @@ def run_size(bootstrap: str, workdir: Path, source: str, rows: int, markers: int
         run.stop()
     times = control_times(bootstrap, source)
     baseline_s = duckdb_from_arrow_5(rows, workdir / "baseline.duckdb")
-    return size_json(run, first, cut, times, rss, load.elapsed, baseline_s, replica_bytes, writer)
+    figures = size_json(
+        run, first, cut, times, rss, load.elapsed, baseline_s, replica_bytes, writer
+    )
+    figures["initial_load_capture_installed_s"] = round(install_s, 3)
+    return figures
 
 
 def size_json(
@@ -347,6 +354,7 @@ def size_json(
     backup_s: dict[str, list[float]] = {"full": [], "incremental": []}
     backup_bytes: dict[str, list[int]] = {"full": [], "incremental": []}
     changed_rows: list[int] = []
+    per_marker: list[dict[str, Any]] = []
     for backup, _changed in cut:
         m = backup.marker_id
         at = times.get(m, {})
@@ -358,6 +366,15 @@ def size_json(
         backup_bytes[backup.kind].append(directory_bytes(backup.path))
         if backup.kind == "incremental":
             changed_rows.append(int(backup.manifest["tables"][SCALE_TABLE].get("changed", 0)))
+        per_marker.append(
+            {
+                "marker_id": m,
+                "kind": backup.kind,
+                "pause_ms": round(pauses[-1] * 1000, 2),
+                "backup_s": backup_s[backup.kind][-1],
+                "bytes": backup_bytes[backup.kind][-1],
+            }
+        )
     full_s = statistics.median(backup_s["full"]) if backup_s["full"] else None
     inc_s = statistics.median(backup_s["incremental"]) if backup_s["incremental"] else None
     full_rate = per_second(run.rows, full_s) if full_s else None
@@ -386,6 +403,7 @@ def size_json(
         else None,
         "incremental_vs_full_time": round(inc_s / full_s, 3) if inc_s and full_s else None,
         "writer_updates_per_s": per_second(writer.updates, writer.elapsed_s),
+        "per_marker": per_marker,
     }
 
 

@@ -21,6 +21,7 @@ SIZE_FIGURES = (
     "replicate_peak_rss_mb",
     "capture_peak_rss_mb",
     "initial_load_s",
+    "initial_load_capture_installed_s",
     "initial_load_rows_per_s",
     "full_backup_rows_per_s",
     "duckdb_from_arrow_rows_per_s",
@@ -68,6 +69,9 @@ def test_scale_phase_reports_every_figure_per_size(kafka: str) -> None:
     assert all(
         v > 0 for v in size["backup_full_s"]["values"] + size["backup_incremental_s"]["values"]
     )
+    kinds = [m["kind"] for m in size["per_marker"]]
+    assert kinds == ["incremental", "full", "incremental", "full", "incremental"]
+    assert all(m["pause_ms"] > 0 and m["bytes"] > 0 for m in size["per_marker"])
     # each incremental holds at least the 1 % changed before its marker, and is smaller
     assert size["changed_per_marker"] == SIZE // 100
     assert all(n >= SIZE // 100 for n in size["incremental_changed_rows"])
