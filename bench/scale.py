@@ -307,6 +307,7 @@ def run_size(bootstrap: str, workdir: Path, source: str, rows: int, markers: int
     replica_bytes = run.db.stat().st_size
     deadline_s = 120.0 + rows / 2_000  # today's code: ~13,000 rows/s, ~40 us per row a cut
     writer = LightWriter(run.db, rows, WRITER_UPDATES_PER_S)
+    conn: sqlite3.Connection | None = None
     try:
         with timed() as load:
             run.start(alignment_timeout_s=deadline_s)
@@ -321,7 +322,7 @@ def run_size(bootstrap: str, workdir: Path, source: str, rows: int, markers: int
             )
             first = run.cut(conn, deadline_s)
             while table_rows(first) < rows:  # a chunked initial snapshot may need more cuts
-                first = run.cut(conn, deadline_s - load.so_far())
+                first = run.cut(conn, max(30.0, deadline_s - load.so_far()))
         log(f"scale {rows}: initial load {load.elapsed:.1f} s, backup {first.marker_id}")
         writer.start()
         cut: list[tuple[Backup, int]] = []
@@ -336,13 +337,15 @@ def run_size(bootstrap: str, workdir: Path, source: str, rows: int, markers: int
             )
         writer.halt.set()
         writer.join(10)
-        conn.close()
+        writer.check()
         rss = {
             "replicate": run.replicate.peak_rss_bytes() if run.replicate else 0,
             "capture": run.capture.peak_rss_bytes() if run.capture else 0,
         }
     finally:
         writer.halt.set()
+        if conn is not None:
+            conn.close()
         run.stop()
     times = control_times(bootstrap, source)
     baseline_s = duckdb_from_arrow_5(rows, workdir / "baseline.duckdb")
@@ -385,7 +388,7 @@ def size_json(
                 "marker_id": m,
                 "kind": backup.kind,
                 "pause_ms": round(pauses[-1] * 1000, 2),
-                "backup_s": backup_s[backup.kind][-1],
+                "backup_s": round(backup_s[backup.kind][-1], 3),
                 "bytes": backup_bytes[backup.kind][-1],
             }
         )
