@@ -70,10 +70,10 @@ def history_problem(h: PartitionHistory, topic: str, remedy: str) -> str | None:
 
 
 RESUME_REMEDY = (
-    "nothing was replicated. Capture into a new --source (its initial snapshot carries "
-    "every row) and replicate that; if the topic is intentionally new, move this "
-    "replica's shard files away so they are rebuilt from it; keep ops topics with "
-    "retention.ms=-1"
+    "replication stops here, before a backup goes without those rows. Capture into a new "
+    "--source (its initial snapshot carries every row) and replicate that; if the topic is "
+    "intentionally new, move this replica's shard files away so they are rebuilt from it; "
+    "keep ops topics with retention.ms=-1"
 )
 
 
