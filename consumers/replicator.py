@@ -279,7 +279,7 @@ class Replicator:
             TopicIdentity(
                 self.config.bootstrap,
                 self.topics.ops,
-                ops_topic_id_path(self.config),
+                ops_topic_id_path(self.config.replica_dir, self.config.source),
             ),
         )
         if self._refusal is not None:
