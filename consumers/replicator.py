@@ -320,7 +320,7 @@ class Replicator:
         of a new leader) fetches again from where it was.
         """
         lane = self.lanes.get(partition)
-        if lane is None:
+        if lane is None or self._refusal is not None:  # already stopping: keep the first why
             return
         tp = TopicPartition(self.topics.ops, partition)
         fetched = self._consumer.position([tp])[0].offset
