@@ -24,17 +24,21 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import fastavro
-import pyarrow as pa
 
+from consumers.avro_blocks import ContainerWriter
 from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
 from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
+from consumers.column_types import (  # noqa: F401  (affinity, column_type: the typing API)
+    ColumnType,
+    affinity,
+    column_type,
+    column_types_of,
+)
 from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
 from consumers.incremental import (
     BLOCK_SIZE,
@@ -45,7 +49,8 @@ from consumers.incremental import (
     types_mismatch,
     write_changes,
 )
-from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
+from consumers.replica import load_definitions, open_readonly, read_state, shard_path
+from consumers.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
 from cutline.errors import CutlineError
 from producers.markers import format_time
 from producers.sqlite_changelog import quote_identifier, quote_text
@@ -73,72 +78,6 @@ class CutPlan:
     tables: tuple[str, ...]
     alignment_s: float | None = None
 
-
-@dataclass(frozen=True)
-class ColumnType:
-    duckdb: str
-    arrow: pa.DataType
-    avro: str
-    convert: Callable[[Any], Any] | None = None  # for values outside the column's type
-
-
-def _as_text(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.hex()
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-BIGINT = ColumnType("BIGINT", pa.int64(), "long")
-DOUBLE = ColumnType("DOUBLE", pa.float64(), "double", lambda v: None if v is None else float(v))
-VARCHAR = ColumnType("VARCHAR", pa.string(), "string")
-TEXT_FALLBACK = ColumnType("VARCHAR", pa.string(), "string", _as_text)
-BLOB = ColumnType("BLOB", pa.binary(), "bytes")
-
-
-def affinity(declared: str) -> str:
-    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
-    t = declared.upper()
-    if "INT" in t:
-        return "INTEGER"
-    if any(s in t for s in ("CHAR", "CLOB", "TEXT")):
-        return "TEXT"
-    if "BLOB" in t or not t:
-        return "BLOB"
-    if any(s in t for s in ("REAL", "FLOA", "DOUB")):
-        return "REAL"
-    return "NUMERIC"
-
-
-def column_type(declared: str, values: list[Any]) -> ColumnType:
-    """The backup type of a column: its declared affinity, unless the data says otherwise.
-
-    SQLite is dynamically typed, so a column can hold values outside its declared type.
-    The backup never drops or alters a value silently: a column whose values do not fit a
-    numeric type is kept as text.
-    """
-    kinds = {type(v) for v in values if v is not None}
-    aff = affinity(declared)
-    if not kinds:
-        return {"INTEGER": BIGINT, "REAL": DOUBLE, "TEXT": VARCHAR, "NUMERIC": DOUBLE}.get(
-            aff, BLOB if aff == "BLOB" and declared else VARCHAR
-        )
-    exact_in_double = all(abs(v) <= _DOUBLE_EXACT for v in values if type(v) is int)
-    if kinds == {int}:
-        if aff != "REAL":
-            return BIGINT
-        return DOUBLE if exact_in_double else TEXT_FALLBACK
-    if kinds <= {int, float}:
-        return DOUBLE if exact_in_double else TEXT_FALLBACK
-    if kinds == {str}:
-        return VARCHAR
-    if kinds == {bytes}:
-        return BLOB
-    return TEXT_FALLBACK
-
-
-_DOUBLE_EXACT = 2**53  # integers up to this magnitude survive a DOUBLE unchanged
 
 _AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
 
@@ -211,6 +150,7 @@ def write_backup(
     writer: str,
     avro_codec: str = "deflate",
     full_every: int = 1,
+    on_batch: BatchObserver | None = None,
 ) -> Backup:
     """Write and publish backup ``plan.marker_id``; return it as catalogued.
 
@@ -234,14 +174,14 @@ def write_backup(
         choice = choose_kind(backups_dir, plan.source, plan.marker_id, definitions, full_every)
         try:
             tables_meta = _write_files(
-                temp, connections, definitions, plan, t2_us, writer, avro_codec, choice
+                temp, connections, definitions, plan, t2_us, writer, avro_codec, choice, on_batch
             )
         except NeedsFull as exc:  # a column's type changed: this backup cannot be incremental
             choice = choice.as_full(str(exc))
             shutil.rmtree(temp)
             temp.mkdir()
             tables_meta = _write_files(
-                temp, connections, definitions, plan, t2_us, writer, avro_codec, choice
+                temp, connections, definitions, plan, t2_us, writer, avro_codec, choice, on_batch
             )
         manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
         manifest.update(choice.manifest_fields(plan.marker_id))
@@ -274,10 +214,19 @@ def _write_files(
     writer: str,
     codec: str,
     choice: KindChoice,
+    on_batch: BatchObserver | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write the DuckDB file and the Avro files into ``temp``, full or incremental."""
     (temp / AVRO_DIR).mkdir()
     tables_meta: dict[str, dict[str, Any]] = {}
+    # Every column's type first: an incremental that must be full is known before any row
+    # is read, so ``on_batch`` sees each table once.
+    types = {d.table: column_types_of(connections, d) for d in definitions}
+    if choice.kind == INCREMENTAL and choice.parent is not None:
+        for d in definitions:
+            mismatch = types_mismatch(choice.parent, d.table, [t.duckdb for t in types[d.table]])
+            if mismatch:
+                raise NeedsFull(mismatch)
     # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
     config = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
     db = duckdb.connect(str(temp / DUCKDB_FILE), config=config)
@@ -297,12 +246,14 @@ def _write_files(
                     db,
                     connections,
                     definition,
+                    types[definition.table],
                     temp,
                     f"{AVRO_DIR}/{avro_base}.avro",
                     plan,
                     t2_us,
                     codec,
                     parent,
+                    on_batch,
                 )
         _write_metadata(db, plan, t2_us, writer, definitions, tables_meta, choice)
         db.execute("CHECKPOINT")
@@ -311,84 +262,82 @@ def _write_files(
     return tables_meta
 
 
+_BATCH_VIEW = "_cutline_batch"  # the Arrow batch being written, as DuckDB sees it
+
+
+def _avro_schema(definition: TableDefinition, types: list[ColumnType]) -> dict[str, Any]:
+    names = list(definition.column_names)
+    return {
+        "type": "record",
+        "name": avro_names([definition.table])[0],
+        "namespace": "io.cutline.backup",
+        "fields": [
+            {"name": f, "type": ["null", t.avro], "default": None, "cutline.column": n}
+            for f, t, n in zip(avro_names(names), types, names, strict=True)
+        ],
+    }
+
+
 def _write_table(
     db: duckdb.DuckDBPyConnection,
     connections: list[Any],
     definition: TableDefinition,
+    types: list[ColumnType],
     temp: Path,
     avro_rel: str,
     plan: CutPlan,
     t2_us: int,
     codec: str,
     parent: Backup | None = None,
+    on_batch: BatchObserver | None = None,
 ) -> dict[str, Any]:
-    """Write one table; with ``parent`` (attached, resolved) only what changed since it."""
-    names = definition.column_names
-    rows: list[tuple] = []
-    for conn in connections:
-        for chunk in iter_rows(conn, definition.table, names):
-            rows.extend(chunk)
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    types = [
-        column_type(c.declared_type, list(values))
-        for c, values in zip(definition.columns, columns, strict=True)
-    ]
-    arrays = []
-    for values, ctype in zip(columns, types, strict=True):
-        data = list(values) if ctype.convert is None else [ctype.convert(v) for v in values]
-        arrays.append(pa.array(data, type=ctype.arrow))
-    arrow_table = pa.Table.from_arrays(arrays, names=list(names))
-    db.register("_cutline_rows", arrow_table)
-    changes: dict[str, Any] | None = None
-    if parent is not None:
-        mismatch = types_mismatch(parent, definition.table, [t.duckdb for t in types])
-        if mismatch:
-            raise NeedsFull(mismatch)
-        changes = write_changes(
-            db, "_cutline_rows", definition.table, list(names), list(definition.key_columns)
-        )
-    else:
-        db.execute(
-            f"CREATE TABLE {quote_identifier(definition.table)} AS SELECT * FROM _cutline_rows"
-        )
-    db.unregister("_cutline_rows")
+    """Write one table; with ``parent`` (attached, resolved) only what changed since it.
 
-    fields = avro_names(list(names))
-    schema = fastavro.parse_schema(
-        {
-            "type": "record",
-            "name": avro_names([definition.table])[0],
-            "namespace": "io.cutline.backup",
-            "fields": [
-                {"name": f, "type": ["null", t.avro], "default": None, "cutline.column": n}
-                for f, t, n in zip(fields, types, names, strict=True)
-            ],
-        }
-    )
+    The rows stream: each shard is read in Arrow batches of at most ``BATCH_ROWS`` rows,
+    each batch goes to ``on_batch``, into DuckDB and (full backup) into the Avro file, then
+    is dropped. ``types`` were decided before, from a summary of every shard.
+    """
+    names = list(definition.column_names)
+    schema = _avro_schema(definition, types)
     metadata = {
         "cutline.source": plan.source,
         "cutline.marker_id": str(plan.marker_id),
         "cutline.t1": format_time(plan.t1_us),
         "cutline.t2": format_time(t2_us),
         "cutline.table": definition.table,
-        "cutline.columns": json.dumps(list(names)),
+        "cutline.columns": json.dumps(names),
     }
-    if changes is None:
-        converted = [
-            [v if t.convert is None else t.convert(v) for v in col]
-            for col, t in zip(columns, types, strict=True)
-        ]
-        records = (dict(zip(fields, row, strict=True)) for row in zip(*converted, strict=True))
-    else:  # the changed rows, as DuckDB holds them (values already converted)
-        changed = db.execute(f"SELECT * FROM {quote_identifier(definition.table)}").fetchall()
-        records = (dict(zip(fields, row, strict=True)) for row in changed)
+    target = quote_identifier(definition.table)
+    # A full backup fills the table itself; an incremental fills a temp table to compare.
+    into = target if parent is None else "_cutline_rows"
+    temp_kw = "" if parent is None else "TEMP "
+    db.register(_BATCH_VIEW, arrow_schema(names, types).empty_table())
+    db.execute(f"CREATE {temp_kw}TABLE {into} AS SELECT * FROM {_BATCH_VIEW}")
+    rows = 0
     with open(temp / avro_rel, "wb") as out:
-        fastavro.writer(out, schema, records, codec=codec, metadata=metadata)
+        avro = ContainerWriter(out, schema, codec, metadata) if parent is None else None
+        for batch in shard_batches(connections, definition, types, BATCH_ROWS):
+            if on_batch is not None:
+                on_batch(definition.table, batch)
+            db.register(_BATCH_VIEW, batch)
+            db.execute(f"INSERT INTO {into} SELECT * FROM {_BATCH_VIEW}")
+            if avro is not None:
+                avro.write(batch)
+            rows += batch.num_rows
+        db.unregister(_BATCH_VIEW)
+        changes: dict[str, Any] | None = None
+        if parent is not None:
+            changes = write_changes(
+                db, "_cutline_rows", definition.table, names, list(definition.key_columns)
+            )
+            db.execute("DROP TABLE _cutline_rows")
+            avro = ContainerWriter(out, schema, codec, metadata)
+            _copy_to_avro(db, f"SELECT * FROM {target}", avro)
     meta = {
-        "rows": len(rows),
+        "rows": rows,
         "columns": [
             {"name": n, "declared_type": c.declared_type, "type": t.duckdb, "avro_field": f}
-            for n, c, t, f in zip(names, definition.columns, types, fields, strict=True)
+            for n, c, t, f in zip(names, definition.columns, types, avro_names(names), strict=True)
         ],
         "key_columns": list(definition.key_columns),
         "avro": avro_rel,
@@ -400,42 +349,45 @@ def _write_table(
     return meta
 
 
+def _copy_to_avro(db: duckdb.DuckDBPyConnection, query: str, avro: ContainerWriter) -> None:
+    """The rows of a DuckDB query into ``avro``, batch by batch."""
+    relation = db.sql(query)
+    if hasattr(relation, "to_arrow_reader"):  # DuckDB >= 1.4
+        reader = relation.to_arrow_reader(BATCH_ROWS)
+    else:
+        reader = relation.record_batch(BATCH_ROWS)
+    for batch in reader:
+        avro.write(batch)
+
+
 def _write_deleted_avro(
     db: duckdb.DuckDBPyConnection,
     table: str,
     meta: dict[str, Any],
     temp: Path,
-    table_schema: Any,
+    table_schema: dict[str, Any],
     codec: str,
     metadata: dict[str, str],
 ) -> None:
     """``avro/<T>.deleted.avro``: the same rows as ``_cutline_deleted.T``."""
     by_column = {f["cutline.column"]: f for f in table_schema["fields"]}
     fields = [by_column[c] for c in meta["deleted_columns"]]  # the DuckDB table's order
-    schema = fastavro.parse_schema(
-        {
-            "type": "record",
-            "name": table_schema["name"].rsplit(".", 1)[-1] + "_deleted",
-            "namespace": "io.cutline.backup",
-            "fields": [
-                {k: f[k] for k in ("name", "type", "default", "cutline.column")} for f in fields
-            ],
-        }
-    )
+    schema = {
+        "type": "record",
+        "name": table_schema["name"] + "_deleted",
+        "namespace": "io.cutline.backup",
+        "fields": fields,
+    }
     order = [f["cutline.column"] for f in fields]
     columns = ", ".join(quote_identifier(c) for c in order)
-    rows = db.execute(
-        f"SELECT {columns} FROM {DELETED_SCHEMA}.{quote_identifier(table)}"
-    ).fetchall()
-    names = [f["name"] for f in fields]
     with open(temp / meta["deleted_avro"], "wb") as out:
-        fastavro.writer(
+        avro = ContainerWriter(
             out,
             schema,
-            (dict(zip(names, row, strict=True)) for row in rows),
-            codec=codec,
-            metadata={**metadata, "cutline.columns": json.dumps(order), "cutline.kind": "deleted"},
+            codec,
+            {**metadata, "cutline.columns": json.dumps(order), "cutline.kind": "deleted"},
         )
+        _copy_to_avro(db, f"SELECT {columns} FROM {DELETED_SCHEMA}.{quote_identifier(table)}", avro)
 
 
 def _write_metadata(

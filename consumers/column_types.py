@@ -1,0 +1,161 @@
+"""Backup column types: a column's declared affinity, unless its data says otherwise.
+
+SQLite is dynamically typed, so a column can hold values outside its declared type. The
+backup never drops or alters a value silently: a column whose values do not fit a numeric
+type is kept as text. The decision needs only a summary of the column (which storage
+classes occur, and the range of its integers), so a streaming writer takes that summary
+in SQL before it reads any row (:func:`column_types_of`) and gets exactly the type that
+:func:`column_type` gives for the whole column's values.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from producers.sqlite_changelog import quote_identifier
+from schemas.records import TableDefinition
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    duckdb: str
+    arrow: pa.DataType
+    avro: str
+    convert: Callable[[Any], Any] | None = None  # for values outside the column's type
+
+
+def _as_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+BIGINT = ColumnType("BIGINT", pa.int64(), "long")
+DOUBLE = ColumnType("DOUBLE", pa.float64(), "double", lambda v: None if v is None else float(v))
+VARCHAR = ColumnType("VARCHAR", pa.string(), "string")
+TEXT_FALLBACK = ColumnType("VARCHAR", pa.string(), "string", _as_text)
+BLOB = ColumnType("BLOB", pa.binary(), "bytes")
+
+DOUBLE_EXACT = 2**53  # integers up to this magnitude survive a DOUBLE unchanged
+
+# SQLite's typeof() names and the Python types its sqlite3 module returns for them
+_STORAGE = {"integer": int, "real": float, "text": str, "blob": bytes}
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if any(s in t for s in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if any(s in t for s in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    """What the typing decision needs of a column: its non-NULL storage classes, int range."""
+
+    kinds: frozenset[type]
+    int_min: int | None = None
+    int_max: int | None = None
+
+    @classmethod
+    def of_values(cls, values: Iterable[Any]) -> ColumnSummary:
+        values = list(values)
+        ints = [v for v in values if type(v) is int]
+        return cls(
+            frozenset(type(v) for v in values if v is not None),
+            min(ints) if ints else None,
+            max(ints) if ints else None,
+        )
+
+    def merged(self, other: ColumnSummary) -> ColumnSummary:
+        lows = [v for v in (self.int_min, other.int_min) if v is not None]
+        highs = [v for v in (self.int_max, other.int_max) if v is not None]
+        return ColumnSummary(
+            self.kinds | other.kinds,
+            min(lows) if lows else None,
+            max(highs) if highs else None,
+        )
+
+    @property
+    def ints_exact_in_double(self) -> bool:
+        return all(abs(v) <= DOUBLE_EXACT for v in (self.int_min, self.int_max) if v is not None)
+
+
+def type_of_summary(declared: str, summary: ColumnSummary) -> ColumnType:
+    """The backup type of a column with this declared type and this content."""
+    kinds = summary.kinds
+    aff = affinity(declared)
+    if not kinds:
+        return {"INTEGER": BIGINT, "REAL": DOUBLE, "TEXT": VARCHAR, "NUMERIC": DOUBLE}.get(
+            aff, BLOB if aff == "BLOB" and declared else VARCHAR
+        )
+    exact_in_double = summary.ints_exact_in_double
+    if kinds == {int}:
+        if aff != "REAL":
+            return BIGINT
+        return DOUBLE if exact_in_double else TEXT_FALLBACK
+    if kinds <= {int, float}:
+        return DOUBLE if exact_in_double else TEXT_FALLBACK
+    if kinds == {str}:
+        return VARCHAR
+    if kinds == {bytes}:
+        return BLOB
+    return TEXT_FALLBACK
+
+
+def column_type(declared: str, values: list[Any]) -> ColumnType:
+    """The backup type of a column holding ``values`` (the whole column)."""
+    return type_of_summary(declared, ColumnSummary.of_values(values))
+
+
+def _summary_sql(table: str, columns: Sequence[str]) -> str:
+    """One scan of a table: per column, rows per storage class and the range of its integers.
+
+    min/max rather than max(abs()): abs() of the smallest 64-bit integer overflows.
+    """
+    parts = []
+    for column in columns:
+        c = quote_identifier(column)
+        parts += [f"count(CASE WHEN typeof({c}) = '{s}' THEN 1 END)" for s in _STORAGE]
+        parts += [f"{f}(CASE WHEN typeof({c}) = 'integer' THEN {c} END)" for f in ("min", "max")]
+    return f"SELECT {', '.join(parts)} FROM {quote_identifier(table)}"
+
+
+def summarize(conn: sqlite3.Connection, table: str, columns: Sequence[str]) -> list[ColumnSummary]:
+    """Each column's summary in one shard (one scan, in the connection's transaction)."""
+    row = conn.execute(_summary_sql(table, columns)).fetchone()
+    width = len(_STORAGE) + 2
+    summaries = []
+    for i in range(len(columns)):
+        *counts, low, high = row[i * width : (i + 1) * width]
+        kinds = frozenset(t for t, n in zip(_STORAGE.values(), counts, strict=True) if n)
+        summaries.append(ColumnSummary(kinds, low, high))
+    return summaries
+
+
+def column_types_of(
+    connections: Sequence[sqlite3.Connection], definition: TableDefinition
+) -> list[ColumnType]:
+    """Each column's backup type over all shards, decided before any row is read."""
+    names = definition.column_names
+    merged = [ColumnSummary(frozenset()) for _ in names]
+    for conn in connections:
+        shard = summarize(conn, definition.table, names)
+        merged = [a.merged(b) for a, b in zip(merged, shard, strict=True)]
+    return [
+        type_of_summary(c.declared_type, s) for c, s in zip(definition.columns, merged, strict=True)
+    ]

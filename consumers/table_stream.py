@@ -1,0 +1,50 @@
+"""A table of the pinned replica, read shard after shard as Arrow record batches.
+
+The read goes through the snapshotter's own connections, each inside the read transaction
+that pinned the cut (a second connection, e.g. ADBC's, would see a later state of the
+shard). At most ``batch_rows`` rows are held as Python objects at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+
+import pyarrow as pa
+
+from consumers.column_types import DOUBLE, ColumnType
+from consumers.replica import iter_rows
+from schemas.records import TableDefinition
+
+BATCH_ROWS = 65_536
+
+# Called with (table, batch) for every batch a backup writes, in order (e.g. a digest).
+BatchObserver = Callable[[str, pa.RecordBatch], None]
+
+
+def arrow_schema(names: Sequence[str], types: Sequence[ColumnType]) -> pa.Schema:
+    return pa.schema([pa.field(n, t.arrow) for n, t in zip(names, types, strict=True)])
+
+
+def _array(values: tuple, ctype: ColumnType) -> pa.Array:
+    # DOUBLE's conversion is float(v) of ints that are exact in a double: Arrow does that
+    # itself. Only the text fallback needs Python per value.
+    if ctype.convert is None or ctype is DOUBLE:
+        return pa.array(values, type=ctype.arrow)
+    return pa.array([ctype.convert(v) for v in values], type=ctype.arrow)
+
+
+def shard_batches(
+    connections: Sequence[sqlite3.Connection],
+    definition: TableDefinition,
+    types: Sequence[ColumnType],
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """Every row of ``definition.table`` in every shard, in shard order, as batches."""
+    names = definition.column_names
+    schema = arrow_schema(names, types)
+    for conn in connections:
+        for rows in iter_rows(conn, definition.table, names, chunk=batch_rows):
+            columns = zip(*rows, strict=True)
+            arrays = [_array(values, t) for values, t in zip(columns, types, strict=True)]
+            yield pa.record_batch(arrays, schema=schema)
