@@ -114,25 +114,32 @@ def _check_same_tables(base: Backup, link: Backup) -> None:
 def apply_link(db: duckdb.DuckDBPyConnection, alias: str, link: Backup) -> None:
     """Apply incremental ``link`` (attached as ``alias``) to the full tables in ``db``."""
     for table, info in link.manifest["tables"].items():
-        target = quote_identifier(table)
-        changed = f"{alias}.main.{target}"
-        deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
-        if info.get("match", MATCH_KEY) == MATCH_ROW:
-            db.execute(
-                f"CREATE OR REPLACE TABLE {target} AS "
-                f"(SELECT * FROM {target} EXCEPT ALL SELECT * FROM {deleted}) "
-                f"UNION ALL SELECT * FROM {changed}"
-            )
-            continue
-        keys = [quote_identifier(k) for k in info["key_columns"]]
-        key_list = ", ".join(keys)
-        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
+        apply_link_table(db, alias, table, info)
+
+
+def apply_link_table(
+    db: duckdb.DuckDBPyConnection, alias: str, table: str, info: dict[str, Any]
+) -> None:
+    """Apply one table of an incremental (attached as ``alias``) to table ``table`` in ``db``."""
+    target = quote_identifier(table)
+    changed = f"{alias}.main.{target}"
+    deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
+    if info.get("match", MATCH_KEY) == MATCH_ROW:
         db.execute(
             f"CREATE OR REPLACE TABLE {target} AS "
-            f"SELECT t.* FROM {target} t ANTI JOIN "
-            f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
-            f"ON {on} UNION ALL SELECT * FROM {changed}"
+            f"(SELECT * FROM {target} EXCEPT ALL SELECT * FROM {deleted}) "
+            f"UNION ALL SELECT * FROM {changed}"
         )
+        return
+    keys = [quote_identifier(k) for k in info["key_columns"]]
+    key_list = ", ".join(keys)
+    on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
+    db.execute(
+        f"CREATE OR REPLACE TABLE {target} AS "
+        f"SELECT t.* FROM {target} t ANTI JOIN "
+        f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
+        f"ON {on} UNION ALL SELECT * FROM {changed}"
+    )
 
 
 def build_resolved(backup: Backup, out: Path) -> None:

@@ -117,6 +117,26 @@ def type_of_summary(declared: str, summary: ColumnSummary) -> ColumnType:
     return TEXT_FALLBACK
 
 
+def stable_type(
+    declared: str, parent_type: str, parent_text_fallback: bool | None, changed: ColumnType
+) -> bool:
+    """Whether a column keeps backup P's type when only rows typed ``changed`` changed.
+
+    The rows not changed since P are some of P's rows. For the affinity's default type
+    (INTEGER: BIGINT, REAL: DOUBLE, TEXT or none: VARCHAR, BLOB: BLOB) the contents that
+    give it are closed under subsets and unions (only ints; only exact ints and floats;
+    only strings; only blobs), so if P's content and the changed rows both give it, the
+    whole column still does. NUMERIC is not closed (ints alone give BIGINT), nor is a
+    VARCHAR that was text fallback in P (its non-text values may all have gone).
+    """
+    if affinity(declared) == "NUMERIC":
+        return False
+    default = type_of_summary(declared, ColumnSummary(frozenset()))
+    if changed is not default or parent_type != default.duckdb:
+        return False
+    return default is not VARCHAR or parent_text_fallback is False
+
+
 def column_type(declared: str, values: list[Any]) -> ColumnType:
     """The backup type of a column holding ``values`` (the whole column)."""
     return type_of_summary(declared, ColumnSummary.of_values(values))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from consumers import changed_keys
 from cutline.errors import CutlineError
 from producers.sqlite_changelog import ROWID, quote_identifier
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
@@ -271,16 +272,19 @@ class Shard:
                     "in a definition not marked as re-installed by capture: set aside, the "
                     "replica keeps its layout"
                 )
+            changed_keys.track(self.conn, known, self.partition)  # shards older than it
             return
         self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
         try:
             if known is not None:
                 self.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
+            changed_keys.untrack(self.conn, definition.table)
             if not definition.ddl and definition.reinstalled:  # no longer captured
                 self.conn.execute(f"DELETE FROM {TABLES} WHERE tbl = ?", (definition.table,))
                 self._definitions.pop(definition.table, None)
                 return
             self.conn.execute(definition.ddl)
+            changed_keys.track(self.conn, definition, self.partition)
         except sqlite3.Error as exc:
             raise ApplyError(f"cannot create table {definition.table!r}: {exc}") from exc
         columns = "\x1f".join(

@@ -30,10 +30,12 @@ from typing import Any
 
 import duckdb
 
+from consumers import changed_keys
 from consumers.avro_blocks import ContainerWriter
 from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
 from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
 from consumers.column_types import (  # noqa: F401  (affinity, column_type: the typing API)
+    TEXT_FALLBACK,
     ColumnType,
     affinity,
     column_type,
@@ -49,6 +51,7 @@ from consumers.incremental import (
     types_mismatch,
     write_changes,
 )
+from consumers.keyed_changes import KeyedChanges, write_keyed_changes
 from consumers.replica import load_definitions, open_readonly, read_state, shard_path
 from consumers.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
 from cutline.errors import CutlineError
@@ -198,6 +201,9 @@ def write_backup(
     finally:
         for conn in connections:
             conn.close()
+    # Published: no later incremental builds on an earlier backup than this one.
+    shards = [shard_path(replica_dir, plan.source, p) for p in range(plan.partitions)]
+    changed_keys.prune(shards, plan.marker_id)
     return Backup(final, manifest)
 
 
@@ -216,24 +222,41 @@ def _write_files(
     choice: KindChoice,
     on_batch: BatchObserver | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Write the DuckDB file and the Avro files into ``temp``, full or incremental."""
+    """Write the DuckDB file and the Avro files into ``temp``, full or incremental.
+
+    An incremental takes each table's changes from the keys the shards recorded
+    (``consumers.keyed_changes``: reads only those rows); a table where that cannot be
+    exact is diffed in full against the previous backup resolved, as before, and its
+    manifest entry says why (``changes_from``).
+    """
     (temp / AVRO_DIR).mkdir()
     tables_meta: dict[str, dict[str, Any]] = {}
-    # Every column's type first: an incremental that must be full is known before any row
-    # is read, so ``on_batch`` sees each table once.
-    types = {d.table: column_types_of(connections, d) for d in definitions}
-    if choice.kind == INCREMENTAL and choice.parent is not None:
-        for d in definitions:
-            mismatch = types_mismatch(choice.parent, d.table, [t.duckdb for t in types[d.table]])
-            if mismatch:
-                raise NeedsFull(mismatch)
     # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
     config = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
     db = duckdb.connect(str(temp / DUCKDB_FILE), config=config)
     try:
+        parent = choice.parent if choice.kind == INCREMENTAL else None
+        keyed: dict[str, KeyedChanges] = {}
+        why_full_diff: dict[str, str] = {}
+        if parent is not None:
+            for d in definitions:
+                result = write_keyed_changes(db, connections, d, parent)
+                if isinstance(result, KeyedChanges):
+                    keyed[d.table] = result
+                else:
+                    why_full_diff[d.table] = result
+        # Every other column's type first: an incremental that must be full is known
+        # before any row is read, so ``on_batch`` sees each table once.
+        types = {
+            d.table: column_types_of(connections, d) for d in definitions if d.table not in keyed
+        }
+        if parent is not None:
+            for table, table_types in types.items():
+                mismatch = types_mismatch(parent, table, [t.duckdb for t in table_types])
+                if mismatch:
+                    raise NeedsFull(mismatch)
         with contextlib.ExitStack() as previous:
-            parent = choice.parent if choice.kind == INCREMENTAL else None
-            if parent is not None:
+            if parent is not None and types:  # a table needs the full diff
                 try:
                     path = previous.enter_context(resolved_database(parent))
                 except ChainError as exc:
@@ -242,19 +265,30 @@ def _write_files(
                 previous.callback(db.execute, f"DETACH {PREVIOUS}")
             avro_files = avro_names([d.table for d in definitions])
             for definition, avro_base in zip(definitions, avro_files, strict=True):
-                tables_meta[definition.table] = _write_table(
-                    db,
-                    connections,
-                    definition,
-                    types[definition.table],
-                    temp,
-                    f"{AVRO_DIR}/{avro_base}.avro",
-                    plan,
-                    t2_us,
-                    codec,
-                    parent,
-                    on_batch,
-                )
+                avro_rel = f"{AVRO_DIR}/{avro_base}.avro"
+                if definition.table in keyed:
+                    meta = _write_keyed_table(
+                        db, definition, keyed[definition.table], temp, avro_rel, plan, t2_us, codec
+                    )
+                else:
+                    meta = _write_table(
+                        db,
+                        connections,
+                        definition,
+                        types[definition.table],
+                        temp,
+                        avro_rel,
+                        plan,
+                        t2_us,
+                        codec,
+                        parent,
+                        on_batch,
+                    )
+                    if parent is not None:
+                        meta["changes_from"] = (
+                            f"a diff of the whole table: {why_full_diff[definition.table]}"
+                        )
+                tables_meta[definition.table] = meta
         _write_metadata(db, plan, t2_us, writer, definitions, tables_meta, choice)
         db.execute("CHECKPOINT")
     finally:
@@ -299,14 +333,7 @@ def _write_table(
     """
     names = list(definition.column_names)
     schema = _avro_schema(definition, types)
-    metadata = {
-        "cutline.source": plan.source,
-        "cutline.marker_id": str(plan.marker_id),
-        "cutline.t1": format_time(plan.t1_us),
-        "cutline.t2": format_time(t2_us),
-        "cutline.table": definition.table,
-        "cutline.columns": json.dumps(names),
-    }
+    metadata = _avro_metadata(definition, plan, t2_us)
     target = quote_identifier(definition.table)
     # A full backup fills the table itself; an incremental fills a temp table to compare.
     into = target if parent is None else "_cutline_rows"
@@ -333,19 +360,67 @@ def _write_table(
             db.execute("DROP TABLE _cutline_rows")
             avro = ContainerWriter(out, schema, codec, metadata)
             _copy_to_avro(db, f"SELECT * FROM {target}", avro)
-    meta = {
+    meta = _table_meta(definition, types, rows, avro_rel)
+    if changes is not None:
+        meta.update(changes)
+        meta["deleted_avro"] = avro_rel.removesuffix(".avro") + ".deleted.avro"
+        _write_deleted_avro(db, definition.table, meta, temp, schema, codec, metadata)
+    return meta
+
+
+def _avro_metadata(definition: TableDefinition, plan: CutPlan, t2_us: int) -> dict[str, str]:
+    return {
+        "cutline.source": plan.source,
+        "cutline.marker_id": str(plan.marker_id),
+        "cutline.t1": format_time(plan.t1_us),
+        "cutline.t2": format_time(t2_us),
+        "cutline.table": definition.table,
+        "cutline.columns": json.dumps(list(definition.column_names)),
+    }
+
+
+def _table_meta(
+    definition: TableDefinition, types: list[ColumnType], rows: int, avro_rel: str
+) -> dict[str, Any]:
+    names = list(definition.column_names)
+    return {
         "rows": rows,
         "columns": [
-            {"name": n, "declared_type": c.declared_type, "type": t.duckdb, "avro_field": f}
+            {
+                "name": n,
+                "declared_type": c.declared_type,
+                "type": t.duckdb,
+                "avro_field": f,
+                "text_fallback": t is TEXT_FALLBACK,
+            }
             for n, c, t, f in zip(names, definition.columns, types, avro_names(names), strict=True)
         ],
         "key_columns": list(definition.key_columns),
         "avro": avro_rel,
     }
-    if changes is not None:
-        meta.update(changes)
-        meta["deleted_avro"] = avro_rel.removesuffix(".avro") + ".deleted.avro"
-        _write_deleted_avro(db, definition.table, meta, temp, schema, codec, metadata)
+
+
+def _write_keyed_table(
+    db: duckdb.DuckDBPyConnection,
+    definition: TableDefinition,
+    changes: KeyedChanges,
+    temp: Path,
+    avro_rel: str,
+    plan: CutPlan,
+    t2_us: int,
+    codec: str,
+) -> dict[str, Any]:
+    """The Avro files of a table whose changes are already in ``db`` (keyed_changes)."""
+    schema = _avro_schema(definition, changes.types)
+    metadata = _avro_metadata(definition, plan, t2_us)
+    with open(temp / avro_rel, "wb") as out:
+        avro = ContainerWriter(out, schema, codec, metadata)
+        _copy_to_avro(db, f"SELECT * FROM {quote_identifier(definition.table)}", avro)
+    meta = _table_meta(definition, changes.types, changes.rows, avro_rel)
+    meta.update(changes.fields)
+    meta["changes_from"] = "the keys the replica recorded as changed"
+    meta["deleted_avro"] = avro_rel.removesuffix(".avro") + ".deleted.avro"
+    _write_deleted_avro(db, definition.table, meta, temp, schema, codec, metadata)
     return meta
 
 

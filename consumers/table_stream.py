@@ -26,7 +26,7 @@ def arrow_schema(names: Sequence[str], types: Sequence[ColumnType]) -> pa.Schema
     return pa.schema([pa.field(n, t.arrow) for n, t in zip(names, types, strict=True)])
 
 
-def _array(values: tuple, ctype: ColumnType) -> pa.Array:
+def to_array(values: tuple, ctype: ColumnType) -> pa.Array:
     # DOUBLE's conversion is float(v) of ints that are exact in a double: Arrow does that
     # itself. Only the text fallback needs Python per value.
     if ctype.convert is None or ctype is DOUBLE:
@@ -46,5 +46,5 @@ def shard_batches(
     for conn in connections:
         for rows in iter_rows(conn, definition.table, names, chunk=batch_rows):
             columns = zip(*rows, strict=True)
-            arrays = [_array(values, t) for values, t in zip(columns, types, strict=True)]
+            arrays = [to_array(values, t) for values, t in zip(columns, types, strict=True)]
             yield pa.record_batch(arrays, schema=schema)

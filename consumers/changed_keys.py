@@ -1,0 +1,209 @@
+"""Which keys of each table changed since a marker: kept by the shard, read by incrementals.
+
+Writer side (:func:`track`, called by ``Shard.define``): per captured table with a real
+key, a table ``_cutline_changed:T`` (the key columns, with T's declared types, and
+``after_marker``) and triggers on T that upsert the key of every inserted, updated
+(old and new key) and deleted row, tagged with the shard's last reached marker. Triggers
+run in the transaction of the write itself, so the record is exactly as durable as the
+change, whatever path wrote it. ``_cutline_tracked`` says from which parent marker the
+record is complete (``covers_from``) and whether a NULL ever appeared in the key.
+
+Reader side (:func:`touched_keys`, :func:`touched_rows`): the keys changed after parent
+backup P's cut (``after_marker >= P``, so a failed cut in between loses nothing), and the
+current rows of those keys, from the snapshotter's pinned connections, by key lookups.
+
+Pruning (:func:`prune`): once backup M is published, no later incremental has a parent
+before M, so entries tagged before M go and ``covers_from`` moves up to M.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from producers.sqlite_changelog import quote_identifier
+from schemas.records import TableDefinition
+
+TRACKED = "_cutline_tracked"
+CHANGED_PREFIX = "_cutline_changed:"
+STATE = "_cutline_state"  # replica.STATE (not imported: replica imports this module)
+ROWID = "rowid"
+
+
+def changed_table(table: str) -> str:
+    return quote_identifier(CHANGED_PREFIX + table)
+
+
+def trackable(definition: TableDefinition) -> bool:
+    """A table whose key is real columns (not SQLite's hidden rowid)."""
+    keys = definition.key_columns
+    return bool(keys) and keys != (ROWID,) and all(k in definition.column_names for k in keys)
+
+
+def _ensure_tracked_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {TRACKED} (tbl TEXT PRIMARY KEY, "
+        "covers_from INTEGER NOT NULL, null_key INTEGER NOT NULL)"
+    )
+
+
+def _trigger(table: str, kind: str) -> str:
+    return quote_identifier(f"_cutline_changed_{kind}:{table}")
+
+
+def untrack(conn: sqlite3.Connection, table: str) -> None:
+    _ensure_tracked_table(conn)
+    for kind in ("insert", "update", "delete", "null"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {_trigger(table, kind)}")
+    conn.execute(f"DROP TABLE IF EXISTS {changed_table(table)}")
+    conn.execute(f"DELETE FROM {TRACKED} WHERE tbl = ?", (table,))
+
+
+def track(conn: sqlite3.Connection, definition: TableDefinition, partition: int) -> None:
+    """Start recording the changed keys of ``definition.table`` (idempotent per layout).
+
+    The record covers parents after the shard's last reached marker F (changes since F's
+    cut up to now were not recorded): ``covers_from`` = F + 1.
+    """
+    _ensure_tracked_table(conn)
+    table = definition.table
+    if conn.execute(f"SELECT 1 FROM {TRACKED} WHERE tbl = ?", (table,)).fetchone():
+        return
+    untrack(conn, table)
+    if not trackable(definition):
+        return
+    declared = {c.name: c.declared_type for c in definition.columns}
+    keys = definition.key_columns
+    cols = [quote_identifier(k) for k in keys]
+    # the key's declared types: the same affinity, so the same stored values as in T
+    col_defs = ", ".join(f"{c} {declared[k]}" for c, k in zip(cols, keys, strict=True))
+    chg, target = changed_table(table), quote_identifier(table)
+    conn.execute(
+        f"CREATE TABLE {chg} ({col_defs}, after_marker INTEGER NOT NULL, "
+        f"PRIMARY KEY ({', '.join(cols)}))"
+    )
+    marker = f"(SELECT marker_id FROM {STATE} WHERE partition = {int(partition)})"
+
+    def upsert(image: str) -> str:
+        values = ", ".join(f"{image}.{c}" for c in cols)
+        return (
+            f"INSERT INTO {chg} ({', '.join(cols)}, after_marker) VALUES ({values}, {marker}) "
+            f"ON CONFLICT ({', '.join(cols)}) DO UPDATE SET after_marker = excluded.after_marker;"
+        )
+
+    conn.execute(
+        f"CREATE TRIGGER {_trigger(table, 'insert')} AFTER INSERT ON {target} "
+        f"BEGIN {upsert('NEW')} END"
+    )
+    conn.execute(
+        f"CREATE TRIGGER {_trigger(table, 'update')} AFTER UPDATE ON {target} "
+        f"BEGIN {upsert('OLD')} {upsert('NEW')} END"
+    )
+    conn.execute(
+        f"CREATE TRIGGER {_trigger(table, 'delete')} AFTER DELETE ON {target} "
+        f"BEGIN {upsert('OLD')} END"
+    )
+    any_null = " OR ".join(f"NEW.{c} IS NULL" for c in cols)
+    conn.execute(
+        f"CREATE TRIGGER {_trigger(table, 'null')} AFTER INSERT ON {target} "
+        f"WHEN {any_null} BEGIN UPDATE {TRACKED} SET null_key = 1 WHERE tbl = "
+        f"{_literal(table)}; END"
+    )
+    null_now = " OR ".join(f"{c} IS NULL" for c in cols)
+    (has_null,) = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM {target} WHERE {null_now})"
+    ).fetchone()
+    row = conn.execute(f"SELECT marker_id FROM {STATE} WHERE partition = ?", (partition,))
+    state = row.fetchone()
+    covers_from = (state[0] if state else 0) + 1
+    conn.execute(
+        f"INSERT INTO {TRACKED} VALUES (?, ?, ?)", (table, covers_from, int(bool(has_null)))
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def coverage_problem(
+    conn: sqlite3.Connection, definition: TableDefinition, parent_marker_id: int
+) -> str | None:
+    """Why this shard's record cannot give the changes since ``parent_marker_id`` (or None)."""
+    if not trackable(definition):
+        return "its key is SQLite's rowid"
+    try:
+        row = conn.execute(
+            f"SELECT covers_from, null_key FROM {TRACKED} WHERE tbl = ?", (definition.table,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row is None:
+        return "the replica records no changed keys for it"
+    covers_from, null_key = row
+    if null_key:
+        return "a NULL appeared in its key"
+    if covers_from > parent_marker_id:
+        return f"changed keys are recorded only since marker {covers_from - 1}"
+    return None
+
+
+def touched_keys(
+    conn: sqlite3.Connection, definition: TableDefinition, parent_marker_id: int
+) -> list[tuple]:
+    """Keys inserted, updated or deleted after the cut of ``parent_marker_id``."""
+    cols = ", ".join(quote_identifier(k) for k in definition.key_columns)
+    return conn.execute(
+        f"SELECT {cols} FROM {changed_table(definition.table)} WHERE after_marker >= ?",
+        (parent_marker_id,),
+    ).fetchall()
+
+
+def touched_rows(
+    conn: sqlite3.Connection, definition: TableDefinition, parent_marker_id: int
+) -> list[tuple]:
+    """The current rows of the touched keys (each a key lookup in T)."""
+    cols = ", ".join(f"t.{quote_identifier(c)}" for c in definition.column_names)
+    on = " AND ".join(
+        f"t.{quote_identifier(k)} = c.{quote_identifier(k)}" for k in definition.key_columns
+    )
+    return conn.execute(
+        f"SELECT {cols} FROM {changed_table(definition.table)} c "
+        f"JOIN {quote_identifier(definition.table)} t ON {on} WHERE c.after_marker >= ?",
+        (parent_marker_id,),
+    ).fetchall()
+
+
+def row_count(conn: sqlite3.Connection, table: str) -> int:
+    (count,) = conn.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()
+    return int(count)
+
+
+def prune(shard_paths: Sequence[Path], published_marker_id: int, busy_ms: int = 2000) -> None:
+    """After backup M is published: forget changes tagged before M (best effort).
+
+    A shard that is busy keeps its entries; the next publish prunes them. Entries kept
+    longer cost space, never exactness.
+    """
+    for path in shard_paths:
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=busy_ms / 1000)
+        except sqlite3.Error:
+            continue
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            tables = [t for (t,) in conn.execute(f"SELECT tbl FROM {TRACKED}")]
+            for table in tables:
+                conn.execute(
+                    f"DELETE FROM {changed_table(table)} WHERE after_marker < ?",
+                    (published_marker_id,),
+                )
+            conn.execute(
+                f"UPDATE {TRACKED} SET covers_from = max(covers_from, ?)", (published_marker_id,)
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()

@@ -1,0 +1,144 @@
+"""An incremental that costs what changed: the keys the shards recorded, not a full diff.
+
+For table T and parent backup P (see :mod:`consumers.changed_keys`): read the keys touched
+after P's cut and their current rows from the pinned shards (key lookups); take P's rows
+of those keys from P's chain (its base restricted to the touched keys, then each link's
+changes, in a scratch DuckDB); the incremental is the same diff as a full comparison
+(:func:`consumers.incremental.write_changes`) restricted to the touched keys, which is the
+same result: a key nobody touched since P holds the row it held at P.
+
+Returns a reason instead when this cannot be exact (no record, NULLs or rowid as key, a
+column type that might change, a key that moved shards); the snapshotter then diffs the
+whole table as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from consumers import changed_keys
+from consumers.catalog import Backup
+from consumers.chain import DELETED_SCHEMA, MATCH_KEY, apply_link_table, chain_of
+from consumers.column_types import ColumnType, column_type, stable_type
+from consumers.table_stream import arrow_schema, to_array
+from producers.sqlite_changelog import quote_identifier, quote_text
+from schemas.records import TableDefinition
+
+_CURRENT = "_cutline_current"
+_PREVIOUS = "_cutline_previous_rows"
+_TOUCHED = "_cutline_touched"
+
+
+@dataclass(frozen=True)
+class KeyedChanges:
+    types: list[ColumnType]
+    rows: int  # the table's full row count at the cut
+    fields: dict[str, Any]  # match, changed, deleted, deleted_columns (as write_changes)
+
+
+def write_keyed_changes(
+    db: duckdb.DuckDBPyConnection,
+    connections: Sequence[sqlite3.Connection],
+    definition: TableDefinition,
+    parent: Backup,
+) -> KeyedChanges | str:
+    """Create T and ``_cutline_deleted.T`` in ``db`` from the recorded keys, or say why not."""
+    for conn in connections:
+        problem = changed_keys.coverage_problem(conn, definition, parent.marker_id)
+        if problem:
+            return problem
+    names = list(definition.column_names)
+    keys = list(definition.key_columns)
+    touched = [
+        k for c in connections for k in changed_keys.touched_keys(c, definition, parent.marker_id)
+    ]
+    rows = [
+        r for c in connections for r in changed_keys.touched_rows(c, definition, parent.marker_id)
+    ]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    parent_columns = parent.manifest["tables"][definition.table]["columns"]
+    types = []
+    for column, values, before in zip(definition.columns, columns, parent_columns, strict=True):
+        changed = column_type(column.declared_type, list(values))
+        if not stable_type(
+            column.declared_type, before["type"], before.get("text_fallback"), changed
+        ):
+            return f"column {column.name!r} might not keep its type {before['type']}"
+        types.append(changed)
+    current = pa.Table.from_arrays(
+        [to_array(v, t) for v, t in zip(columns, types, strict=True)],
+        schema=arrow_schema(names, types),
+    )
+    key_types = [types[names.index(k)] for k in keys]
+    try:
+        touched_table = pa.Table.from_arrays(
+            [to_array(tuple(k[i] for k in touched), t) for i, t in enumerate(key_types)],
+            schema=arrow_schema(keys, key_types),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return "a changed key does not fit its column's backup type"
+    key_at = [names.index(k) for k in keys]
+    if len({tuple(r[i] for i in key_at) for r in rows}) != len(rows):
+        return "a key is held by two shards"
+    previous = _previous_rows(parent, definition.table, keys, touched_table)
+    target = quote_identifier(definition.table)
+    key_list = ", ".join(quote_identifier(k) for k in keys)
+    db.register(_CURRENT, current)
+    db.register(_PREVIOUS, previous)
+    try:
+        db.execute(f"CREATE SCHEMA IF NOT EXISTS {DELETED_SCHEMA}")
+        db.execute(
+            f"CREATE TABLE {target} AS SELECT * FROM {_CURRENT} EXCEPT ALL "
+            f"SELECT * FROM {_PREVIOUS}"
+        )
+        db.execute(
+            f"CREATE TABLE {DELETED_SCHEMA}.{target} AS SELECT {key_list} FROM {_PREVIOUS} "
+            f"EXCEPT ALL SELECT {key_list} FROM {_CURRENT}"
+        )
+        changed_count = db.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]
+        deleted_count = db.execute(f"SELECT count(*) FROM {DELETED_SCHEMA}.{target}").fetchall()[0][
+            0
+        ]
+    finally:
+        db.unregister(_CURRENT)
+        db.unregister(_PREVIOUS)
+    total = sum(changed_keys.row_count(c, definition.table) for c in connections)
+    fields = {
+        "match": MATCH_KEY,
+        "changed": int(changed_count),
+        "deleted": int(deleted_count),
+        "deleted_columns": keys,
+    }
+    return KeyedChanges(types, total, fields)
+
+
+def _previous_rows(parent: Backup, table: str, keys: list[str], touched: pa.Table) -> pa.Table:
+    """P's rows of the touched keys: its chain, each link restricted to those keys."""
+    target = quote_identifier(table)
+    on = " AND ".join(f"t.{quote_identifier(k)} = x.{quote_identifier(k)}" for k in keys)
+    scratch = duckdb.connect()
+    try:
+        scratch.register(_TOUCHED, touched)
+        for i, link in enumerate(chain_of(parent)):
+            alias = f"link{i}"
+            scratch.execute(f"ATTACH {quote_text(str(link.duckdb_path))} AS {alias} (READ_ONLY)")
+            if i == 0:
+                scratch.execute(
+                    f"CREATE TABLE {target} AS SELECT t.* FROM {alias}.main.{target} t "
+                    f"SEMI JOIN {_TOUCHED} x ON {on}"
+                )
+            else:
+                apply_link_table(scratch, alias, table, link.manifest["tables"][table])
+            scratch.execute(f"DETACH {alias}")
+        relation = scratch.sql(f"SELECT t.* FROM {target} t SEMI JOIN {_TOUCHED} x ON {on}")
+        if hasattr(relation, "to_arrow_table"):  # DuckDB >= 1.4
+            return relation.to_arrow_table()
+        return relation.arrow()
+    finally:
+        scratch.close()

@@ -1,0 +1,279 @@
+"""Changed-key bookkeeping in the shards, and incrementals built from it.
+
+Every incremental here is compared, resolved through its chain, with a full backup of the
+same cut (types and rows): the bookkeeping may only make an incremental cheaper, never
+different.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from consumers import changed_keys
+from consumers.catalog import Backup
+from consumers.chain import resolved_database
+from consumers.replica import Shard, shard_path
+from consumers.snapshotter import CutPlan, write_backup
+from consumers.verify import verify_backup
+from producers.operations import message_key, partition_for
+from producers.sqlite_changelog import quote_identifier
+from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
+
+SOURCE = "keys"
+PARTITIONS = 2
+ACCOUNTS = TableDefinition(
+    SOURCE,
+    "accounts",
+    "CREATE TABLE accounts(id INTEGER PRIMARY KEY, owner TEXT, balance REAL)",
+    (Column("id", "INTEGER"), Column("owner", "TEXT"), Column("balance", "REAL")),
+    ("id",),
+)
+LINES = TableDefinition(  # composite key, a name to quote
+    SOURCE,
+    "order lines",
+    'CREATE TABLE "order lines"(order_id TEXT NOT NULL, line INTEGER NOT NULL, item TEXT, '
+    "PRIMARY KEY (order_id, line))",
+    (Column("order_id", "TEXT", True), Column("line", "INTEGER", True), Column("item", "TEXT")),
+    ("order_id", "line"),
+)
+LOG = TableDefinition(  # rowid key: whole rows, multiset semantics
+    SOURCE,
+    "log",
+    "CREATE TABLE log(level TEXT, msg TEXT)",
+    (Column("level", "TEXT"), Column("msg", "TEXT")),
+    ("rowid",),
+)
+CODES = TableDefinition(  # SQLite allows NULLs in this PRIMARY KEY
+    SOURCE,
+    "codes",
+    "CREATE TABLE codes(code TEXT PRIMARY KEY, label TEXT)",
+    (Column("code", "TEXT"), Column("label", "TEXT")),
+    ("code",),
+)
+ALL = (ACCOUNTS, LINES, LOG, CODES)
+
+
+class Replica:
+    """Shards written through ``Shard.apply``, cut by markers, as replication does."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.shards = [Shard(shard_path(root, SOURCE, p), p) for p in range(PARTITIONS)]
+        for s in self.shards:
+            for d in ALL:
+                s.define(d)
+        self.offsets = dict.fromkeys(range(PARTITIONS), 0)
+        self.seq = 0
+
+    def apply(self, ops: list[Operation]) -> None:
+        by_partition: dict[int, list[Operation]] = {p: [] for p in range(PARTITIONS)}
+        for op in ops:
+            key = [str(op.key[k]) for k in sorted(op.key)]
+            by_partition[partition_for(message_key(op.table, key), PARTITIONS)].append(op)
+        for p, s in enumerate(self.shards):
+            if not by_partition[p]:
+                continue
+            s.release()
+            s.begin()
+            for op in by_partition[p]:
+                s.apply(op)
+            self.offsets[p] += len(by_partition[p])
+            s.commit(self.offsets[p] - 1)
+
+    def cut(self, marker_id: int) -> CutPlan:
+        tables = tuple(d.table for d in ALL)
+        marker = ConsistencyMarker(
+            SOURCE, marker_id, 1_700_000_000_000_000 + marker_id, 1, PARTITIONS, (0,) * 2, tables
+        )
+        for p, s in enumerate(self.shards):
+            s.reach_marker(marker, self.offsets[p], hold=True)
+        return CutPlan(SOURCE, marker_id, marker.t1_us, PARTITIONS, dict(self.offsets), tables)
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.close()
+
+
+def op(kind: OpType, table: TableDefinition, key: dict, after: dict | None = None) -> Operation:
+    return Operation(SOURCE, 0, table.table, kind, key, None, after, 1)
+
+
+def ins(table: TableDefinition, row: dict) -> Operation:
+    key = {k: row[k] for k in table.key_columns}
+    return op(OpType.INSERT, table, key, row)
+
+
+def upd(table: TableDefinition, key: dict, row: dict) -> Operation:
+    return op(OpType.UPDATE, table, key, row)
+
+
+def dele(table: TableDefinition, key: dict) -> Operation:
+    return op(OpType.DELETE, table, key)
+
+
+def acc(i: int, owner: str = "", balance: float = 0.0) -> dict:
+    return {"id": i, "owner": owner or f"owner {i}", "balance": balance or i * 1.5}
+
+
+@pytest.fixture
+def replica(tmp_path):
+    r = Replica(tmp_path / "replica")
+    yield r
+    r.close()
+
+
+def rows_of(path: Path, table: str) -> list[tuple]:
+    db = duckdb.connect(str(path), read_only=True)
+    try:
+        return sorted(db.execute(f"SELECT * FROM {quote_identifier(table)}").fetchall(), key=repr)
+    finally:
+        db.close()
+
+
+def assert_same_as_full(incremental: Backup, full: Backup) -> None:
+    with resolved_database(incremental) as resolved:
+        for table in full.tables:
+            assert rows_of(resolved, table) == rows_of(full.duckdb_path, table), table
+    assert [c["type"] for t in incremental.tables.values() for c in t["columns"]] == [
+        c["type"] for t in full.tables.values() for c in t["columns"]
+    ]
+    assert {t: i["rows"] for t, i in incremental.tables.items()} == {
+        t: i["rows"] for t, i in full.tables.items()
+    }
+    assert verify_backup(incremental) == []
+
+
+def both(replica: Replica, tmp_path: Path, marker_id: int) -> tuple[Backup, Backup]:
+    """The cut as an incremental (the replica's own backups), then as a full, to compare.
+
+    Incremental first: publishing a backup prunes the record, as the replica's one
+    backups directory would; the full copy elsewhere is only the oracle.
+    """
+    plan = replica.cut(marker_id)
+    inc = write_backup(replica.root, tmp_path / "inc", plan, writer="t", full_every=100)
+    full = write_backup(replica.root, tmp_path / "full", plan, writer="t")
+    return full, inc
+
+
+def changed_entries(shard: Shard, table: str) -> list[tuple]:
+    return shard.conn.execute(
+        f"SELECT * FROM {changed_keys.changed_table(table)} ORDER BY 1, 2"
+    ).fetchall()
+
+
+def test_apply_records_changed_keys_tagged_with_the_last_marker(tmp_path):
+    shard = Shard(shard_path(tmp_path, SOURCE, 0), 0)
+    shard.define(ACCOUNTS)
+    shard.begin()
+    shard.apply(ins(ACCOUNTS, acc(1)))
+    shard.apply(ins(ACCOUNTS, acc(2)))
+    shard.commit(1)
+    m = ConsistencyMarker(SOURCE, 4, 1, 1, 1, (0,), ("accounts",))
+    shard.reach_marker(m, 2, hold=False)
+    shard.begin()
+    shard.apply(upd(ACCOUNTS, {"id": 2}, acc(2, "x")))
+    shard.apply(dele(ACCOUNTS, {"id": 1}))
+    shard.rollback()  # not committed: recorded nowhere
+    assert changed_entries(shard, "accounts") == [(1, 0), (2, 0)]
+    shard.begin()
+    shard.apply(upd(ACCOUNTS, {"id": 2}, acc(2, "x")))
+    shard.apply(dele(ACCOUNTS, {"id": 1}))
+    shard.apply(ins(ACCOUNTS, acc(9)))
+    shard.commit(3)
+    assert changed_entries(shard, "accounts") == [(1, 4), (2, 4), (9, 4)]
+    tracked = shard.conn.execute(f"SELECT * FROM {changed_keys.TRACKED}").fetchall()
+    assert tracked == [("accounts", 1, 0)]
+    shard.close()
+
+
+def test_incrementals_from_recorded_keys_equal_full_backups(replica, tmp_path):
+    replica.apply(
+        [ins(ACCOUNTS, acc(i)) for i in range(1, 41)]
+        + [ins(LINES, {"order_id": f"o{i}", "line": i % 3, "item": f"i{i}"}) for i in range(20)]
+        + [ins(LOG, {"level": "info", "msg": "start", "rowid": 1})]
+        + [ins(CODES, {"code": "a", "label": "alpha"})]
+    )
+    _, first = both(replica, tmp_path, 1)
+    assert first.kind == "full"
+
+    # updates, a key change (capture sends it as delete + insert), deletes, a delete then
+    # a re-insert of the same key
+    replica.apply(
+        [upd(ACCOUNTS, {"id": 3}, acc(3, "renamed"))]
+        + [dele(ACCOUNTS, {"id": 4}), ins(ACCOUNTS, acc(104, "moved", 4 * 1.5))]
+        + [dele(ACCOUNTS, {"id": i}) for i in (5, 6)]
+        + [ins(ACCOUNTS, acc(6, "back again", 6.25))]
+        + [
+            upd(
+                LINES,
+                {"order_id": "o1", "line": 1},
+                {"order_id": "o1", "line": 1, "item": "hundred"},
+            )
+        ]
+        + [dele(LINES, {"order_id": "o2", "line": 2})]
+        + [ins(LOG, {"level": "warn", "msg": "slow", "rowid": 2})]
+        + [ins(CODES, {"code": None, "label": "unknown"})]
+    )
+    full, second = both(replica, tmp_path, 2)
+    assert second.kind == "incremental"
+    assert_same_as_full(second, full)
+    tables = second.tables
+    # changed: 3, 104, 6 (back with other values); deleted: 4, 5 (6 came back)
+    assert (tables["accounts"]["changed"], tables["accounts"]["deleted"]) == (3, 2)
+    assert tables["accounts"]["changes_from"] == "the keys the replica recorded as changed"
+    assert tables["order lines"]["changes_from"].startswith("the keys")
+    # rowid and NULL keys keep today's whole-table diff, and say so
+    assert "rowid" in tables["log"]["changes_from"] and tables["log"]["match"] == "row"
+    assert "NULL" in tables["codes"]["changes_from"]
+
+
+def test_a_failed_cut_between_two_backups_loses_no_change(replica, tmp_path):
+    replica.apply([ins(ACCOUNTS, acc(i)) for i in range(1, 21)])
+    both(replica, tmp_path, 1)
+    replica.apply([upd(ACCOUNTS, {"id": 2}, acc(2, "before the failed cut"))])
+    replica.apply([dele(ACCOUNTS, {"id": 3})])
+    replica.cut(2)  # reached, never backed up (a cut that failed)
+    replica.apply([upd(ACCOUNTS, {"id": 4}, acc(4, "after it"))])
+    full, third = both(replica, tmp_path, 3)
+    assert third.parent_marker_id == 1
+    assert third.tables["accounts"]["changes_from"].startswith("the keys")
+    assert_same_as_full(third, full)
+    assert third.tables["accounts"]["changed"] == 2 and third.tables["accounts"]["deleted"] == 1
+
+
+def test_published_backups_prune_the_record_and_an_older_parent_falls_back(replica, tmp_path):
+    replica.apply([ins(ACCOUNTS, acc(i)) for i in range(1, 11)])
+    both(replica, tmp_path, 1)
+    replica.apply([upd(ACCOUNTS, {"id": 1}, acc(1, "one"))])
+    both(replica, tmp_path, 2)
+    # backup 2 is published: the entry tagged 1 (before 2) is gone
+    assert all(changed_entries(s, "accounts") == [] for s in replica.shards)
+    replica.apply([upd(ACCOUNTS, {"id": 2}, acc(2, "two"))])
+    # backup 2 removed from the incremental chain's directory: 3 builds on 1, older than
+    # the record covers, so it diffs the whole table, and is still exact
+    shutil.rmtree((tmp_path / "inc" / SOURCE / "marker-00000000000000000002"), ignore_errors=True)
+    for path in (tmp_path / "inc").rglob("marker-*2"):
+        shutil.rmtree(path)
+    full, third = both(replica, tmp_path, 3)
+    assert third.parent_marker_id == 1
+    assert "recorded only since marker" in third.tables["accounts"]["changes_from"]
+    assert_same_as_full(third, full)
+
+
+def test_a_column_whose_type_might_change_falls_back_to_the_full_diff(replica, tmp_path):
+    replica.apply([ins(ACCOUNTS, acc(i)) for i in range(1, 4)])
+    replica.apply([ins(ACCOUNTS, {"id": 4, "owner": 12345, "balance": 1.0})])  # TEXT: '12345'
+    replica.apply([ins(ACCOUNTS, {"id": 5, "owner": b"\x00", "balance": 1.0})])  # a blob
+    both(replica, tmp_path, 1)  # owner: text and a blob, kept as text (fallback)
+    replica.apply([upd(ACCOUNTS, {"id": 1}, acc(1, "changed"))])
+    full, second = both(replica, tmp_path, 2)
+    owner = second.tables["accounts"]
+    assert "might not keep its type" in owner["changes_from"]  # P's VARCHAR was a fallback
+    assert_same_as_full(second, full)
+    replica.apply([dele(ACCOUNTS, {"id": 5})])  # no blob left: VARCHAR, no fallback
+    full, third = both(replica, tmp_path, 3)
+    assert_same_as_full(third, full)
