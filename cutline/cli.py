@@ -18,8 +18,14 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from cutline.errors import ConfigError, CutlineError
+from cutline.kafka_errors import describe
 from cutline.parser import build_parser
-from cutline.settings import resolve_bootstrap, validate_source
+from cutline.settings import resolve_kafka, validate_source
+
+
+def _kafka(args: argparse.Namespace) -> str:
+    """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
+    return resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
 
 
 def _log_progress(message: str) -> None:
@@ -77,7 +83,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     config = CaptureConfig(
         db_path=str(args.db),
         tables=tables,
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
@@ -110,7 +116,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
 
     config = ReplicateConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -134,7 +140,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from cutline.progress import Progress
 
     config = ReplayConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -303,9 +309,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cutline.demo import run_demo
+    from cutline.demo import named_cluster, run_demo
 
-    return run_demo(args.workdir, markers=args.markers, bootstrap=args.bootstrap_servers)
+    bootstrap = named_cluster(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    return run_demo(args.workdir, markers=args.markers, bootstrap=bootstrap)
 
 
 COMMANDS = {
@@ -357,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cutline {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KafkaException as exc:
-        print(f"cutline {args.command}: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        print(f"cutline {args.command}: Kafka error: {describe(exc.args[0])}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

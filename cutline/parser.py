@@ -29,7 +29,8 @@ Quick start (a local broker, then four terminals' worth of commands):
   cutline restore --backups ./backups --as-of 2026-11-25T10:15:00Z --to restored.sqlite
 
 Kafka: --bootstrap-servers, else $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by
-`cutline kafka start`.
+`cutline kafka start`. A secured cluster: --kafka-config client.properties, -X key=value,
+or CUTLINE_KAFKA_<KEY> variables (-X > environment > file).
 """
 
 
@@ -37,8 +38,26 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by "
-        "`cutline kafka start`)",
+        help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else bootstrap.servers of the "
+        "client settings, else the broker recorded by `cutline kafka start`)",
+    )
+    p.add_argument(
+        "--kafka-config",
+        type=Path,
+        metavar="FILE",
+        help="the estate's client.properties (Java style, as for the Kafka CLIs' "
+        "--command-config or kcat -F): security.protocol, sasl.*, ssl.* ... "
+        "(default: $CUTLINE_KAFKA_CONFIG)",
+    )
+    p.add_argument(
+        "-X",
+        dest="kafka_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one librdkafka client setting, repeatable; it wins over $CUTLINE_KAFKA_<KEY> "
+        "(e.g. CUTLINE_KAFKA_SASL_PASSWORD), which wins over --kafka-config. A value @PATH "
+        "is read from that file, so secrets stay off the command line",
     )
 
 

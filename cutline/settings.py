@@ -1,8 +1,9 @@
 """Where cutline keeps its state, how it names topics, and how it finds Kafka.
 
 Every command resolves bootstrap servers the same way, in this order:
-``--bootstrap-servers``, then ``KAFKA_BOOTSTRAP_SERVERS``, then the broker recorded by
-``cutline kafka start``. Nothing here opens a socket.
+``--bootstrap-servers``, then ``KAFKA_BOOTSTRAP_SERVERS``, then ``bootstrap.servers`` of the
+client settings, then the broker recorded by ``cutline kafka start``. Nothing here opens a
+socket.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cutline.errors import ConfigError
+from cutline.kafka_config import KafkaTarget, resolve_client_settings
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 ENV_HOME = "CUTLINE_HOME"
@@ -80,6 +83,26 @@ def resolve_bootstrap(explicit: str | None) -> str:
         "no Kafka cluster to talk to: pass --bootstrap-servers HOST:PORT, "
         f"set {ENV_BOOTSTRAP}, or start a local broker with `cutline kafka start`"
     )
+
+
+def resolve_kafka(
+    explicit: str | None, config_file: Path | None = None, options: Sequence[str] = ()
+) -> KafkaTarget:
+    """Bootstrap servers plus the estate's client settings (see ``cutline.kafka_config``).
+
+    Bootstrap order: ``--bootstrap-servers``, ``KAFKA_BOOTSTRAP_SERVERS``, the settings'
+    ``bootstrap.servers`` (a client.properties usually has it), the recorded local broker.
+    """
+    client = resolve_client_settings(config_file, options)
+    from_properties = client.properties.pop("bootstrap.servers", None)
+    if explicit or os.environ.get(ENV_BOOTSTRAP) or not from_properties:
+        return KafkaTarget(
+            resolve_bootstrap(explicit),
+            client.properties,
+            named=bool(explicit or os.environ.get(ENV_BOOTSTRAP)),
+        )
+    origin = f"{client.origins['bootstrap.servers']} bootstrap.servers"
+    return KafkaTarget(validate_bootstrap(from_properties, origin), client.properties)
 
 
 def validate_source(name: str) -> str:
