@@ -63,8 +63,10 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from cutline.broker import local
+    from cutline.broker import local, secure
 
+    if args.secure:
+        return secure.kafka_command(args.kafka_command, progress=_log_progress)
     if args.kafka_command == "start":
         info = local.start_local_cluster(args.brokers, progress=_log_progress)
         print(info.bootstrap_servers)

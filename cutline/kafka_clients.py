@@ -100,7 +100,7 @@ def _advice(bootstrap: str) -> str:
             "the local broker recorded by `cutline kafka start` does not answer: run "
             "`cutline kafka start` again"
         )
-    return "check the address and that the cluster runs"
+    return "check the address, the client settings and that the cluster runs"
 
 
 def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
@@ -112,23 +112,30 @@ def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
     _last_problem.pop(str(bootstrap), None)
     admin = make_admin(bootstrap)
     end = time.monotonic() + deadline_s
-    last: KafkaError | None = None
+    reported: KafkaError | None = None  # from error_cb: says why (preferred)
+    failed: KafkaError | None = None  # from the request: often only "transport failure"
     while time.monotonic() < end:
         try:
             metadata = admin.list_topics(timeout=min(2.0, max(0.1, end - time.monotonic())))
             if metadata.brokers:
                 return len(metadata.brokers)
         except KafkaException as exc:
-            last = exc.args[0]
+            failed = exc.args[0]
         admin.poll(0)
-        last = _last_problem.pop(str(bootstrap), None) or last
-        if last is not None and classify(last).final:
-            raise BrokerError(f"Kafka at {bootstrap}: {describe(last)}")
+        reported = _last_problem.pop(str(bootstrap), None) or reported
+        if reported is not None and classify(reported).final:
+            raise BrokerError(f"Kafka at {bootstrap}: {describe(reported)}")
         time.sleep(0.2)
-    detail = f": {describe(last)}" if last is not None else ""
+    last = reported or failed
+    if last is not None and (not isinstance(bootstrap, KafkaTarget) or bootstrap.named):
+        advice = describe(last)
+    elif last is not None:
+        advice = f"{describe(last)}; {_advice(bootstrap)}"
+    else:
+        advice = _advice(bootstrap)
     raise BrokerError(
-        f"Kafka at {bootstrap} did not answer a metadata request within {deadline_s:.0f} s"
-        f"{detail}; {_advice(bootstrap)}"
+        f"Kafka at {bootstrap} did not answer a metadata request within {deadline_s:.0f} s: "
+        f"{advice}"
     )
 
 

@@ -115,7 +115,7 @@ def classify(
             )
         if "ssl" in lowered or "handshake" in lowered:
             return Diagnosis(TLS, f"TLS handshake failed: {_tls_reason(text)} ({text})")
-        if "disconnected" in lowered and "sasl" not in lowered:
+        if "security.protocol" in lowered or ("disconnected" in lowered and "sasl" not in lowered):
             return Diagnosis(
                 DOWN,
                 f"the broker closed the connection ({text}): check security.protocol "

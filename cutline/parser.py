@@ -112,7 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--brokers", type=int, choices=(1, 3), default=1, help="1 broker, or a 3-broker cluster"
     )
-    ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="a separate single-node cluster as estates run them: SASL_SSL (SCRAM-SHA-512) "
+        "and mutual-TLS listeners, ACLs enforced; prints the path of an admin "
+        "client.properties to pass as --kafka-config",
+    )
+    stop = ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    stop.add_argument("--secure", action="store_true", help="stop the secured cluster instead")
 
     capture = sub.add_parser(
         "capture",
