@@ -1,0 +1,223 @@
+"""cutline in a secured estate: a real Kafka node with SASL_SSL (SCRAM-SHA-512), mutual TLS
+and the StandardAuthorizer, and principals holding exactly the README's ACL list.
+
+The node is started once for the module (``cutline.broker.secure``, its own home), so these
+tests use no other broker. Each test has its own source, principal grants and files.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.catalog import list_backups
+from cutline.broker.secure import (
+    Grant,
+    SecureCluster,
+    make_ca,
+    mtls_client_properties,
+    required_grants,
+    scram_client_properties,
+    start_secure_cluster,
+    stop_secure_cluster,
+)
+from tests.integration.pipeline import (
+    TABLES,
+    Pipeline,
+    avro_rows,
+    backup_rows,
+    primary_columns,
+    table_rows,
+    wait_until,
+)
+from tests.integration.workload import random_transactions
+
+MTLS_PRINCIPAL = "User:cutline-client"  # the CN of the client certificate the node made
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
+    home = tmp_path_factory.mktemp("secure-home") / "kafka-secure"
+    cluster = start_secure_cluster(home=home, progress=lambda m: print(f"[secure] {m}"))
+    try:
+        yield cluster
+    finally:
+        stop_secure_cluster(home=home, progress=lambda _m: None)
+
+
+@pytest.fixture
+def source() -> str:
+    return f"sec-{uuid.uuid4().hex[:10]}"
+
+
+def _scram_user(secured: SecureCluster, root: Path) -> tuple[str, Path]:
+    """A new SCRAM user with no ACLs, and its Java-style client.properties (jaas line)."""
+    user = f"app-{uuid.uuid4().hex[:8]}"
+    password = secrets.token_urlsafe(12)
+    secured.add_scram_user(user, password)
+    properties = root / f"{user}.properties"
+    properties.write_text(
+        scram_client_properties(secured.layout.sasl_bootstrap, secured.ca, user, password)
+    )
+    return f"User:{user}", properties
+
+
+def _mtls_properties(secured: SecureCluster, root: Path) -> Path:
+    tls = secured.layout.tls
+    properties = root / "mtls.properties"
+    properties.write_text(
+        mtls_client_properties(
+            secured.layout.mtls_bootstrap,
+            secured.ca,
+            tls / "cutline-client.pem",
+            tls / "cutline-client.key",
+        )
+    )
+    return properties
+
+
+def _assert_exact(pipeline: Pipeline) -> None:
+    """Every backup (DuckDB and Avro) and a restore equal the primary at their cut."""
+    published = pipeline.wait_for_backups(sorted(pipeline.oracle), deadline_s=180)
+    for marker_id, expected in pipeline.oracle.items():
+        in_duckdb = backup_rows(published[marker_id])
+        assert in_duckdb == {t: expected[t] for t in TABLES}, f"backup {marker_id} differs"
+        assert avro_rows(published[marker_id])[0] == in_duckdb, f"backup {marker_id}: Avro"
+    newest = max(pipeline.oracle)
+    restored = pipeline.root / f"restored-{newest}.sqlite"
+    done = pipeline.cli(
+        "restore", "--backups", str(pipeline.backups), "--source", pipeline.source,
+        "--marker", str(newest), "--to", str(restored),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(restored) as conn:
+        got = {t: table_rows(conn, t, primary_columns(conn, t)) for t in TABLES}
+    assert got == pipeline.oracle[newest], "the restore differs from the primary at its cut"
+
+
+def _run_workload(pipeline: Pipeline, cuts: int) -> None:
+    stop = threading.Event()
+    counts: list[int] = []
+    writer = threading.Thread(target=lambda: counts.append(random_transactions(pipeline, stop, 3)))
+    conn = pipeline.connect()
+    try:
+        writer.start()
+        for _ in range(cuts):
+            time.sleep(0.5)
+            pipeline.cut(conn)
+    finally:
+        stop.set()
+        writer.join(30)
+    pipeline.cut(conn)
+    conn.close()
+    assert counts and counts[0] > 10
+
+
+def _last_assignment(log: str) -> list[int]:
+    found = re.findall(r"assigned partitions \[([0-9, ]*)\]", log)
+    return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
+
+
+def test_sasl_ssl_principal_with_the_readme_acls_runs_everything(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    principal, config = _scram_user(secured, tmp_path)
+    secured.grant(principal, required_grants(source))
+    kafka = ("--kafka-config", str(config))
+    with Pipeline(secured.layout.sasl_bootstrap, source, tmp_path) as pipeline:
+        pipeline.create_primary()
+        pipeline.start_capture(4, *kafka)
+        workers = [pipeline.start_replicator(n, *kafka) for n in ("replicate-a", "replicate-b")]
+
+        def split() -> bool:
+            pipeline.check_alive()
+            shares = [_last_assignment(w.log.read_text()) for w in workers]
+            return all(shares) and sorted(shares[0] + shares[1]) == list(range(4))
+
+        wait_until(split, 90, "the two replication processes to share the 4 partitions")
+        _run_workload(pipeline, cuts=3)
+        marked = pipeline.cli("mark", "--db", str(pipeline.db))
+        assert marked.returncode == 0, marked.stderr
+        _assert_exact(pipeline)
+        assert re.search(r'"marker_id": (\d+)', marked.stdout)
+
+        replayed = tmp_path / "replayed"
+        done = pipeline.cli(
+            "replay", "--replica", str(replayed / "replica"), "--backups",
+            str(replayed / "backups"), "--source", source, "--idle-timeout", "30", *kafka,
+            timeout_s=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        rebuilt = {b.marker_id: b for b in list_backups(replayed / "backups", source)}
+        for marker_id, expected in pipeline.oracle.items():
+            assert backup_rows(rebuilt[marker_id]) == expected, f"replayed {marker_id} differs"
+
+
+def test_mutual_tls_principal_with_the_readme_acls_captures_and_replicates(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    config = _mtls_properties(secured, tmp_path)
+    secured.grant(MTLS_PRINCIPAL, required_grants(source))
+    kafka = ("--kafka-config", str(config))
+    with Pipeline(secured.layout.mtls_bootstrap, source, tmp_path) as pipeline:
+        pipeline.create_primary()
+        pipeline.start_capture(2, *kafka)
+        pipeline.start_replicator("replicate", *kafka)
+        _run_workload(pipeline, cuts=2)
+        _assert_exact(pipeline)
+
+
+def _stderr_line(done) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"want one clear line, got:\n{done.stderr}"
+    return lines[0]
+
+
+def test_a_wrong_password_is_reported_in_one_line_within_seconds(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    _, config = _scram_user(secured, tmp_path)
+    text = config.read_text()
+    config.write_text(re.sub(r'password="[^"]*"', 'password="not-the-password"', text))
+    with Pipeline(secured.layout.sasl_bootstrap, source, tmp_path) as pipeline:
+        pipeline.create_primary()
+        started = time.monotonic()
+        done = pipeline.cli(
+            "capture", "--db", str(pipeline.db), "--tables", "accounts", "--source", source,
+            "--kafka-config", str(config),
+        )  # fmt: skip
+    assert done.returncode == 1
+    line = _stderr_line(done)
+    assert "authentication failed" in line and "sasl.password" in line
+    assert "not-the-password" not in done.stderr
+    assert "kafka start" not in line
+    assert time.monotonic() - started < 15
+
+
+def test_an_untrusted_ca_is_reported_as_such(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    _, config = _scram_user(secured, tmp_path)
+    other_ca, _ = make_ca(tmp_path / "other-ca", "other-ca")
+    config.write_text(config.read_text().replace(str(secured.ca), str(other_ca)))
+    done = Pipeline(secured.layout.sasl_bootstrap, source, tmp_path).cli(
+        "replay", "--replica", str(tmp_path / "r"), "--backups", str(tmp_path / "b"),
+        "--source", source, "--kafka-config", str(config),
+    )  # fmt: skip
+    assert done.returncode == 1
+    line = _stderr_line(done)
+    assert "TLS handshake failed" in line and "unknown CA" in line and "ssl.ca.location" in line
+
+
+def _without(source: str, missing: Grant) -> list[Grant]:
+    grants = required_grants(source)
+    assert missing in grants
+    return [g for g in grants if g != missing]
