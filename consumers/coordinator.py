@@ -45,8 +45,9 @@ from consumers.catalog import has_backup, source_dir
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
-from cutline.errors import DeadlineExceeded
+from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_consumer
+from cutline.kafka_errors import describe, is_authorization
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
@@ -142,6 +143,7 @@ class CutCoordinator:
         self._abandon_sent: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: CutlineError | None = None  # why the control loop ended on its own
         self._snapshots: queue.SimpleQueue[CutPlan | None] = queue.SimpleQueue()
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
@@ -243,12 +245,21 @@ class CutCoordinator:
                         if message.error().code() == message.error()._PARTITION_EOF:
                             if not self._caught_up.is_set():
                                 self._finish_replay()
+                        elif is_authorization(message.error()):
+                            raise BrokerError(
+                                f"reading {self.topics.control}: "
+                                + describe(
+                                    message.error(), resource=self.topics.control, operation="Read"
+                                )
+                            )
                         else:
                             log.warning("control topic: %s", message.error().str())
                     else:
                         self._on_event(message.value(), now)
                 if self._caught_up.is_set():
                     self._expire(now)
+        except CutlineError as exc:  # e.g. a missing ACL: the replicator reports it, one line
+            self.error = exc
         except Exception:  # the coordinator must say why it stopped, not die silently
             log.exception("coordinator stopped")
             raise

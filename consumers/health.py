@@ -38,6 +38,8 @@ class _Thread(Protocol):
 def check_threads(coordinator: _Coordinator | None, threads: Iterable[_Thread]) -> None:
     """Raise ReplicationStopped if the coordinator or a started replication thread died."""
     if coordinator is not None and coordinator.is_dead():
+        if getattr(coordinator, "error", None) is not None:
+            raise coordinator.error  # a cause the operator can act on, said as it is
         raise ReplicationStopped(
             "the cut coordinator stopped (see the error logged above): cuts can no longer be "
             "resolved here, so this process exits; restart it, it resumes from its replica"

@@ -46,6 +46,7 @@ from cutline.kafka_clients import (
     topic_config,
     wait_for_cluster,
 )
+from cutline.kafka_errors import describe, is_authorization
 from cutline.settings import Topics
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
@@ -178,8 +179,13 @@ class Capture:
                 return producer
             except KafkaException as exc:
                 if not exc.args[0].retriable() or time.monotonic() >= end:
+                    reason = describe(
+                        exc.args[0],
+                        resource=self.topics.capture_transactional_id,
+                        operation="Write",
+                    )
                     raise BrokerError(
-                        f"cannot start a Kafka transaction for capture: {exc.args[0].str()}"
+                        f"cannot start a Kafka transaction for capture: {reason}"
                     ) from exc
                 time.sleep(0.5)
 
@@ -398,6 +404,12 @@ class Capture:
                     f"capture for source {self.config.source!r} was fenced or failed fatally "
                     f"({error.str()}); another capture process may have taken over"
                 ) from exc
+            if is_authorization(error):  # waiting cannot help: name the ACL to add
+                self._abort_quietly()
+                written = f"{self.topics.ops} and {self.topics.capture_position}"
+                raise BrokerError(
+                    f"capture cannot write: {describe(error, resource=written, operation='Write')}"
+                ) from exc
             if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 self._abort_quietly()
                 raise RecordTooLarge(
@@ -511,6 +523,9 @@ def _last_position_between(
                 return last
             continue
         if message.error():
+            if is_authorization(message.error()):
+                reason = describe(message.error(), resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}")
             continue
         if message.offset() >= stop:
             return last
@@ -537,7 +552,8 @@ def _watermarks(consumer, tp: TopicPartition, deadline_s: float) -> tuple[int, i
                 KafkaError.LEADER_NOT_AVAILABLE,
                 KafkaError._TRANSPORT,
             ):
-                raise BrokerError(f"cannot read {tp.topic}: {exc.args[0].str()}") from exc
+                reason = describe(exc.args[0], resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}") from exc
             if time.monotonic() > end:
                 raise DeadlineExceeded(
                     f"no leader answered for {tp.topic} within {deadline_s:.0f} s"

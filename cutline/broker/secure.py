@@ -263,23 +263,21 @@ class Grant:
 
 
 def required_grants(source: str) -> list[Grant]:
-    """Every ACL a principal needs to run capture, replicate and replay of ``source``."""
+    """The README's ACL list for ``source``: what capture, replicate and replay need.
+
+    Describe is not listed: Kafka implies it from Read and Write. The reader groups never
+    join or commit (they assign partitions); their ACL only keeps librdkafka from warning.
+    """
     topics = Topics(source)
-    grants: list[Grant] = []
-    for topic in (topics.ops, topics.capture_position, topics.control, topics.dead_letter):
-        grants += [
-            Grant(ResourceType.TOPIC, topic, AclOperation.CREATE),
-            Grant(ResourceType.TOPIC, topic, AclOperation.DESCRIBE),
-            Grant(ResourceType.TOPIC, topic, AclOperation.WRITE),
-        ]
-    for topic in (topics.ops, topics.capture_position, topics.control):
-        grants.append(Grant(ResourceType.TOPIC, topic, AclOperation.READ))
-    grants.append(Grant(ResourceType.TOPIC, topics.ops, AclOperation.DESCRIBE_CONFIGS))
+    everything = (topics.ops, topics.capture_position, topics.control, topics.dead_letter)
+    grants = [Grant(ResourceType.TOPIC, t, AclOperation.CREATE) for t in everything]
+    grants += [Grant(ResourceType.TOPIC, t, AclOperation.WRITE) for t in everything]
+    grants += [
+        Grant(ResourceType.TOPIC, t, AclOperation.READ)
+        for t in (topics.ops, topics.capture_position, topics.control)
+    ]
     grants += [
         Grant(ResourceType.TRANSACTIONAL_ID, topics.capture_transactional_id, AclOperation.WRITE),
-        Grant(
-            ResourceType.TRANSACTIONAL_ID, topics.capture_transactional_id, AclOperation.DESCRIBE
-        ),
         Grant(ResourceType.GROUP, topics.replication_group, AclOperation.READ),
         Grant(ResourceType.GROUP, f"{topics.capture_position}.reader", AclOperation.READ),
         Grant(ResourceType.GROUP, f"{topics.control}.", AclOperation.READ, prefixed=True),
