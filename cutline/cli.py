@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,7 +21,12 @@ from confluent_kafka import KafkaException
 from cutline.errors import ConfigError, CutlineError
 from cutline.kafka_errors import describe
 from cutline.parser import build_parser
-from cutline.settings import resolve_kafka, validate_source
+from cutline.settings import (
+    ENV_TOPIC_TEMPLATE,
+    resolve_kafka,
+    validate_source,
+    validate_topic_template,
+)
 
 
 def _kafka(args: argparse.Namespace) -> str:
@@ -347,6 +353,13 @@ def _check_backups_exist(args: argparse.Namespace) -> None:
         raise ConfigError(f"--backups {path} is not a directory: pass the backups directory")
 
 
+def _use_topic_template(args: argparse.Namespace) -> None:
+    """--topic-template reaches every ``Topics`` (and child processes) via the environment."""
+    template = getattr(args, "topic_template", None)
+    if template:
+        os.environ[ENV_TOPIC_TEMPLATE] = validate_topic_template(template)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -354,10 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # cutline reports client errors itself, in one line (kafka_errors); librdkafka's own
+    # log (even its FATAL lines) is for --verbose
     logging.getLogger("cutline.kafka.librdkafka").setLevel(
-        logging.DEBUG if args.verbose else logging.CRITICAL
+        logging.DEBUG if args.verbose else logging.CRITICAL + 1
     )
     try:
+        _use_topic_template(args)
         _check_backups_exist(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -59,6 +59,14 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
         "(e.g. CUTLINE_KAFKA_SASL_PASSWORD), which wins over --kafka-config. A value @PATH "
         "is read from that file, so secrets stay off the command line",
     )
+    p.add_argument(
+        "--topic-template",
+        metavar="TEMPLATE",
+        help="how the source's topics, group ids and transactional id are named, with "
+        "{source} and {kind} (ops, capture, control, dlq, replicate, replay); give every "
+        "command of a source the same one (default: $CUTLINE_TOPIC_TEMPLATE, else "
+        "cutline.{source}.{kind})",
+    )
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:

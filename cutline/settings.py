@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cutline.errors import ConfigError
@@ -115,32 +115,72 @@ def validate_source(name: str) -> str:
     return name
 
 
+ENV_TOPIC_TEMPLATE = "CUTLINE_TOPIC_TEMPLATE"
+DEFAULT_TOPIC_TEMPLATE = "cutline.{source}.{kind}"
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def validate_topic_template(template: str, origin: str = "--topic-template") -> str:
+    """A name template must hold {source} and {kind} (and nothing else in braces)."""
+    fields = set(_TEMPLATE_FIELD.findall(template))
+    if fields != {"source", "kind"}:
+        raise ConfigError(
+            f"{origin} {template!r}: use exactly the fields {{source}} and {{kind}}, e.g. "
+            "'acme.backup.{source}.{kind}' (kinds: ops, capture, control, dlq, replicate, replay)"
+        )
+    example = template.format(source="s", kind="ops")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", example):
+        raise ConfigError(
+            f"{origin} {template!r}: Kafka names take letters, digits, '.', '_' and '-' only"
+        )
+    return template
+
+
+def topic_template() -> str:
+    """The estate's naming rule: ``--topic-template`` (set into the environment by the
+    command, so child processes inherit it), else ``$CUTLINE_TOPIC_TEMPLATE``, else cutline's."""
+    value = os.environ.get(ENV_TOPIC_TEMPLATE)
+    return validate_topic_template(value, ENV_TOPIC_TEMPLATE) if value else DEFAULT_TOPIC_TEMPLATE
+
+
 @dataclass(frozen=True)
 class Topics:
-    """The topics of one source. The ops topic carries operations, schemas and markers."""
+    """The Kafka names of one source: topics, group ids and the transactional id.
+
+    Named by a template (default ``cutline.{source}.{kind}``) so estates with naming rules
+    (a prefix per team, a suffix per environment) can fit cutline in.
+    """
 
     source: str
+    template: str = field(default_factory=topic_template)
+
+    def name(self, kind: str) -> str:
+        return self.template.format(source=self.source, kind=kind)
 
     @property
     def ops(self) -> str:
-        return f"cutline.{self.source}.ops"
+        return self.name("ops")
 
     @property
     def control(self) -> str:
-        return f"cutline.{self.source}.control"
+        return self.name("control")
 
     @property
     def dead_letter(self) -> str:
-        return f"cutline.{self.source}.dlq"
+        return self.name("dlq")
 
     @property
     def capture_position(self) -> str:
-        return f"cutline.{self.source}.capture"
+        return self.name("capture")
 
     @property
     def replication_group(self) -> str:
-        return f"cutline.{self.source}.replicate"
+        return self.name("replicate")
 
     @property
     def capture_transactional_id(self) -> str:
-        return f"cutline.{self.source}.capture"
+        return self.name("capture")
+
+    @property
+    def replay_group_prefix(self) -> str:
+        return self.name("replay") + "."

@@ -462,7 +462,10 @@ class Capture:
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout_s)
+            try:  # a producer in a fatal state raises here; the cause was already raised
+                self._producer.flush(timeout_s)
+            except KafkaException as exc:
+                log.info("flushing the producer on close: %s", exc)
             self._producer = None
         if self._conn is not None:
             self._conn.close()

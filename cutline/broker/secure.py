@@ -281,7 +281,7 @@ def required_grants(source: str) -> list[Grant]:
         Grant(ResourceType.GROUP, topics.replication_group, AclOperation.READ),
         Grant(ResourceType.GROUP, f"{topics.capture_position}.reader", AclOperation.READ),
         Grant(ResourceType.GROUP, f"{topics.control}.", AclOperation.READ, prefixed=True),
-        Grant(ResourceType.GROUP, f"cutline.{source}.replay.", AclOperation.READ, prefixed=True),
+        Grant(ResourceType.GROUP, topics.replay_group_prefix, AclOperation.READ, prefixed=True),
     ]
     return grants
 
@@ -319,6 +319,19 @@ class SecureCluster:
         admin = self.admin()  # kept referenced until its futures are done
         for future in admin.alter_user_scram_credentials([upsert]).values():
             future.result(timeout=deadline_s)
+        # The broker learns the credential from the metadata log a moment later; until then
+        # the user's logins fail. Wait until it describes the user.
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                found = admin.describe_user_scram_credentials([user])[user].result(timeout=5)
+                if found.scram_credential_infos:
+                    return
+            except KafkaException:
+                pass
+            if time.monotonic() > end:
+                raise BrokerError(f"SCRAM user {user} did not appear within {deadline_s:.0f} s")
+            time.sleep(0.2)
 
     def grant(self, principal: str, grants: Iterable[Grant], deadline_s: float = 30.0) -> None:
         bindings = [g.binding(principal) for g in grants]

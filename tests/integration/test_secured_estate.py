@@ -30,8 +30,9 @@ from cutline.broker.secure import (
     start_secure_cluster,
     stop_secure_cluster,
 )
-from cutline.kafka_clients import ensure_topics, source_topic_specs
-from cutline.settings import Topics
+from cutline.errors import BrokerError
+from cutline.kafka_clients import ensure_topics, source_topic_specs, wait_for_cluster
+from cutline.settings import Topics, resolve_kafka
 from tests.integration.pipeline import (
     TABLES,
     Pipeline,
@@ -70,6 +71,15 @@ def _scram_user(secured: SecureCluster, root: Path) -> tuple[str, Path]:
     properties.write_text(
         scram_client_properties(secured.layout.sasl_bootstrap, secured.ca, user, password)
     )
+    target = resolve_kafka(None, properties)
+
+    def logs_in() -> bool:
+        try:
+            return wait_for_cluster(target, deadline_s=5) > 0
+        except BrokerError:
+            return False
+
+    wait_until(logs_in, 20, f"user {user} to be able to log in")
     return f"User:{user}", properties
 
 
@@ -277,3 +287,26 @@ def test_each_missing_acl_is_named_in_one_line(
     assert missing.name in last, last
     assert f"{operation.title()} on " in last and "not authorized" in last, last
     assert time.monotonic() - started < 30, "said within seconds"
+
+
+def test_the_demo_runs_over_sasl_ssl(secured: SecureCluster, tmp_path: Path) -> None:
+    """The demo names its own sources (demo-<time>): the README's ACLs, as prefixed ones."""
+    principal, config = _scram_user(secured, tmp_path)
+    prefixed = [Grant(g.resource_type, g.name, g.operation, prefixed=True) for g in _demo_grants()]
+    secured.grant(principal, prefixed)
+    done = Pipeline(secured.layout.sasl_bootstrap, "demo", tmp_path).cli(
+        "demo", "--workdir", str(tmp_path / "demo"), "--markers", "2",
+        "--kafka-config", str(config), "--bootstrap-servers", secured.layout.sasl_bootstrap,
+        timeout_s=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert "OK: 2 consistent backups" in done.stdout
+
+
+def _demo_grants() -> list[Grant]:
+    """Each grant of the README's list, its resource cut to the prefix cutline.demo-."""
+    out: dict[tuple, Grant] = {}
+    for g in required_grants("demo-"):
+        name = g.name.split("demo-", 1)[0] + "demo-"
+        out[(g.resource_type, name, g.operation)] = Grant(g.resource_type, name, g.operation)
+    return list(out.values())
