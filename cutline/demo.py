@@ -83,7 +83,7 @@ def named_cluster(
 ) -> str | None:
     """The cluster the user named (with its client settings), or None to provide one."""
     client = resolve_client_settings(config_file, options)
-    if bootstrap or os.environ.get(ENV_BOOTSTRAP) or client.properties.get("bootstrap.servers"):
+    if bootstrap or client.properties.get("bootstrap.servers") or os.environ.get(ENV_BOOTSTRAP):
         return resolve_kafka(bootstrap, config_file, options)
     return None
 

@@ -38,8 +38,8 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else bootstrap.servers of the "
-        "client settings, else the broker recorded by `cutline kafka start`)",
+        help="Kafka to use (default: bootstrap.servers of the client settings, else "
+        "$KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by `cutline kafka start`)",
     )
     p.add_argument(
         "--kafka-config",

@@ -1,9 +1,9 @@
 """Where cutline keeps its state, how it names topics, and how it finds Kafka.
 
 Every command resolves bootstrap servers the same way, in this order:
-``--bootstrap-servers``, then ``KAFKA_BOOTSTRAP_SERVERS``, then ``bootstrap.servers`` of the
-client settings, then the broker recorded by ``cutline kafka start``. Nothing here opens a
-socket.
+``--bootstrap-servers``, then ``bootstrap.servers`` of the client settings, then
+``KAFKA_BOOTSTRAP_SERVERS``, then the broker recorded by ``cutline kafka start``. Nothing
+here opens a socket.
 """
 
 from __future__ import annotations
@@ -90,12 +90,13 @@ def resolve_kafka(
 ) -> KafkaTarget:
     """Bootstrap servers plus the estate's client settings (see ``cutline.kafka_config``).
 
-    Bootstrap order: ``--bootstrap-servers``, ``KAFKA_BOOTSTRAP_SERVERS``, the settings'
-    ``bootstrap.servers`` (a client.properties usually has it), the recorded local broker.
+    Bootstrap order: ``--bootstrap-servers``; ``bootstrap.servers`` of the client settings
+    (a client.properties usually has it: a file named on the command line beats an ambient
+    variable); ``KAFKA_BOOTSTRAP_SERVERS``; the recorded local broker.
     """
     client = resolve_client_settings(config_file, options)
     from_properties = client.properties.pop("bootstrap.servers", None)
-    if explicit or os.environ.get(ENV_BOOTSTRAP) or not from_properties:
+    if explicit or not from_properties:
         return KafkaTarget(
             resolve_bootstrap(explicit),
             client.properties,

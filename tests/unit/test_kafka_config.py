@@ -127,15 +127,17 @@ def test_environment_names_and_children(tmp_path: Path) -> None:
 def test_the_target_keeps_its_settings_and_bootstrap_comes_from_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "ambient:9092")
     config = tmp_path / "client.properties"
     config.write_text(f"bootstrap.servers=b1:9093\nsasl.jaas.config={JAAS}\n")
     target = resolve_kafka(None, config)
-    assert str(target) == "b1:9093" and target.named
+    assert str(target) == "b1:9093" and target.named, "the file named beats the ambient variable"
     assert "bootstrap.servers" not in target.properties
     copy = pickle.loads(pickle.dumps(target))
     assert isinstance(copy, KafkaTarget) and copy.properties == target.properties
     assert str(resolve_kafka("b2:1", config)) == "b2:1", "--bootstrap-servers wins"
+    assert str(resolve_kafka(None, config, ["bootstrap.servers=b3:1"])) == "b3:1"
+    assert str(resolve_kafka(None)) == "ambient:9092"
 
 
 def test_errors_are_classified() -> None:
