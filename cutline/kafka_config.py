@@ -148,9 +148,23 @@ def _jaas_credentials(value: str, origin: str) -> dict[str, str]:
     return {"sasl.username": options["username"], "sasl.password": options["password"]}
 
 
+# Java client keys with no meaning for cutline's clients: dropped, not refused.
+_JAVA_ONLY_HARMLESS = frozenset(
+    {
+        "key.serializer",
+        "value.serializer",
+        "key.deserializer",
+        "value.deserializer",
+        "client.dns.lookup",
+        "ssl.enabled.protocols",
+        "ssl.protocol",
+    }
+)
+
+
 def translate_java(properties: Mapping[str, str], origin: str) -> dict[str, str]:
     """Map Java-client keys to librdkafka's; refuse those it cannot read, saying what to use."""
-    out = dict(properties)
+    out = {k: v for k, v in properties.items() if k not in _JAVA_ONLY_HARMLESS}
     jaas = out.pop("sasl.jaas.config", None)
     if jaas is not None:
         for key, value in _jaas_credentials(jaas, origin).items():

@@ -122,6 +122,13 @@ def classify(
                 "against the listener (a TLS or SASL listener drops a plaintext client)",
             )
         return Diagnosis(DOWN, f"the broker is unreachable ({text})")
+    if code == KafkaError._INVALID_ARG and "configuration property" in text:
+        return Diagnosis(
+            OTHER,
+            f"{text}: a client setting librdkafka does not accept (a Java-only key?); fix or "
+            "remove it in --kafka-config / -X / CUTLINE_KAFKA_* (see librdkafka's "
+            "CONFIGURATION.md)",
+        )
     if code == KafkaError._ALL_BROKERS_DOWN:
         return Diagnosis(DOWN, f"no broker is reachable ({text})")
     return Diagnosis(OTHER, f"{text} ({error.name()})")

@@ -71,6 +71,7 @@ def test_keys_librdkafka_cannot_read_are_refused_with_what_to_use() -> None:
         )  # fmt: skip
     pem = {"ssl.truststore.type": "PEM", "ssl.truststore.location": "/ca.pem"}
     assert translate_java(pem, "f") == {"ssl.ca.location": "/ca.pem"}
+    assert translate_java({"key.serializer": "x", "client.dns.lookup": "y"}, "f") == {}
     assert translate_java({"ssl.endpoint.identification.algorithm": ""}, "f") == {
         "ssl.endpoint.identification.algorithm": "none"
     }
@@ -151,6 +152,10 @@ def test_errors_are_classified() -> None:
     ]  # fmt: skip
     for code, text, kind in cases:
         assert classify(KafkaError(code, text)).kind == kind, text
+    unknown = classify(
+        KafkaError(KafkaError._INVALID_ARG, 'No such configuration property: "ssl.truststore.x"')
+    )
+    assert "Java-only key" in unknown.message
     tls = classify(KafkaError(KafkaError._SSL, "certificate verify failed: hostname mismatch"))
     assert "hostname mismatch" in tls.message
     named = classify(
