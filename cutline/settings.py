@@ -80,7 +80,8 @@ def resolve_bootstrap(explicit: str | None) -> str:
     if recorded:
         return recorded
     raise ConfigError(
-        "no Kafka cluster to talk to: pass --bootstrap-servers HOST:PORT, "
+        "no Kafka cluster to talk to: pass --bootstrap-servers HOST:PORT (or a --kafka-config "
+        "with bootstrap.servers), "
         f"set {ENV_BOOTSTRAP}, or start a local broker with `cutline kafka start`"
     )
 
