@@ -8,6 +8,8 @@ connection errors on stderr.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cutline.errors import BrokerError, DeadlineExceeded
 from cutline.kafka_config import KafkaTarget, client_properties
-from cutline.kafka_errors import classify, describe, is_authorization
+from cutline.kafka_errors import TLS, classify, describe, is_authorization
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.kafka")
@@ -103,6 +105,28 @@ def _advice(bootstrap: str) -> str:
     return "check the address, the client settings and that the cluster runs"
 
 
+def tls_verify_problem(bootstrap: str, timeout_s: float = 5.0) -> str | None:
+    """Why the first broker's certificate fails verification, checked with Python's ssl and
+    the same CA file: "Hostname mismatch, ..." or "unable to get local issuer certificate".
+    None when it verifies (or the probe itself cannot connect)."""
+    settings = client_properties(bootstrap)
+    host, _, port = str(bootstrap).split(",")[0].strip().split("://")[-1].rpartition(":")
+    context = ssl.create_default_context(cafile=settings.get("ssl.ca.location"))
+    if settings.get("ssl.endpoint.identification.algorithm", "https") == "none":
+        context.check_hostname = False
+    try:
+        address = (host.strip("[]"), int(port))
+        with (
+            socket.create_connection(address, timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=address[0]),
+        ):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return str(exc.verify_message)
+    except (OSError, ValueError):
+        return None
+
+
 def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
     """Block until the cluster answers a metadata request; return its broker count.
 
@@ -124,7 +148,8 @@ def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
         admin.poll(0)
         reported = _last_problem.pop(str(bootstrap), None) or reported
         if reported is not None and classify(reported).final:
-            raise BrokerError(f"Kafka at {bootstrap}: {describe(reported)}")
+            detail = tls_verify_problem(bootstrap) if classify(reported).kind == TLS else None
+            raise BrokerError(f"Kafka at {bootstrap}: {describe(reported, detail=detail)}")
         time.sleep(0.2)
     last = reported or failed
     if last is not None and (not isinstance(bootstrap, KafkaTarget) or bootstrap.named):

@@ -47,11 +47,7 @@ class Diagnosis:
 
 def _tls_reason(text: str) -> str:
     lowered = text.lower()
-    if (
-        "hostname" in lowered
-        or "subject alternative name" in lowered
-        or "ip address mismatch" in (lowered)
-    ):
+    if "hostname" in lowered or "ip address mismatch" in lowered:
         return (
             "the broker's certificate does not name the host you connect to (hostname "
             "mismatch): connect by a name in its certificate, or fix the certificate's SAN"
@@ -79,11 +75,17 @@ def _clean(text: str) -> str:
 
 
 def classify(
-    error: KafkaError, *, resource: str | None = None, operation: str | None = None
+    error: KafkaError,
+    *,
+    resource: str | None = None,
+    operation: str | None = None,
+    detail: str | None = None,
 ) -> Diagnosis:
-    """One line for a client error; ``resource``/``operation`` name what was refused."""
+    """One line for a client error; ``resource``/``operation`` name what was refused;
+    ``detail`` is what a TLS probe of our own found (librdkafka says "could not be
+    verified" for an unknown CA and a hostname mismatch alike)."""
     code = error.code()
-    text = _clean(error.str())
+    text = _clean(error.str()) + (f" [{detail}]" if detail else "")
     if code in _AUTHN_CODES:
         return Diagnosis(
             AUTHENTICATION,

@@ -7,9 +7,12 @@ tests use no other broker. Each test has its own source, principal grants and fi
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 import uuid
@@ -23,6 +26,7 @@ from consumers.catalog import list_backups
 from cutline.broker.secure import (
     Grant,
     SecureCluster,
+    issue_certificate,
     make_ca,
     mtls_client_properties,
     required_grants,
@@ -32,6 +36,7 @@ from cutline.broker.secure import (
 )
 from cutline.errors import BrokerError
 from cutline.kafka_clients import ensure_topics, source_topic_specs, wait_for_cluster
+from cutline.kafka_config import KafkaTarget
 from cutline.settings import Topics, resolve_kafka
 from tests.integration.pipeline import (
     TABLES,
@@ -310,3 +315,48 @@ def _demo_grants() -> list[Grant]:
         name = g.name.split("demo-", 1)[0] + "demo-"
         out[(g.resource_type, name, g.operation)] = Grant(g.resource_type, name, g.operation)
     return list(out.values())
+
+
+def test_a_hostname_mismatch_is_told_apart_from_an_unknown_ca(tmp_path: Path) -> None:
+    """librdkafka says "could not be verified" for both; cutline says which it is.
+
+    A real TLS listener (Python's ssl) whose certificate, signed by a CA the client
+    trusts, names another host.
+    """
+    ca = make_ca(tmp_path, "ca")
+    cert, key = issue_certificate(tmp_path, ca, "elsewhere", ["DNS:elsewhere.example"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.5)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                with contextlib.suppress(OSError), conn:
+                    context.wrap_socket(conn, server_side=True).close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        bootstrap = f"127.0.0.1:{server.getsockname()[1]}"
+        settings = {"security.protocol": "SSL", "ssl.ca.location": str(ca[0])}
+        try:
+            started = time.monotonic()
+            with pytest.raises(BrokerError) as mismatch:
+                wait_for_cluster(KafkaTarget(bootstrap, settings), deadline_s=10)
+            assert time.monotonic() - started < 8
+            other_ca = make_ca(tmp_path / "other", "other")
+            untrusted = {**settings, "ssl.ca.location": str(other_ca[0])}
+            with pytest.raises(BrokerError) as unknown:
+                wait_for_cluster(KafkaTarget(bootstrap, untrusted), deadline_s=10)
+        finally:
+            stop.set()
+            thread.join(5)
+    assert "hostname mismatch" in str(mismatch.value), mismatch.value
+    assert "unknown CA" in str(unknown.value), unknown.value
