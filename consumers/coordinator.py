@@ -225,11 +225,25 @@ class CutCoordinator:
     # -- the control loop -----------------------------------------------------------------
 
     def _send(self, event: ControlEvent) -> None:
-        self.producer.produce(self.topics.control, encode(event), str(event.marker_id).encode())
+        refused: list = []
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                refused.append(err)
+
+        self.producer.produce(
+            self.topics.control,
+            encode(event),
+            str(event.marker_id).encode(),
+            on_delivery=delivered,
+        )
         if self.producer.flush(15.0):
             raise DeadlineExceeded(
                 f"control event for marker {event.marker_id} not acknowledged within 15 s"
             )
+        if refused:  # e.g. no Write ACL on the control topic: the cut could never resolve
+            reason = describe(refused[0], resource=self.topics.control, operation="Write")
+            raise BrokerError(f"writing to {self.topics.control}: {reason}")
 
     def _run(self) -> None:
         consumer = make_consumer(

@@ -13,6 +13,7 @@ import threading
 from confluent_kafka import Message, Producer
 
 from cutline.errors import BrokerError
+from cutline.kafka_errors import describe
 
 log = logging.getLogger("cutline.deadletter")
 
@@ -48,7 +49,7 @@ class DeadLetters:
         def delivered(err, _msg) -> None:
             if err is not None:
                 with self._lock:
-                    self._failures.append(str(err))
+                    self._failures.append(describe(err, resource=self.topic, operation="Write"))
 
         self._producer.produce(
             self.topic, message.value(), message.key(), headers=headers, on_delivery=delivered

@@ -360,3 +360,24 @@ def test_a_hostname_mismatch_is_told_apart_from_an_unknown_ca(tmp_path: Path) ->
             thread.join(5)
     assert "hostname mismatch" in str(mismatch.value), mismatch.value
     assert "unknown CA" in str(unknown.value), unknown.value
+
+
+def test_a_missing_write_on_the_control_topic_stops_replicate_at_the_first_cut(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    """Met only when a partition reaches a marker: the cut could never resolve, so say so."""
+    missing = Grant(ResourceType.TOPIC, Topics(source).control, AclOperation.WRITE)
+    principal, config = _scram_user(secured, tmp_path)
+    secured.grant(principal, [g for g in required_grants(source) if g != missing])
+    with Pipeline(secured.layout.sasl_bootstrap, source, tmp_path) as pipeline:
+        pipeline.create_primary()
+        pipeline.start_capture(2, "--kafka-config", str(secured.admin_properties))
+        worker = pipeline.start_replicator("replicate", "--kafka-config", str(config))
+        conn = pipeline.connect()
+        pipeline.cut(conn)
+        conn.close()
+        wait_until(lambda: worker.popen.poll() is not None, 60, "replicate to stop")
+    assert worker.popen.returncode == 1, worker.tail()
+    assert "Traceback" not in worker.log.read_text()
+    last = worker.tail().strip().splitlines()[-1]
+    assert "Write on topic" in last and missing.name in last and "not authorized" in last, last
