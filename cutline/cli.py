@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from cutline.errors import ConfigError, CutlineError
+from cutline.kafka_config import redacted
 from cutline.kafka_errors import describe
 from cutline.parser import build_parser
 from cutline.settings import (
@@ -31,7 +32,11 @@ from cutline.settings import (
 
 def _kafka(args: argparse.Namespace) -> str:
     """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
-    return resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    target = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    logging.getLogger("cutline.kafka").info(
+        "Kafka at %s with client settings %s", target, redacted(target.properties)
+    )
+    return target
 
 
 def _log_progress(message: str) -> None:

@@ -145,7 +145,10 @@ def _jaas_credentials(value: str, origin: str) -> dict[str, str]:
     missing = [k for k in ("username", "password") if k not in options]
     if missing:
         raise ConfigError(f"{origin} sasl.jaas.config: {module} line has no {' or '.join(missing)}")
-    return {"sasl.username": options["username"], "sasl.password": options["password"]}
+    credentials = {"sasl.username": options["username"], "sasl.password": options["password"]}
+    if module == "PlainLoginModule":  # the one module that implies its mechanism
+        credentials["sasl.mechanism"] = "PLAIN"
+    return credentials
 
 
 # Java client keys with no meaning for cutline's clients: dropped, not refused.

@@ -124,6 +124,12 @@ def classify(
                 "against the listener (a TLS or SASL listener drops a plaintext client)",
             )
         return Diagnosis(DOWN, f"the broker is unreachable ({text})")
+    if code == KafkaError._INVALID_ARG and "sasl mechanism" in text.lower():
+        return Diagnosis(
+            OTHER,
+            f"{text}: set sasl.mechanism to what the cluster offers (e.g. SCRAM-SHA-512, "
+            "SCRAM-SHA-256 or PLAIN); librdkafka's default is GSSAPI (Kerberos)",
+        )
     if code == KafkaError._INVALID_ARG and "configuration property" in text:
         return Diagnosis(
             OTHER,

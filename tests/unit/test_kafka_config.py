@@ -57,7 +57,11 @@ def test_a_scram_or_plain_jaas_line_becomes_username_and_password() -> None:
     out = translate_java({"sasl.jaas.config": JAAS}, "file")
     assert out == {"sasl.username": "svc-cutline", "sasl.password": "p@ss w=rd"}
     plain = JAAS.replace("scram.ScramLoginModule", "plain.PlainLoginModule")
-    assert translate_java({"sasl.jaas.config": plain}, "file")["sasl.username"] == "svc-cutline"
+    assert translate_java({"sasl.jaas.config": plain}, "file") == {
+        "sasl.username": "svc-cutline",
+        "sasl.password": "p@ss w=rd",
+        "sasl.mechanism": "PLAIN",
+    }
 
 
 def test_keys_librdkafka_cannot_read_are_refused_with_what_to_use() -> None:
