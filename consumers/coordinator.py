@@ -47,7 +47,7 @@ from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
 from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_consumer
-from cutline.kafka_errors import describe, is_authorization
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
@@ -243,7 +243,7 @@ class CutCoordinator:
             )
         if refused:  # e.g. no Write ACL on the control topic: the cut could never resolve
             reason = describe(refused[0], resource=self.topics.control, operation="Write")
-            raise BrokerError(f"writing to {self.topics.control}: {reason}")
+            raise NotAuthorized(f"writing to {self.topics.control}: {reason}")
 
     def _run(self) -> None:
         consumer = make_consumer(

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from cutline.errors import CutlineError
+from cutline.kafka_errors import NotAuthorized
 
 
 class ReplicationStopped(CutlineError):
@@ -46,6 +47,8 @@ def check_threads(coordinator: _Coordinator | None, threads: Iterable[_Thread]) 
         )
     for thread in threads:
         if thread.ident is not None and not thread.is_alive() and not thread.stopping():
+            if isinstance(thread.error, NotAuthorized):
+                raise thread.error  # says which ACL to add; restarting would not help
             cause = f" (last error: {thread.error})" if thread.error is not None else ""
             raise ReplicationStopped(
                 f"replication thread {thread.name} stopped on its own{cause}: its partitions "

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
+from cutline.errors import BrokerError
+
 # Classes of problem: each is final (retrying cannot help) except "refused" and "down".
 AUTHENTICATION = "authentication"
 TLS = "tls"
@@ -33,6 +35,10 @@ _AUTHZ_CODES = {
 }
 _AUTHN_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _PASSWORD_HINT = re.compile(r"sasl\.password=\S+|password=\"[^\"]*\"", re.IGNORECASE)
+
+
+class NotAuthorized(BrokerError):
+    """The cluster refused an operation for want of an ACL: retrying cannot help."""
 
 
 @dataclass(frozen=True)

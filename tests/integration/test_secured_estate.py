@@ -236,8 +236,9 @@ def test_an_untrusted_ca_is_reported_as_such(
 
 
 # Each ACL whose absence stops a command, and the command that meets it first. (Write on
-# the control and dead-letter topics is met only at a cut or a dead letter, Read on the capture
-# topic only on a restart, the reader groups never: not exercised here.)
+# the control topic is met only at a cut: its own test below. Write on the dead-letter topic
+# is met only at a dead letter and Read on the capture topic only on a restart: not exercised
+# here. The reader groups are never needed.)
 MISSING = [
     ("CREATE", "ops", "capture"),
     ("CREATE", "capture", "capture"),
