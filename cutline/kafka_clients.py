@@ -189,7 +189,7 @@ def wait_for_topic(bootstrap: str, topic: str, deadline_s: float, hint: str, pro
     told = False
     while True:
         found = admin.list_topics(topic, timeout=10).topics.get(topic)
-        refuse_unauthorized(found, topic, "Describe")
+        refuse_unauthorized(found, topic, "Read")
         if (
             found is not None
             and found.error is None
@@ -208,10 +208,15 @@ def wait_for_topic(bootstrap: str, topic: str, deadline_s: float, hint: str, pro
 
 
 def refuse_unauthorized(found: Any, topic: str, operation: str) -> None:
-    """Raise the ACL to add when metadata says the principal may not see ``topic``."""
+    """Raise the ACL to add when metadata says the principal may not describe ``topic``.
+
+    Metadata asks for Describe, which Kafka implies from Read and Write: name the ACL the
+    README lists for this use (``operation``), not the Describe no one grants on its own.
+    """
     error = getattr(found, "error", None)
     if error is not None and is_authorization(error):
-        raise BrokerError(f"topic {topic}: {describe(error, resource=topic, operation=operation)}")
+        reason = describe(error, resource=topic, operation=operation)
+        raise BrokerError(f"topic {topic}: {reason} (Describe was refused; {operation} implies it)")
 
 
 def default_replication(broker_count: int) -> tuple[int, str]:
@@ -267,7 +272,7 @@ def ensure_topics(
         for name in (s.name for s in specs if s.name not in topics):
             # metadata of all topics leaves out those the principal may not describe
             found = admin.list_topics(name, timeout=10).topics.get(name)
-            refuse_unauthorized(found, name, "Describe")
+            refuse_unauthorized(found, name, "Write")
         if time.monotonic() > end:
             raise DeadlineExceeded(
                 f"topics {[s.name for s in specs if s.name not in counts]} have no leader for "

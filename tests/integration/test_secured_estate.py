@@ -35,7 +35,12 @@ from cutline.broker.secure import (
     stop_secure_cluster,
 )
 from cutline.errors import BrokerError
-from cutline.kafka_clients import ensure_topics, source_topic_specs, wait_for_cluster
+from cutline.kafka_clients import (
+    ensure_topics,
+    make_producer,
+    source_topic_specs,
+    wait_for_cluster,
+)
 from cutline.kafka_config import KafkaTarget
 from cutline.settings import Topics, resolve_kafka
 from tests.integration.pipeline import (
@@ -235,10 +240,10 @@ def test_an_untrusted_ca_is_reported_as_such(
     assert "TLS handshake failed" in line and "unknown CA" in line and "ssl.ca.location" in line
 
 
-# Each ACL whose absence stops a command, and the command that meets it first. (Write on
-# the control topic is met only at a cut: its own test below. Write on the dead-letter topic
-# is met only at a dead letter and Read on the capture topic only on a restart: not exercised
-# here. The reader groups are never needed.)
+# Each ACL whose absence stops a command, and the command that meets it first. Write on the
+# control topic (met at a cut), Write on the dead-letter topic (at a dead letter) and Read on
+# the capture topic (on a restart) have their own tests below. The reader groups are never
+# needed (their readers assign partitions and never commit).
 MISSING = [
     ("CREATE", "ops", "capture"),
     ("CREATE", "capture", "capture"),
@@ -382,3 +387,47 @@ def test_a_missing_write_on_the_control_topic_stops_replicate_at_the_first_cut(
     assert "Traceback" not in worker.log.read_text()
     last = worker.tail().strip().splitlines()[-1]
     assert "Write on topic" in last and missing.name in last and "not authorized" in last, last
+
+
+def test_a_missing_write_on_the_dead_letter_topic_stops_replicate(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    """Met at a dead letter (a record cutline cannot decode, put in the ops topic) when the
+    principal may describe the topic; without Describe either, at start-up."""
+    topics = Topics(source)
+    missing = Grant(ResourceType.TOPIC, topics.dead_letter, AclOperation.WRITE)
+    principal, config = _scram_user(secured, tmp_path)
+    describe_only = Grant(ResourceType.TOPIC, topics.dead_letter, AclOperation.DESCRIBE)
+    secured.grant(principal, [g for g in required_grants(source) if g != missing])
+    secured.grant(principal, [describe_only])
+    ensure_topics(secured.admin_target(), source_topic_specs(topics, 1))
+    producer = make_producer(secured.admin_target())
+    producer.produce(topics.ops, b"not a cutline record", b"k", partition=0)
+    assert producer.flush(30) == 0
+    with Pipeline(secured.layout.sasl_bootstrap, source, tmp_path) as pipeline:
+        worker = pipeline.start_replicator("replicate", "--kafka-config", str(config))
+        wait_until(lambda: worker.popen.poll() is not None, 60, "replicate to stop")
+    assert worker.popen.returncode == 1, worker.tail()
+    last = worker.tail().strip().splitlines()[-1]
+    assert "Write on topic" in last and missing.name in last and "not authorized" in last, last
+
+
+def test_a_missing_read_on_the_capture_topic_stops_a_restarted_capture(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    """Met when capture starts again and reads its position back."""
+    missing = Grant(ResourceType.TOPIC, Topics(source).capture_position, AclOperation.READ)
+    principal, config = _scram_user(secured, tmp_path)
+    secured.grant(principal, [g for g in required_grants(source) if g != missing])
+    with Pipeline(secured.layout.sasl_bootstrap, source, tmp_path) as pipeline:
+        pipeline.create_primary()
+        first = pipeline.start_capture(2, "--kafka-config", str(secured.admin_properties))
+        wait_until(lambda: "captured" in first.log.read_text(), 60, "the first batch")
+        assert first.stop() == 0
+        done = pipeline.cli(
+            "capture", "--db", str(pipeline.db), "--tables", ",".join(TABLES),
+            "--source", source, "--kafka-config", str(config),
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Read on topic" in last and missing.name in last and "not authorized" in last, last
