@@ -44,7 +44,7 @@ from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
 from cutline.directories import writable_directory
-from cutline.errors import ConfigError
+from cutline.errors import BrokerError, ConfigError
 from cutline.kafka_clients import (
     committed_within,
     ensure_topics,
@@ -54,6 +54,7 @@ from cutline.kafka_clients import (
     wait_for_cluster,
     wait_for_topic,
 )
+from cutline.kafka_errors import describe_read_refused, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 
@@ -123,17 +124,18 @@ class Replicator:
         for label, path in (("--replica", cfg.replica_dir), ("--backups", cfg.backups_dir)):
             writable_directory(label, path)
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        # the single-partition topics replication writes to; capture creates the ops topic
-        mine = (self.topics.control, self.topics.dead_letter)
-        ensure_topics(
-            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
-        )
         wait_for_topic(
             cfg.bootstrap,
             self.topics.ops,
             cfg.topic_wait_s,
             f"start `cutline capture --source {cfg.source}` to create it",
             self.progress,
+        )
+        # the single-partition topics replication writes to; capture creates the ops topic.
+        # Only once the ops topic exists: a typo'd --source leaves no topics behind.
+        mine = (self.topics.control, self.topics.dead_letter)
+        ensure_topics(
+            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
         )
         warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
@@ -208,6 +210,11 @@ class Replicator:
         for message in messages:
             error = message.error()
             if error is not None:
+                if is_authorization(error):  # retrying cannot help: say which ACL is missing
+                    reason = describe_read_refused(
+                        error, topic=self.topics.ops, group=self.topics.replication_group
+                    )
+                    raise BrokerError(f"replicating {self.topics.ops}: {reason}")
                 if error.code() == KafkaError._AUTO_OFFSET_RESET:
                     self._out_of_range(message.partition(), error.str())
                 elif error.code() != KafkaError._PARTITION_EOF:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -18,8 +20,24 @@ from confluent_kafka import KafkaException
 
 from cutline import logs
 from cutline.errors import ConfigError, CutlineError
+from cutline.kafka_config import redacted
+from cutline.kafka_errors import describe
 from cutline.parser import build_parser
-from cutline.settings import resolve_bootstrap, validate_source
+from cutline.settings import (
+    ENV_TOPIC_TEMPLATE,
+    resolve_kafka,
+    validate_source,
+    validate_topic_template,
+)
+
+
+def _kafka(args: argparse.Namespace) -> str:
+    """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
+    target = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    logging.getLogger("cutline.kafka").info(
+        "Kafka at %s with client settings %s", target, redacted(target.properties)
+    )
+    return target
 
 
 def _log_progress(message: str) -> None:
@@ -57,8 +75,10 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from cutline.broker import local
+    from cutline.broker import local, secure
 
+    if args.secure:
+        return secure.kafka_command(args.kafka_command, progress=_log_progress)
     if args.kafka_command == "start":
         info = local.start_local_cluster(args.brokers, progress=_log_progress, fresh=args.fresh)
         print(info.bootstrap_servers)
@@ -79,7 +99,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     config = CaptureConfig(
         db_path=str(args.db),
         tables=tables,
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
@@ -137,7 +157,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     from cutline.metrics_server import serve_metrics
 
     config = ReplicateConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -173,7 +193,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from cutline.progress import Progress
 
     config = ReplayConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -345,12 +365,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cutline.demo import run_demo
+    from cutline.demo import named_cluster, run_demo
 
+    bootstrap = named_cluster(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
     return run_demo(
         args.workdir,
         markers=args.markers,
-        bootstrap=args.bootstrap_servers,
+        bootstrap=bootstrap,
         log_args=("--log-format", args.log_format, "--log-level", args.log_level),
     )
 
@@ -403,6 +424,13 @@ def _check_backups_exist(args: argparse.Namespace) -> None:
         raise ConfigError(f"--backups {path} is not a directory: pass the backups directory")
 
 
+def _use_topic_template(args: argparse.Namespace) -> None:
+    """--topic-template reaches every ``Topics`` (and child processes) via the environment."""
+    template = getattr(args, "topic_template", None)
+    if template:
+        os.environ[ENV_TOPIC_TEMPLATE] = validate_topic_template(template)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -412,7 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "log_level", "warning"),
         verbose=args.verbose,
     )
+    # cutline reports client errors itself, in one line (kafka_errors); librdkafka's own
+    # log (even its FATAL lines) is for --verbose
+    logging.getLogger("cutline.kafka.librdkafka").setLevel(
+        logging.DEBUG if args.verbose else logging.CRITICAL + 1
+    )
     try:
+        _use_topic_template(args)
         _check_backups_exist(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -421,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say_error(args, f"cutline {args.command}: {exc}")
         return exc.exit_code
     except KafkaException as exc:
-        _say_error(args, f"cutline {args.command}: Kafka error: {exc.args[0].str()}")
+        _say_error(args, f"cutline {args.command}: Kafka error: {describe(exc.args[0])}")
         return 1
     except KeyboardInterrupt:
         return 130

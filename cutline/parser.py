@@ -31,7 +31,8 @@ Quick start (a local broker, then four terminals' worth of commands):
   cutline restore --backups ./backups --as-of 2026-11-25T10:15:00Z --to restored.sqlite
 
 Kafka: --bootstrap-servers, else $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by
-`cutline kafka start`.
+`cutline kafka start`. A secured cluster: --kafka-config client.properties, -X key=value,
+or CUTLINE_KAFKA_<KEY> variables (-X > environment > file).
 """
 
 
@@ -39,8 +40,34 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by "
-        "`cutline kafka start`)",
+        help="Kafka to use (default: bootstrap.servers of the client settings, else "
+        "$KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by `cutline kafka start`)",
+    )
+    p.add_argument(
+        "--kafka-config",
+        type=Path,
+        metavar="FILE",
+        help="the estate's client.properties (Java style, as for the Kafka CLIs' "
+        "--command-config or kcat -F): security.protocol, sasl.*, ssl.* ... "
+        "(default: $CUTLINE_KAFKA_CONFIG)",
+    )
+    p.add_argument(
+        "-X",
+        dest="kafka_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one librdkafka client setting, repeatable; it wins over $CUTLINE_KAFKA_<KEY> "
+        "(e.g. CUTLINE_KAFKA_SASL_PASSWORD), which wins over --kafka-config. A value @PATH "
+        "is read from that file, so secrets stay off the command line",
+    )
+    p.add_argument(
+        "--topic-template",
+        metavar="TEMPLATE",
+        help="how the source's topics, group ids and transactional id are named, with "
+        "{source} and {kind} (ops, capture, control, dlq, replicate, replay); give every "
+        "command of a source the same one (default: $CUTLINE_TOPIC_TEMPLATE, else "
+        "cutline.{source}.{kind})",
     )
 
 
@@ -101,7 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="DELETE the local cluster's data (every topic and offset) and start a new cluster; "
         "without it, a cluster that died is restarted on its data",
     )
-    ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="a separate single-node cluster as estates run them: SASL_SSL (SCRAM-SHA-512) "
+        "and mutual-TLS listeners, ACLs enforced; prints the path of an admin "
+        "client.properties to pass as --kafka-config",
+    )
+    stop = ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    stop.add_argument("--secure", action="store_true", help="stop the secured cluster instead")
 
     capture = sub.add_parser(
         "capture",

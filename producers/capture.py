@@ -46,6 +46,7 @@ from cutline.kafka_clients import (
     topic_config,
     wait_for_cluster,
 )
+from cutline.kafka_errors import describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from producers.backlog import capture_backlog
@@ -194,8 +195,13 @@ class Capture:
                 return producer
             except KafkaException as exc:
                 if not exc.args[0].retriable() or time.monotonic() >= end:
+                    reason = describe(
+                        exc.args[0],
+                        resource=self.topics.capture_transactional_id,
+                        operation="Write",
+                    )
                     raise BrokerError(
-                        f"cannot start a Kafka transaction for capture: {exc.args[0].str()}"
+                        f"cannot start a Kafka transaction for capture: {reason}"
                     ) from exc
                 time.sleep(0.5)
 
@@ -479,6 +485,12 @@ class Capture:
                     f"capture for source {self.config.source!r} was fenced or failed fatally "
                     f"({error.str()}); another capture process may have taken over"
                 ) from exc
+            if is_authorization(error):  # waiting cannot help: name the ACL to add
+                self._abort_quietly()
+                written = f"{self.topics.ops} and {self.topics.capture_position}"
+                raise BrokerError(
+                    f"capture cannot write: {describe(error, resource=written, operation='Write')}"
+                ) from exc
             if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 self._abort_quietly()
                 raise RecordTooLarge(
@@ -531,7 +543,10 @@ class Capture:
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout_s)
+            try:  # a producer in a fatal state raises here; the cause was already raised
+                self._producer.flush(timeout_s)
+            except KafkaException as exc:
+                log.info("flushing the producer on close: %s", exc)
             self._producer = None
         if self._conn is not None:
             self._conn.close()
@@ -592,6 +607,9 @@ def _last_position_between(
                 return last
             continue
         if message.error():
+            if is_authorization(message.error()):
+                reason = describe(message.error(), resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}")
             continue
         if message.offset() >= stop:
             return last
@@ -618,7 +636,8 @@ def _watermarks(consumer, tp: TopicPartition, deadline_s: float) -> tuple[int, i
                 KafkaError.LEADER_NOT_AVAILABLE,
                 KafkaError._TRANSPORT,
             ):
-                raise BrokerError(f"cannot read {tp.topic}: {exc.args[0].str()}") from exc
+                reason = describe(exc.args[0], resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}") from exc
             if time.monotonic() > end:
                 raise DeadlineExceeded(
                     f"no leader answered for {tp.topic} within {deadline_s:.0f} s"
