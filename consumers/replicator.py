@@ -37,6 +37,7 @@ from consumers.health import check_threads
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
+from consumers.retention import RetentionPolicy
 from cutline.directories import writable_directory
 from cutline.errors import ConfigError
 from cutline.kafka_clients import (
@@ -49,6 +50,7 @@ from cutline.kafka_clients import (
     wait_for_topic,
 )
 from cutline.settings import Topics
+from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replicator")
 
@@ -68,6 +70,7 @@ class ReplicateConfig:
     topic_wait_s: float = 120.0
     session_timeout_s: float = 15.0  # how long the group waits for a silent process
     full_every: int = 1  # a full backup every N; incrementals in between
+    retention: RetentionPolicy | None = None  # pruned after each backup published here
     member: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -130,6 +133,7 @@ class Replicator:
             producer=self._producer,
             alignment_timeout_s=cfg.alignment_timeout_s,
             full_every=cfg.full_every,
+            retention=cfg.retention,
             progress=self.progress,
         )
         self.coordinator.start()
@@ -246,19 +250,22 @@ class Replicator:
         wakes = [threading.Event() for _ in range(max(1, n_threads))]
         # claims wait for frozen writers' locks; together well within max.poll.interval.ms
         claims_end = time.monotonic() + CLAIM_DEADLINE_S
-        for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
-            shard = Shard(
-                shard_path(self.config.replica_dir, self.config.source, tp.partition), tp.partition
-            )
-            # fences whoever wrote this shard before us
-            shard.claim(self.config.member, max(1.0, claims_end - time.monotonic()))
-            lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
-            self.lanes[tp.partition] = lane
-            tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
-        for tp in committed_within(consumer, partitions):
-            if tp.offset >= 0:
-                known = self._committed.get(tp.partition, -1)
-                self._committed[tp.partition] = max(known, tp.offset)
+        with interruptible():  # SIGINT/SIGTERM ends these waits at once
+            for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
+                shard = Shard(
+                    shard_path(self.config.replica_dir, self.config.source, tp.partition),
+                    tp.partition,
+                )
+                # fences whoever wrote this shard before us
+                shard.claim(self.config.member, max(1.0, claims_end - time.monotonic()))
+                lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
+                self.lanes[tp.partition] = lane
+                applied = lane.applied_offset
+                tp.offset = applied + 1 if applied >= 0 else OFFSET_BEGINNING
+            for tp in committed_within(consumer, partitions):
+                if tp.offset >= 0:
+                    known = self._committed.get(tp.partition, -1)
+                    self._committed[tp.partition] = max(known, tp.offset)
         consumer.assign(partitions)
         for index, wake in enumerate(wakes):
             lanes = [lane for lane in self.lanes.values() if lane.wake is wake]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,9 +16,11 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from cutline.config_file import apply_settings
 from cutline.errors import ConfigError, CutlineError
 from cutline.parser import build_parser
 from cutline.settings import resolve_bootstrap, validate_source
+from cutline.stopping import SIGNALS, Interrupted
 
 
 def _log_progress(message: str) -> None:
@@ -27,15 +28,14 @@ def _log_progress(message: str) -> None:
 
 
 def _install_stop_signals() -> threading.Event:
-    stop = threading.Event()
+    """The stop event SIGINT/SIGTERM set (installed by ``main``; see ``cutline.stopping``)."""
+    return SIGNALS.event
 
-    def handler(signum, _frame) -> None:
-        _log_progress(f"received {signal.Signals(signum).name}, finishing current work...")
-        stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
+def _stopped_in_start_up(command: str, exc: Interrupted) -> int:
+    """A service asked to stop before it ran has nothing to finish: a clean exit (0)."""
+    _log_progress(f"cutline {command}: {exc} during start-up; nothing to finish")
+    return 0
 
 
 def _json_value(value: Any) -> Any:
@@ -86,7 +86,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
     stop = _install_stop_signals()
     try:
         capture.open()
-        stats = capture.run(stop)
+        with SIGNALS.cooperating():
+            stats = capture.run(stop)
+    except Interrupted as exc:
+        return _stopped_in_start_up("capture", exc)
     finally:
         capture.close()
     _log_progress(capture.status_line())
@@ -108,6 +111,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
+    from consumers.retention import retention_policy
 
     config = ReplicateConfig(
         bootstrap=resolve_bootstrap(args.bootstrap_servers),
@@ -118,11 +122,20 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         alignment_timeout_s=args.alignment_timeout,
         session_timeout_s=args.session_timeout,
         full_every=args.full_every,
+        retention=retention_policy(args.keep_last, args.keep_within),
     )
     replicator = Replicator(config, progress=_log_progress)
     stop = _install_stop_signals()
-    replicator.open()
-    replicator.run(stop)
+    try:
+        try:
+            replicator.open()
+        except BaseException:
+            replicator.close()
+            raise
+        with SIGNALS.cooperating():
+            replicator.run(stop)
+    except Interrupted as exc:
+        return _stopped_in_start_up("replicate", exc)
     _log_progress(replicator.status_line())
     return 0
 
@@ -147,12 +160,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, label="replay", width=shutil.get_terminal_size().columns - 1)
     stop = _install_stop_signals()
     try:
-        report = run_replay(
-            config,
-            stop,
-            progress=progress.note,
-            on_status=lambda s: progress.update(s.records, s.total, s.detail()),
-        )
+        with SIGNALS.cooperating():
+            report = run_replay(
+                config,
+                stop,
+                progress=progress.note,
+                on_status=lambda s: progress.update(s.records, s.total, s.detail()),
+            )
     except BaseException:
         progress.clear()
         raise
@@ -278,10 +292,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from consumers.retention import prune
+    from consumers.retention import RetentionPolicy, prune
 
     source = validate_source(args.source) if args.source else None
-    plans = prune(args.backups, args.keep_last, source, dry_run=args.dry_run)
+    policy = RetentionPolicy(keep_last=args.keep_last, keep_within_s=args.keep_within)
+    plans = prune(args.backups, policy, source, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "sources": [p.as_json() for p in plans]}))
         return 0
@@ -291,7 +306,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for plan in plans:
         removed = ", ".join(str(b.marker_id) for b in reversed(plan.remove)) or "nothing"
         print(f"{plan.source}: {verb} {removed}")
-        print(f"{plan.source}: kept the newest {', '.join(str(b.marker_id) for b in plan.newest)}")
+        print(f"{plan.source}: kept {', '.join(str(b.marker_id) for b in plan.newest)}")
         for kept, needers in sorted(plan.for_chains.items()):
             print(
                 f"{plan.source}: kept {kept} for the chain of incremental "
@@ -340,6 +355,10 @@ def _check_backups_exist(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        apply_settings(parser, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        parser.exit(exc.exit_code, f"cutline: error: {exc}\n")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -348,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("cutline.kafka.librdkafka").setLevel(
         logging.DEBUG if args.verbose else logging.CRITICAL
     )
+    SIGNALS.install()  # every command, every phase: see cutline.stopping
     try:
         _check_backups_exist(args)
         return COMMANDS[args.command](args)

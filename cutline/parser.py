@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cutline.config_file import add_config_option
+
 DESCRIPTION = """\
 cutline: backups that are exactly the primary's state at one instant.
 
@@ -69,6 +71,32 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _duration(text: str) -> float:
+    from consumers.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_retention(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--keep-last`` / ``--keep-within``, shared by ``prune`` and ``replicate``."""
+    p.add_argument(
+        "--keep-last",
+        type=_positive_int,
+        metavar="N",
+        help=f"{verb} the newest N backups of the source (and the chains they need)",
+    )
+    p.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help=f"{verb} the backups whose T1 is within DURATION (e.g. 7d, 12h, 30m) of the "
+        "newest one's; with --keep-last too, a backup either keeps stays",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A backup whose previous one has other tables or column types is written full "
         "(default: %(default)s, every backup full)",
     )
+    _add_retention(replicate, "after each backup it publishes, keep")
     _add_kafka(replicate)
     _add_source(replicate)
 
@@ -303,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where to put files")
     demo.add_argument("--markers", type=_positive_int, default=4, help="markers to cut")
     _add_kafka(demo)
+    add_config_option(parser)  # last: every command is there to get it
     return parser
 
 
@@ -333,9 +363,7 @@ def _add_retention_commands(sub: Any) -> None:
         "deleted. --dry-run only says what would be removed.",
     )
     prune.add_argument("--backups", required=True, type=Path, help="backups directory")
-    prune.add_argument(
-        "--keep-last", required=True, type=_positive_int, metavar="N", help="backups to keep"
-    )
+    _add_retention(prune, "keep")
     prune.add_argument("--source", help="only this source (default: all)")
     prune.add_argument("--dry-run", action="store_true", help="remove nothing; say what would go")
     prune.add_argument("--json", action="store_true", help="print JSON")
