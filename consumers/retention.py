@@ -70,7 +70,7 @@ class RetentionPolicy:
         if self.keep_last is not None:
             kept.update(b.marker_id for b in backups[-self.keep_last :])
         if self.keep_within_s is not None and backups:
-            horizon = max(b.t1_us for b in backups) - int(self.keep_within_s * 1_000_000)
+            horizon = max(b.t1_us for b in backups) - round(self.keep_within_s * 1_000_000)
             kept.update(b.marker_id for b in backups if b.t1_us >= horizon)
         return [b for b in backups if b.marker_id in kept]
 

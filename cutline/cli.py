@@ -204,11 +204,22 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_source(args: argparse.Namespace) -> str:
+    """``--source``, else the backups directory's only source; bad input is checked first."""
+    from consumers.catalog import default_source, parse_instant
+
+    if args.source:
+        return validate_source(args.source)
+    if getattr(args, "as_of", None) is not None:
+        parse_instant(args.as_of)  # an invalid time is exit 2 even where no backup is
+    return validate_source(default_source(args.backups, None))
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from consumers.catalog import backups_of_source, select_backup
     from consumers.query import run_query, run_query_all
 
-    source = validate_source(args.source)
+    source = _reader_source(args)
     if args.all:
         every = backups_of_source(args.backups, source)
         columns, rows = run_query_all(every, args.sql)
@@ -237,9 +248,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         tables = [t.strip() for t in args.tables.split(",") if t.strip()]
         if not tables:
             raise ConfigError("--tables needs at least one table name, e.g. --tables accounts")
-    backup = select_backup(
-        args.backups, validate_source(args.source), marker_id=args.marker, as_of=args.as_of
-    )
+    source = _reader_source(args)
+    backup = select_backup(args.backups, source, marker_id=args.marker, as_of=args.as_of)
     _log_progress(f"restoring backup {backup.marker_id}: the primary as of {backup.t1}")
     result = restore_backup(
         backup, args.to, tables=tables, force=args.force, progress=_log_progress
@@ -252,7 +262,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from consumers.catalog import select_backup
     from consumers.diff import diff_backups, summary_lines
 
-    source = validate_source(args.source)
+    source = _reader_source(args)
     before = select_backup(args.backups, source, marker_id=args.from_marker)
     after = select_backup(args.backups, source, marker_id=args.to_marker)
     diff = diff_backups(before, after, table=args.table)
@@ -367,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("cutline.kafka.librdkafka").setLevel(
         logging.DEBUG if args.verbose else logging.CRITICAL
     )
-    SIGNALS.install()  # every command, every phase: see cutline.stopping
+    previous_handlers = SIGNALS.install()  # every command, every phase: cutline.stopping
     try:
         _check_backups_exist(args)
         return COMMANDS[args.command](args)
@@ -381,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    finally:
+        SIGNALS.restore(previous_handlers)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ environment (``--keep-last`` is ``CUTLINE_KEEP_LAST``), then the ``--config`` fi
 ``$CUTLINE_CONFIG``), then cutline's defaults. Both layers become argparse defaults of
 the command being run, so a flag always wins and ``--help`` stays the one reference.
 
-The file: a top-level key, or a key in ``[kafka]``, applies to every command that has
-that option; a key in ``[COMMAND]`` (``[replicate]``, ``[kafka.start]``) applies to that
-command only and wins over the shared ones. Keys are option names with or without
+The file: a top-level key, or a key in ``[common]`` or ``[kafka]``, applies to every
+command that has that option; a key in ``[COMMAND]`` (``[replicate]``, ``[kafka.start]``)
+applies to that command only and wins over the shared ones. Keys are option names with or without
 dashes (``keep-last`` or ``keep_last``). A key that is no option is an error naming the
 key and the file, so a typo never silently falls back to a default.
 """
@@ -26,7 +26,9 @@ from cutline.errors import ConfigError
 
 ENV_CONFIG = "CUTLINE_CONFIG"
 ENV_PREFIX = "CUTLINE_"
-SHARED_TABLE = "kafka"  # connection settings every Kafka command shares
+# Keys here apply to every command with the option: connection settings in [kafka], and
+# the rest in [common] (a top-level key cannot share a name with a command's table).
+SHARED_TABLES = ("kafka", "common")
 # Options that are not settings: where the file is, and what a command is asked to do.
 NOT_SETTINGS = frozenset({"help", "config"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -160,7 +162,11 @@ def file_values(
                         f"`cutline {command.name} --help`"
                     )
                 specific.setdefault(prefix, {})[_key(raw)] = (value, where)
-            elif prefix in ((), (SHARED_TABLE,)) and _key(raw) in shared_keys:
+            elif (
+                (not prefix or prefix[0] in SHARED_TABLES)
+                and len(prefix) <= 1
+                and (_key(raw) in shared_keys)
+            ):
                 shared[_key(raw)] = (value, where)
             else:
                 names = ", ".join(sorted(".".join(p) for p in by_path))

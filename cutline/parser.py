@@ -44,12 +44,13 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_source(p: argparse.ArgumentParser) -> None:
+def _add_source(p: argparse.ArgumentParser, *, reads_backups: bool = False) -> None:
     p.add_argument(
         "--source",
-        default="default",
+        default=None if reads_backups else "default",
         help="name of the captured primary; it names the topics cutline.<source>.* and the "
-        "backup folders (default: %(default)s)",
+        "backup folders (default: "
+        + ("the only source under --backups)" if reads_backups else "%(default)s)"),
     )
 
 
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--json", action="store_true", help="print a JSON list of row objects")
     query.add_argument("sql", help="the SQL statement")
-    _add_source(query)
+    _add_source(query, reads_backups=True)
 
     restore = sub.add_parser(
         "restore",
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--to", required=True, type=Path, help="the SQLite file to write")
     restore.add_argument("--tables", help="only these tables, comma-separated")
     restore.add_argument("--force", action="store_true", help="replace an existing --to file")
-    _add_source(restore)
+    _add_source(restore, reads_backups=True)
 
     diff = sub.add_parser(
         "diff",
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("to_marker", type=int, metavar="TO", help="marker id of the newer state")
     diff.add_argument("--table", help="only this table")
     diff.add_argument("--json", action="store_true", help="print JSON")
-    _add_source(diff)
+    _add_source(diff, reads_backups=True)
 
     _add_retention_commands(sub)
 

@@ -40,9 +40,23 @@ class StopSignals:
         self._cooperating = 0
         self._interruptible = 0
 
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+    def install(self) -> dict[int, object]:
+        """Handle both signals from now on; return the handlers they had (to restore)."""
+        self.event.clear()
+        self.received = None
+        previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous  # only the main thread may handle signals
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        return previous
+
+    @staticmethod
+    def restore(previous: dict[int, object]) -> None:
+        """Put back what :meth:`install` replaced (for callers that run ``main`` in-process)."""
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
