@@ -33,7 +33,13 @@ def _install_stop_signals() -> threading.Event:
 
 
 def _stopped_in_start_up(command: str, exc: Interrupted) -> int:
-    """A service asked to stop before it ran has nothing to finish: a clean exit (0)."""
+    """A service asked to stop before it ran has nothing to finish: a clean exit (0).
+
+    A second signal during a clean stop cuts it short: 130, as for any interrupted work.
+    """
+    if exc.forced:
+        _log_progress(f"cutline {command}: {exc}")
+        return exc.exit_code
     _log_progress(f"cutline {command}: {exc} during start-up; nothing to finish")
     return 0
 

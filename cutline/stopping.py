@@ -26,9 +26,16 @@ EXIT_INTERRUPTED = 130
 
 
 class Interrupted(CutlineError):
-    """Stopped by SIGINT or SIGTERM before the command's work was done (exit status 130)."""
+    """Stopped by SIGINT or SIGTERM before the command's work was done (exit status 130).
+
+    ``forced``: a second signal, sent while a clean stop was under way.
+    """
 
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str, *, forced: bool = False):
+        super().__init__(message)
+        self.forced = forced
 
 
 class StopSignals:
@@ -66,6 +73,8 @@ class StopSignals:
         if self._cooperating and not self._interruptible and not again:
             print(f"received {name}, finishing current work...", file=sys.stderr, flush=True)
             return
+        if again:
+            raise Interrupted(f"stopped by a second {name}, without finishing", forced=True)
         raise Interrupted(f"stopped by {name}")
 
     @contextlib.contextmanager
