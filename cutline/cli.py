@@ -32,16 +32,19 @@ def _install_stop_signals() -> threading.Event:
     return SIGNALS.event
 
 
-def _stopped_in_start_up(command: str, exc: Interrupted) -> int:
-    """A service asked to stop before it ran has nothing to finish: a clean exit (0).
+def _stopped(command: str, exc: Interrupted, when: str) -> int:
+    """A service stopped in a wait has nothing half-done to finish: a clean exit (0).
 
     A second signal during a clean stop cuts it short: 130, as for any interrupted work.
     """
     if exc.forced:
         _log_progress(f"cutline {command}: {exc}")
         return exc.exit_code
-    _log_progress(f"cutline {command}: {exc} during start-up; nothing to finish")
+    _log_progress(f"cutline {command}: {exc} {when}")
     return 0
+
+
+START_UP = "during start-up; nothing to finish"
 
 
 def _json_value(value: Any) -> Any:
@@ -91,11 +94,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
     capture = Capture(config, progress=_log_progress)
     stop = _install_stop_signals()
     try:
-        capture.open()
-        with SIGNALS.cooperating():
-            stats = capture.run(stop)
-    except Interrupted as exc:
-        return _stopped_in_start_up("capture", exc)
+        try:
+            capture.open()
+        except Interrupted as exc:
+            return _stopped("capture", exc, START_UP)
+        try:
+            with SIGNALS.cooperating():
+                stats = capture.run(stop)
+        except Interrupted as exc:
+            return _stopped("capture", exc, "while Kafka was away; nothing is lost")
     finally:
         capture.close()
     _log_progress(capture.status_line())
@@ -133,15 +140,18 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     replicator = Replicator(config, progress=_log_progress)
     stop = _install_stop_signals()
     try:
-        try:
-            replicator.open()
-        except BaseException:
-            replicator.close()
-            raise
-        with SIGNALS.cooperating():
-            replicator.run(stop)
+        replicator.open()
     except Interrupted as exc:
-        return _stopped_in_start_up("replicate", exc)
+        replicator.close()
+        return _stopped("replicate", exc, START_UP)
+    except BaseException:
+        replicator.close()
+        raise
+    try:
+        with SIGNALS.cooperating():
+            replicator.run(stop)  # closes the replicator whatever happens
+    except Interrupted as exc:
+        return _stopped("replicate", exc, "while taking partitions over; nothing to finish")
     _log_progress(replicator.status_line())
     return 0
 

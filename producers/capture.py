@@ -47,6 +47,7 @@ from cutline.kafka_clients import (
     wait_for_cluster,
 )
 from cutline.settings import Topics
+from cutline.stopping import interruptible
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.sqlite_changelog import (
@@ -252,7 +253,8 @@ class Capture:
         """Publish one batch of committed changes; return how many change rows it held."""
         if self._producer is None:  # lost, and not rebuilt yet: only Kafka knows the position
             try:
-                self._rebuild()
+                with interruptible():  # nothing is open: SIGTERM may end this wait at once
+                    self._rebuild()
             except (BrokerError, DeadlineExceeded, KafkaException) as exc:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
