@@ -109,19 +109,20 @@ class Replicator:
         cfg = self.config
         for label, path in (("--replica", cfg.replica_dir), ("--backups", cfg.backups_dir)):
             writable_directory(label, path)
-        wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        # the single-partition topics replication writes to; capture creates the ops topic
-        mine = (self.topics.control, self.topics.dead_letter)
-        ensure_topics(
-            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
-        )
-        wait_for_topic(
-            cfg.bootstrap,
-            self.topics.ops,
-            cfg.topic_wait_s,
-            f"start `cutline capture --source {cfg.source}` to create it",
-            self.progress,
-        )
+        with interruptible():  # start-up waits: SIGINT/SIGTERM ends them at once
+            wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+            # the single-partition topics replication writes to; capture creates the ops topic
+            mine = (self.topics.control, self.topics.dead_letter)
+            ensure_topics(
+                cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
+            )
+            wait_for_topic(
+                cfg.bootstrap,
+                self.topics.ops,
+                cfg.topic_wait_s,
+                f"start `cutline capture --source {cfg.source}` to create it",
+                self.progress,
+            )
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
         self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter)
         self.coordinator = CutCoordinator(
@@ -250,22 +251,21 @@ class Replicator:
         wakes = [threading.Event() for _ in range(max(1, n_threads))]
         # claims wait for frozen writers' locks; together well within max.poll.interval.ms
         claims_end = time.monotonic() + CLAIM_DEADLINE_S
-        with interruptible():  # SIGINT/SIGTERM ends these waits at once
-            for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
-                shard = Shard(
-                    shard_path(self.config.replica_dir, self.config.source, tp.partition),
-                    tp.partition,
-                )
-                # fences whoever wrote this shard before us
-                shard.claim(self.config.member, max(1.0, claims_end - time.monotonic()))
-                lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
-                self.lanes[tp.partition] = lane
-                applied = lane.applied_offset
-                tp.offset = applied + 1 if applied >= 0 else OFFSET_BEGINNING
-            for tp in committed_within(consumer, partitions):
-                if tp.offset >= 0:
-                    known = self._committed.get(tp.partition, -1)
-                    self._committed[tp.partition] = max(known, tp.offset)
+        for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
+            shard = Shard(
+                shard_path(self.config.replica_dir, self.config.source, tp.partition), tp.partition
+            )
+            # fences whoever wrote this shard before us
+            shard.claim(self.config.member, max(1.0, claims_end - time.monotonic()))
+            lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
+            self.lanes[tp.partition] = lane
+            tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
+        with interruptible():  # a read: SIGINT/SIGTERM may end this wait at once
+            committed = committed_within(consumer, partitions)
+        for tp in committed:
+            if tp.offset >= 0:
+                known = self._committed.get(tp.partition, -1)
+                self._committed[tp.partition] = max(known, tp.offset)
         consumer.assign(partitions)
         for index, wake in enumerate(wakes):
             lanes = [lane for lane in self.lanes.values() if lane.wake is wake]

@@ -93,16 +93,14 @@ def cmd_capture(args: argparse.Namespace) -> int:
     )
     capture = Capture(config, progress=_log_progress)
     stop = _install_stop_signals()
-    try:
-        try:
+    phase = START_UP
+    try:  # a signal stops the loop cleanly; only the waits marked interruptible end at once
+        with SIGNALS.cooperating():
             capture.open()
-        except Interrupted as exc:
-            return _stopped("capture", exc, START_UP)
-        try:
-            with SIGNALS.cooperating():
-                stats = capture.run(stop)
-        except Interrupted as exc:
-            return _stopped("capture", exc, "while Kafka was away; nothing is lost")
+            phase = "while Kafka was away; nothing is lost"
+            stats = capture.run(stop)
+    except Interrupted as exc:
+        return _stopped("capture", exc, phase)
     finally:
         capture.close()
     _log_progress(capture.status_line())
@@ -139,19 +137,18 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     )
     replicator = Replicator(config, progress=_log_progress)
     stop = _install_stop_signals()
-    try:
-        replicator.open()
-    except Interrupted as exc:
-        replicator.close()
-        return _stopped("replicate", exc, START_UP)
-    except BaseException:
-        replicator.close()
-        raise
-    try:
+    phase = START_UP
+    try:  # a signal stops the loop cleanly; only the waits marked interruptible end at once
         with SIGNALS.cooperating():
+            try:
+                replicator.open()
+            except BaseException:
+                replicator.close()
+                raise
+            phase = "while taking partitions over; nothing to finish"
             replicator.run(stop)  # closes the replicator whatever happens
     except Interrupted as exc:
-        return _stopped("replicate", exc, "while taking partitions over; nothing to finish")
+        return _stopped("replicate", exc, phase)
     _log_progress(replicator.status_line())
     return 0
 

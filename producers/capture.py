@@ -134,15 +134,18 @@ class Capture:
         conn = connect(cfg.db_path)
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
-        wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+        with interruptible():  # start-up waits (only these) end at once on SIGINT/SIGTERM
+            wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
         install(conn, cfg.source, cfg.tables)
         self._conn = conn
         self._layouts = {
             t: TableLayout.of(describe_table(conn, cfg.source, t)) for t in installed_tables(conn)
         }
-        counts = ensure_topics(
-            cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
-        )
+        with interruptible():
+            counts = ensure_topics(
+                cfg.bootstrap,
+                source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS),
+            )
         self.partitions = counts[self.topics.ops]
         if cfg.partitions and cfg.partitions != self.partitions:
             raise ConfigError(
@@ -150,8 +153,9 @@ class Capture:
                 f"{cfg.partitions}: drop --partitions to use it, or capture into a new --source"
             )
         self._max_record = self._record_limit()
-        self._producer = self._new_producer()
-        self._recover_position()
+        with interruptible():  # fencing the old capture, reading the position back
+            self._producer = self._new_producer()
+            self._recover_position()
         self._broadcast_definitions()
         self.progress(
             f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
