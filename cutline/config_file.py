@@ -64,6 +64,18 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def root_command(parser: argparse.ArgumentParser) -> Command:
+    """The options before the command (``--verbose``): settable like the shared ones."""
+    options = {
+        action.dest: action
+        for action in parser._actions
+        if action.option_strings
+        and action.dest not in NOT_SETTINGS
+        and any(s.startswith("--") for s in action.option_strings)
+    }
+    return Command((), parser, options)
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -140,11 +152,14 @@ def load_file(path: Path) -> dict[str, Any]:
 
 
 def file_values(
-    data: Mapping[str, Any], every: Sequence[Command], path: Path
+    data: Mapping[str, Any], every: Sequence[Command], path: Path, root: Command | None = None
 ) -> dict[tuple[str, ...], dict[str, Any]]:
-    """Each command's values from the file, checked: ``{command path: {dest: value}}``."""
+    """Each command's values from the file, checked: ``{command path: {dest: value}}``.
+
+    ``root``'s options (``--verbose``) are shared keys; their values are under path ``()``.
+    """
     by_path = {c.path: c for c in every}
-    shared_keys = {_key(d) for c in every for d in c.options}
+    shared_keys = {_key(d) for c in [*every, *([root] if root else [])] for d in c.options}
     shared: dict[str, Any] = {}
     specific: dict[tuple[str, ...], dict[str, Any]] = {}
 
@@ -177,7 +192,7 @@ def file_values(
 
     take_table((), data)
     result: dict[tuple[str, ...], dict[str, Any]] = {}
-    for command in every:
+    for command in [*every, *([root] if root else [])]:
         merged = {k: v for k, v in shared.items() if k in command.options}
         merged.update(specific.get(command.path, {}))
         result[command.path] = {
@@ -250,9 +265,11 @@ def apply_settings(
     """
     environ = os.environ if environ is None else environ
     every = commands(parser)
+    root = root_command(parser)
     command = chosen_command(argv, every)
     path = config_path(argv, environ)
-    from_file = file_values(load_file(path), every, path) if path is not None else {}
+    from_file = file_values(load_file(path), every, path, root) if path is not None else {}
+    parser.set_defaults(**{**from_file.get((), {}), **env_values(root, environ)})
     if command is None:
         return
     in_file = from_file.get(command.path, {})

@@ -11,7 +11,7 @@ import pytest
 from test_cli import _published_backup
 
 from cutline import cli, settings
-from cutline.config_file import apply_settings, commands
+from cutline.config_file import apply_settings, commands, root_command
 from cutline.errors import ConfigError
 from cutline.parser import build_parser
 
@@ -73,6 +73,15 @@ def test_kafka_bootstrap_servers_in_the_environment_wins_over_the_file(tmp_path)
     assert parse(argv, env).bootstrap_servers == "env:9092"
 
 
+def test_options_before_the_command_come_from_the_file_and_the_environment(tmp_path):
+    config = write(tmp_path, "[common]\nverbose = true\n")
+    assert parse(["backups", "--backups", "b", "--config", str(config)]).verbose is True
+    assert parse(["backups", "--backups", "b"], {"CUTLINE_VERBOSE": "1"}).verbose is True
+    argv = ["backups", "--backups", "b", "--config", str(config)]
+    assert parse(argv, {"CUTLINE_VERBOSE": "no"}).verbose is False  # environment over file
+    assert parse(["backups", "--backups", "b"]).verbose is False
+
+
 def test_boolean_options_from_file_and_environment(tmp_path):
     config = write(tmp_path, "[prune]\ndry-run = true\njson = false\n")
     args = parse(["prune", "--backups", "b", "--keep-last", "1", "--config", str(config)])
@@ -129,8 +138,9 @@ def test_the_config_file_serves_commands_that_read_backups(tmp_path, capsys):
 
 def test_the_example_file_parses_and_every_key_is_a_real_option():
     data = tomllib.loads(EXAMPLE.read_text())
-    every = {c.path: c for c in commands(build_parser())}
-    shared = {d for c in every.values() for d in c.options}
+    parser = build_parser()
+    every = {c.path: c for c in commands(parser)}
+    shared = {d for c in [*every.values(), root_command(parser)] for d in c.options}
     seen = 0
 
     def check(prefix: tuple[str, ...], table: dict) -> None:
