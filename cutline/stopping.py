@@ -18,7 +18,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cutline.errors import CutlineError
 
@@ -38,6 +38,10 @@ class Interrupted(CutlineError):
         self.forced = forced
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class StopSignals:
     """The process's stop request: an event, and whether a signal may interrupt now."""
 
@@ -46,6 +50,7 @@ class StopSignals:
         self.received: str | None = None
         self._cooperating = 0
         self._interruptible = 0
+        self.say: Callable[[str], None] = _to_stderr  # the command's progress log
 
     def install(self) -> dict[int, object]:
         """Handle both signals from now on; return the handlers they had (to restore)."""
@@ -71,7 +76,7 @@ class StopSignals:
         self.received = name
         self.event.set()
         if self._cooperating and not self._interruptible and not again:
-            print(f"received {name}, finishing current work...", file=sys.stderr, flush=True)
+            self.say(f"received {name}, finishing current work...")
             return
         if again:
             raise Interrupted(f"stopped by a second {name}, without finishing", forced=True)

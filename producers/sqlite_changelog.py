@@ -206,27 +206,11 @@ def value_sql(expression: str) -> str:
     )
 
 
-def _image_sql(definition: TableDefinition, alias: str) -> str:
+def image_sql(definition: TableDefinition, alias: str) -> str:
     parts = [value_sql(f"{alias}.{quote_identifier(c)}") for c in definition.column_names]
     if definition.key_columns == (ROWID,):
         parts.append(f"quote({alias}.rowid)")
     return " || ',' || ".join(parts)
-
-
-def _trigger_sql(definition: TableDefinition) -> list[str]:
-    table = quote_identifier(definition.table)
-    literal = quote_text(definition.table)
-    new, old = _image_sql(definition, "NEW"), _image_sql(definition, "OLD")
-    insert = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES"
-    name = definition.table
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ai_' + name)} "
-        f"AFTER INSERT ON {table} BEGIN {insert} ('I', {literal}, NULL, {new}, {_NOW_US}); END",
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_au_' + name)} "
-        f"AFTER UPDATE ON {table} BEGIN {insert} ('U', {literal}, {old}, {new}, {_NOW_US}); END",
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ad_' + name)} "
-        f"AFTER DELETE ON {table} BEGIN {insert} ('D', {literal}, {old}, NULL, {_NOW_US}); END",
-    ]
 
 
 def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[TableDefinition]:
@@ -236,6 +220,11 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
     as INSERTs in the same transaction that creates its triggers, so the replica starts
     from exactly the primary's content at that commit and misses nothing after it.
     """
+    from producers.triggers import (  # they build on this module's SQL
+        trigger_statements,
+        triggers_ahead_of_capture,
+    )
+
     if not tables:
         raise ConfigError("no tables to capture: pass --tables T1,T2")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -250,19 +239,28 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
             definitions.append(definition)
             columns = ",".join(definition.column_names)
             known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
-            if known is not None:
-                if known[0] != columns:
-                    raise ConfigError(
-                        f"table {table!r} changed columns since capture was installed "
-                        f"({known[0]} -> {columns}); schema changes are not captured yet: "
-                        "start a new source (--source) for the new layout"
-                    )
-                continue
-            for statement in _trigger_sql(definition):
+            if known is not None and known[0] != columns:
+                raise ConfigError(
+                    f"table {table!r} changed columns since capture was installed "
+                    f"({known[0]} -> {columns}); schema changes are not captured yet: "
+                    "start a new source (--source) for the new layout"
+                )
+            for name in triggers_ahead_of_capture(conn, table):
+                log.warning(
+                    "trigger %r on table %r was created after cutline's and fired before them, "
+                    "so changes it made to %r may be logged out of order; cutline's triggers are "
+                    "re-made to fire first: if it wrote that table meanwhile, start a new source",
+                    name,
+                    table,
+                    table,
+                )
+            for statement in trigger_statements(conn, definition):  # (re)made to fire first
                 conn.execute(statement)
+            if known is not None:
+                continue
             conn.execute(
                 f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
-                f"SELECT 'I', ?, NULL, {_image_sql(definition, 't')}, ? "
+                f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ? "
                 f"FROM {quote_identifier(table)} AS t",
                 (table, now_us()),
             )
@@ -359,4 +357,7 @@ def raw_text_value(value: Value) -> Value:
 
 def forget_changes(conn: sqlite3.Connection, up_to_seq: int) -> None:
     """Drop change-log rows that Kafka holds durably (a short write on the primary)."""
+    from producers.triggers import forget_pending  # it builds on this module's SQL
+
     conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ?", (up_to_seq,))
+    forget_pending(conn)
