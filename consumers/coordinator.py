@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
@@ -52,6 +52,9 @@ from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
+
+if TYPE_CHECKING:
+    from consumers.retention import RetentionPolicy
 
 log = logging.getLogger("cutline.coordinator")
 
@@ -126,6 +129,7 @@ class CutCoordinator:
         alignment_timeout_s: float = 120.0,
         snapshot_deadline_s: float = 600.0,
         full_every: int = 1,
+        retention: RetentionPolicy | None = None,
         progress: Callable[[str], None] | None = None,
         metrics: Metrics = NO_METRICS,
     ):
@@ -139,6 +143,7 @@ class CutCoordinator:
         self.alignment = Alignment(alignment_timeout_s)
         self.snapshot_deadline_s = snapshot_deadline_s
         self.full_every = full_every  # passed to write_backup: a full backup every N
+        self.retention = retention  # applied after each backup this process publishes
         self.progress = progress or log.info
         self.metrics = metrics
         self._newest_published = 0  # marker id, for the last-backup gauges
@@ -439,6 +444,10 @@ class CutCoordinator:
                 full_every=self.full_every,
             )
             failpoints.hit("snapshot.after_publish")
+            if self.retention is not None:  # still under the writer lock: chains stay whole
+                from consumers.retention import apply_retention  # retention imports WriterLock
+
+                apply_retention(self.backups_dir, self.source, self.retention, self.progress)
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return
