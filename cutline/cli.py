@@ -35,9 +35,10 @@ from cutline.stopping import SIGNALS, Interrupted
 def _kafka(args: argparse.Namespace) -> str:
     """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
     target = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
-    logging.getLogger("cutline.kafka").info(
-        "Kafka at %s with client settings %s", target, redacted(target.properties)
-    )
+    if args.verbose:  # secrets masked; a plain run stays quiet about its settings
+        logging.getLogger("cutline.kafka").info(
+            "Kafka at %s with client settings %s", target, redacted(target.properties)
+        )
     return target
 
 
