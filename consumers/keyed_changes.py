@@ -86,7 +86,10 @@ def write_keyed_changes(
     key_at = [names.index(k) for k in keys]
     if len({tuple(r[i] for i in key_at) for r in rows}) != len(rows):
         return "a key is held by two shards"
-    previous = _previous_rows(parent, definition.table, keys, touched_table)
+    if touched_table.num_rows == 0:  # nothing changed: nothing of P to look up
+        previous = current
+    else:
+        previous = _previous_rows(parent, definition.table, keys, touched_table)
     target = quote_identifier(definition.table)
     key_list = ", ".join(quote_identifier(k) for k in keys)
     db.register(_CURRENT, current)
