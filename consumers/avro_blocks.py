@@ -9,14 +9,15 @@ metadata, sync marker) is written by fastavro itself, so the file is the same st
 object container file fastavro and the Apache Avro reader read
 (https://avro.apache.org/docs/1.11.1/specification/#object-container-files).
 
-Memory per block: the batch's encoded bytes and, while placing them, an int64 index per
-byte, so about 10 times the encoded batch size.
+Memory: a block's encoded and compressed bytes (at most two blocks at once), and while
+encoding, an int64 index per byte of ``ENCODE_ROWS`` rows (a few MB).
 """
 
 from __future__ import annotations
 
 import os
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -25,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 CODECS = ("null", "deflate")
+ENCODE_ROWS = 8192  # rows encoded at once (see encode_rows)
 _NULL_INDEX = 0  # zigzag(0): the union's first branch, "null"
 _VALUE_INDEX = 2  # zigzag(1): the union's second branch, the column's type
-_VARINT_BYTES = 10  # a 64-bit zigzag value needs at most ten 7-bit groups
 
 
 class AvroEncodeError(ValueError):
@@ -46,16 +47,20 @@ def varint_bytes(values: np.ndarray) -> _Segment:
     """Avro ``long`` encodings (zigzag, then little-endian base-128 varint) of int64s."""
     v = values.astype(np.int64, copy=False)
     zig = ((v << 1) ^ (v >> 63)).view(np.uint64)
-    shifts = np.arange(_VARINT_BYTES, dtype=np.uint64) * np.uint64(7)
-    groups = (zig[:, None] >> shifts[None, :]) & np.uint64(0x7F)
-    # bytes needed: 1 + the index of the highest non-zero 7-bit group
-    nonzero = (zig[:, None] >> shifts[None, :]) != 0
-    lengths = np.maximum(1, _VARINT_BYTES - np.argmax(nonzero[:, ::-1], axis=1))
-    lengths = np.where(nonzero.any(axis=1), lengths, 1).astype(np.int64)
-    cols = np.arange(_VARINT_BYTES)[None, :]
-    more = cols < (lengths[:, None] - 1)
-    matrix = (groups | np.where(more, np.uint64(0x80), np.uint64(0))).astype(np.uint8)
-    return _Segment(lengths, matrix[cols < lengths[:, None]])
+    if zig.size == 0:
+        return _Segment(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
+    # only as many 7-bit groups as the largest value needs (most columns: 1 to 4)
+    width = max(1, (int(zig.max()).bit_length() + 6) // 7)
+    shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
+    shifted = zig[:, None] >> shifts[None, :]
+    nonzero = shifted != 0
+    # bytes needed: 1 + the index of the highest non-zero 7-bit group (at least 1)
+    lengths = np.maximum(1, width - np.argmax(nonzero[:, ::-1], axis=1))
+    lengths = np.where(nonzero[:, 0] | nonzero.any(axis=1), lengths, 1).astype(np.int64)
+    cols = np.arange(width)[None, :]
+    groups = (shifted & np.uint64(0x7F)).astype(np.uint8)
+    groups[cols < (lengths[:, None] - 1)] |= 0x80
+    return _Segment(lengths, groups[cols < lengths[:, None]])
 
 
 def _fixed(matrix: np.ndarray, present: np.ndarray) -> _Segment:
@@ -142,19 +147,39 @@ def interleave(segments: list[_Segment], rows: int) -> bytes:
 
 
 def encode_rows(batch: pa.RecordBatch | pa.Table, avro_types: list[str]) -> bytes:
-    """The Avro binary encoding of every row of ``batch`` (fields: ``["null", T]``)."""
-    segments: list[_Segment] = []
-    for column, avro_type in zip(batch.columns, avro_types, strict=True):
-        segments += _column_segments(column, avro_type)
-    return interleave(segments, batch.num_rows)
+    """The Avro binary encoding of every row of ``batch`` (fields: ``["null", T]``).
+
+    Encoded ``ENCODE_ROWS`` rows at a time: placing the bytes takes an int64 index per
+    output byte, so slices keep that transient memory small whatever the batch size.
+    """
+    parts = []
+    for start in range(0, batch.num_rows, ENCODE_ROWS):
+        part = batch.slice(start, ENCODE_ROWS)
+        segments: list[_Segment] = []
+        for column, avro_type in zip(part.columns, avro_types, strict=True):
+            segments += _column_segments(column, avro_type)
+        parts.append(interleave(segments, part.num_rows))
+    return b"".join(parts)
 
 
 def _long(value: int) -> bytes:
     return varint_bytes(np.array([value], dtype=np.int64)).data.tobytes()
 
 
+def _block(rows: int, data: bytes, codec: str, sync: bytes) -> bytes:
+    if codec == "deflate":  # raw deflate (no zlib header), as the Avro spec says
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        data = compressor.compress(data) + compressor.flush()
+    return _long(rows) + _long(len(data)) + data + sync
+
+
 class ContainerWriter:
-    """An object container file: the header by fastavro, then one block per ``write``."""
+    """An object container file: the header by fastavro, then one block per ``write``.
+
+    A block is compressed in a helper thread (zlib releases the GIL) while the caller
+    reads and encodes the next batch; at most one block waits, so memory stays at about
+    two encoded batches. ``close`` (or leaving the ``with`` block) writes the last one.
+    """
 
     def __init__(
         self, out: IO[bytes], schema: dict[str, Any], codec: str, metadata: dict[str, str]
@@ -167,15 +192,36 @@ class ContainerWriter:
         parsed = fastavro.parse_schema(schema)
         self._types = [_branch(f["type"]) for f in parsed["fields"]]
         fastavro.writer(out, parsed, [], codec=codec, metadata=metadata, sync_marker=self._sync)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avro-deflate")
+        self._pending: Future[bytes] | None = None
+
+    def __enter__(self) -> ContainerWriter:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is None:
+            self.close()
+        else:  # an error: drop the pending block, the file is discarded anyway
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
             return
         data = encode_rows(batch, self._types)
-        if self._codec == "deflate":
-            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
-            data = compressor.compress(data) + compressor.flush()
-        self._out.write(_long(batch.num_rows) + _long(len(data)) + data + self._sync)
+        self._flush()
+        self._pending = self._pool.submit(_block, batch.num_rows, data, self._codec, self._sync)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self._out.write(self._pending.result())
+            self._pending = None
+
+    def close(self) -> None:
+        """Write the last block (the file object stays open: the caller owns it)."""
+        try:
+            self._flush()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _branch(field_type: Any) -> str:

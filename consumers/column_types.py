@@ -143,14 +143,20 @@ def column_type(declared: str, values: list[Any]) -> ColumnType:
 
 
 def _summary_sql(table: str, columns: Sequence[str]) -> str:
-    """One scan of a table: per column, rows per storage class and the range of its integers.
+    """One scan of a table: per column, its first and last storage class by name, int range.
 
-    min/max rather than max(abs()): abs() of the smallest 64-bit integer overflows.
+    The decision needs the set of non-NULL storage classes only up to: empty, one class,
+    {integer, real}, or anything else (text fallback). In name order (blob < integer <
+    real < text, 'null' left out) the least and greatest class give exactly that: nothing
+    lies between 'integer' and 'real', and any other pair of different classes is already
+    "anything else", whatever lies between them. min/max of the integers rather than
+    max(abs()): abs() of the smallest 64-bit integer overflows.
     """
     parts = []
     for column in columns:
         c = quote_identifier(column)
-        parts += [f"count(CASE WHEN typeof({c}) = '{s}' THEN 1 END)" for s in _STORAGE]
+        kind = f"nullif(typeof({c}), 'null')"
+        parts += [f"min({kind})", f"max({kind})"]
         parts += [f"{f}(CASE WHEN typeof({c}) = 'integer' THEN {c} END)" for f in ("min", "max")]
     return f"SELECT {', '.join(parts)} FROM {quote_identifier(table)}"
 
@@ -158,11 +164,10 @@ def _summary_sql(table: str, columns: Sequence[str]) -> str:
 def summarize(conn: sqlite3.Connection, table: str, columns: Sequence[str]) -> list[ColumnSummary]:
     """Each column's summary in one shard (one scan, in the connection's transaction)."""
     row = conn.execute(_summary_sql(table, columns)).fetchone()
-    width = len(_STORAGE) + 2
     summaries = []
     for i in range(len(columns)):
-        *counts, low, high = row[i * width : (i + 1) * width]
-        kinds = frozenset(t for t, n in zip(_STORAGE.values(), counts, strict=True) if n)
+        first, last, low, high = row[i * 4 : (i + 1) * 4]
+        kinds = frozenset(_STORAGE[k] for k in (first, last) if k is not None)
         summaries.append(ColumnSummary(kinds, low, high))
     return summaries
 

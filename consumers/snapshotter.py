@@ -234,7 +234,7 @@ def _write_files(
     tables_meta: dict[str, dict[str, Any]] = {}
     # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
     blocks = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
-    db = duckdb.connect(str(temp / DUCKDB_FILE), config=writer_config(**blocks))
+    db = duckdb.connect(str(temp / DUCKDB_FILE), config=writer_config(**blocks, **DUCKDB_BOUNDS))
     try:
         parent = choice.parent if choice.kind == INCREMENTAL else None
         keyed: dict[str, KeyedChanges] = {}
@@ -297,6 +297,10 @@ def _write_files(
     return tables_meta
 
 
+# DuckDB keeps a table's written blocks in its buffer pool (default: 80 % of RAM), so a
+# backup's memory would grow with the table; bounded, it writes them out instead.
+DUCKDB_BOUNDS = {"memory_limit": "64MB"}
+
 _BATCH_VIEW = "_cutline_batch"  # the Arrow batch being written, as DuckDB sees it
 
 
@@ -343,15 +347,18 @@ def _write_table(
     db.execute(f"CREATE {temp_kw}TABLE {into} AS SELECT * FROM {_BATCH_VIEW}")
     rows = 0
     with open(temp / avro_rel, "wb") as out:
-        avro = ContainerWriter(out, schema, codec, metadata) if parent is None else None
-        for batch in shard_batches(connections, definition, types, BATCH_ROWS):
-            if on_batch is not None:
-                on_batch(definition.table, batch)
-            db.register(_BATCH_VIEW, batch)
-            db.execute(f"INSERT INTO {into} SELECT * FROM {_BATCH_VIEW}")
-            if avro is not None:
-                avro.write(batch)
-            rows += batch.num_rows
+        with contextlib.ExitStack() as stack:
+            avro = None  # an incremental's Avro file holds only the changes: written below
+            if parent is None:
+                avro = stack.enter_context(ContainerWriter(out, schema, codec, metadata))
+            for batch in shard_batches(connections, definition, types, BATCH_ROWS):
+                if on_batch is not None:
+                    on_batch(definition.table, batch)
+                db.register(_BATCH_VIEW, batch)
+                db.execute(f"INSERT INTO {into} SELECT * FROM {_BATCH_VIEW}")
+                if avro is not None:
+                    avro.write(batch)
+                rows += batch.num_rows
         db.unregister(_BATCH_VIEW)
         changes: dict[str, Any] | None = None
         if parent is not None:
@@ -359,8 +366,8 @@ def _write_table(
                 db, "_cutline_rows", definition.table, names, list(definition.key_columns)
             )
             db.execute("DROP TABLE _cutline_rows")
-            avro = ContainerWriter(out, schema, codec, metadata)
-            _copy_to_avro(db, f"SELECT * FROM {target}", avro)
+            with ContainerWriter(out, schema, codec, metadata) as avro:
+                _copy_to_avro(db, f"SELECT * FROM {target}", avro)
     meta = _table_meta(definition, types, rows, avro_rel)
     if changes is not None:
         meta.update(changes)
@@ -414,8 +421,7 @@ def _write_keyed_table(
     """The Avro files of a table whose changes are already in ``db`` (keyed_changes)."""
     schema = _avro_schema(definition, changes.types)
     metadata = _avro_metadata(definition, plan, t2_us)
-    with open(temp / avro_rel, "wb") as out:
-        avro = ContainerWriter(out, schema, codec, metadata)
+    with open(temp / avro_rel, "wb") as out, ContainerWriter(out, schema, codec, metadata) as avro:
         _copy_to_avro(db, f"SELECT * FROM {quote_identifier(definition.table)}", avro)
     meta = _table_meta(definition, changes.types, changes.rows, avro_rel)
     meta.update(changes.fields)
@@ -456,13 +462,11 @@ def _write_deleted_avro(
     }
     order = [f["cutline.column"] for f in fields]
     columns = ", ".join(quote_identifier(c) for c in order)
-    with open(temp / meta["deleted_avro"], "wb") as out:
-        avro = ContainerWriter(
-            out,
-            schema,
-            codec,
-            {**metadata, "cutline.columns": json.dumps(order), "cutline.kind": "deleted"},
-        )
+    header = {**metadata, "cutline.columns": json.dumps(order), "cutline.kind": "deleted"}
+    with (
+        open(temp / meta["deleted_avro"], "wb") as out,
+        ContainerWriter(out, schema, codec, header) as avro,
+    ):
         _copy_to_avro(db, f"SELECT {columns} FROM {DELETED_SCHEMA}.{quote_identifier(table)}", avro)
 
 

@@ -16,7 +16,7 @@ from consumers.column_types import DOUBLE, ColumnType
 from consumers.replica import iter_rows
 from schemas.records import TableDefinition
 
-BATCH_ROWS = 65_536
+BATCH_ROWS = 32_768
 
 # Called with (table, batch) for every batch a backup writes, in order (e.g. a digest).
 BatchObserver = Callable[[str, pa.RecordBatch], None]

@@ -136,6 +136,7 @@ def test_container_files_read_the_same_with_fastavro_and_apache_avro(seed, codec
     cut = rng.randint(0, len(records))  # two blocks (or one, or none)
     writer.write(to_batch(types, names, records[:cut]))
     writer.write(to_batch(types, names, records[cut:]))
+    writer.close()
 
     out.seek(0)
     reader = fastavro.reader(out)
