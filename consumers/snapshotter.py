@@ -234,7 +234,7 @@ def _write_files(
     tables_meta: dict[str, dict[str, Any]] = {}
     # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
     blocks = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
-    db = duckdb.connect(str(temp / DUCKDB_FILE), config=writer_config(**blocks, **DUCKDB_BOUNDS))
+    db = duckdb.connect(str(temp / DUCKDB_FILE), config=writer_config(**blocks))
     try:
         parent = choice.parent if choice.kind == INCREMENTAL else None
         keyed: dict[str, KeyedChanges] = {}
@@ -296,10 +296,6 @@ def _write_files(
         db.close()
     return tables_meta
 
-
-# DuckDB keeps a table's written blocks in its buffer pool (default: 80 % of RAM), so a
-# backup's memory would grow with the table; bounded, it writes them out instead.
-DUCKDB_BOUNDS = {"memory_limit": "64MB"}
 
 _BATCH_VIEW = "_cutline_batch"  # the Arrow batch being written, as DuckDB sees it
 
