@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from consumers.bulk_apply import BulkApplier
 from cutline.errors import CutlineError
 from producers.sqlite_changelog import ROWID, quote_identifier
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
@@ -98,6 +99,7 @@ class Shard:
         self._definitions = {d.table: d for d in self.definitions()}
         self._in_batch = False
         self._batch_applied = 0
+        self._bulk = BulkApplier(self)
 
     def _add_owner_columns(self) -> None:
         """Shards written before fencing existed get the owner columns (idempotent)."""
@@ -251,6 +253,7 @@ class Shard:
             except sqlite3.ProgrammingError:
                 return  # closed under a stuck thread: SQLite rolled back on close
             self._definitions = {d.table: d for d in self.definitions()}
+            self._bulk.forget()
 
     def define(self, definition: TableDefinition) -> None:
         """Create a captured table from the primary's own DDL (native format)."""
@@ -304,6 +307,23 @@ class Shard:
                 f"{op.op} on {op.table!r} matched {cursor.rowcount} rows for key {op.key!r}"
             )
         self._batch_applied += 1
+
+    def apply_all(self, ops: list[Operation]) -> list[tuple[int, ApplyError]]:
+        """Apply ``ops`` in order inside the open batch, in bulk where that is exact (see
+        ``consumers.bulk_apply``); return the (index, error) of those that could not be."""
+        return self._bulk.apply(ops)
+
+    def definition(self, table: str) -> TableDefinition | None:
+        return self._definitions.get(table)
+
+    def count_applied(self, n: int) -> None:
+        """``n`` operations were applied in the open batch by other means than ``apply``."""
+        self._batch_applied += n
+
+    def statement(
+        self, definition: TableDefinition, kind: OpType, image: dict
+    ) -> tuple[str, tuple[str, ...]]:
+        return self._statement(definition, kind, image)
 
     def _statement(
         self, definition: TableDefinition, kind: OpType, image: dict
