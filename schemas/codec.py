@@ -233,7 +233,8 @@ def _bind() -> tuple[dict[type, _Binding], dict[bytes, _Binding]]:
 _BY_TYPE, _BY_HEADER = _bind()
 
 
-_OPERATION_HEADER = _BY_TYPE[Operation].header
+OPERATION_HEADER = _BY_TYPE[Operation].header  # for callers that encode Operations directly
+_OPERATION_HEADER = OPERATION_HEADER
 
 
 def encode(record: Record) -> bytes:
