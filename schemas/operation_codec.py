@@ -206,8 +206,15 @@ def _read_map(data: bytes, pos: int) -> tuple[RowImage, int]:
             raise NotFastPath  # a negative count carries a block size: fastavro's case
     out: RowImage = {}
     end = len(data)
+    strings = _STRINGS
     for _ in range(count):
-        name, pos = _read_name(data, pos)
+        # a column name: one length byte and a cached string, or _read_name's general case
+        size = data[pos]
+        stop = pos + 1 + (size >> 1)
+        name = strings.get(data[pos + 1 : stop]) if not size & 1 and stop <= end else None
+        if name is None or size >= 0x80:
+            name, stop = _read_name(data, pos)
+        pos = stop
         branch = data[pos]
         pos += 1
         if branch == _STRING:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import random
+import re
 import struct
 
 import fastavro
@@ -92,8 +93,8 @@ def fastavro_decode(data: bytes):
 def _outcome(data: bytes):
     try:
         return _comparable(decode(data))
-    except CodecError as exc:
-        return (type(exc), str(exc))
+    except CodecError as exc:  # fastavro's messages may name an object's address
+        return (type(exc), re.sub(r" at 0x[0-9a-f]+", "", str(exc)))
 
 
 def test_fast_path_decodes_every_value_kind_like_fastavro():
