@@ -8,7 +8,7 @@ fixed, so its Avro binary form is written here directly, following the specifica
 
 The decoder (:func:`decode_operation`) reads the same form back. It is a *fast path*
 only: whatever it does not recognise as exactly what the encoder writes (a map in several
-blocks, an over-long varint, an unknown branch, a truncated datum, invalid UTF-8, trailing
+blocks, a varint over 64 bits, an unknown branch, a truncated datum, invalid UTF-8, trailing
 bytes) makes it raise :class:`NotFastPath`, and the caller decodes the value with fastavro
 instead, so any datum fastavro rejects is still rejected with the same error, and any
 unusual datum fastavro accepts decodes to the same record. Why: fastavro's
