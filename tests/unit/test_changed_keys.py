@@ -277,3 +277,25 @@ def test_a_column_whose_type_might_change_falls_back_to_the_full_diff(replica, t
     replica.apply([dele(ACCOUNTS, {"id": 5})])  # no blob left: VARCHAR, no fallback
     full, third = both(replica, tmp_path, 3)
     assert_same_as_full(third, full)
+
+
+def test_bulk_applied_writes_are_recorded_too(tmp_path):
+    """``apply_all`` writes with executemany: the triggers record those rows the same."""
+    shard = Shard(shard_path(tmp_path, SOURCE, 0), 0)
+    shard.define(ACCOUNTS)
+    shard.begin()
+    errors = shard.apply_all(
+        [ins(ACCOUNTS, acc(i)) for i in range(1, 6)]
+        + [upd(ACCOUNTS, {"id": i}, acc(i, "bulk")) for i in (2, 3)]
+        + [dele(ACCOUNTS, {"id": 4})]
+    )
+    shard.commit(7)
+    assert errors == []
+    assert changed_entries(shard, "accounts") == [(i, 0) for i in range(1, 6)]
+    m = ConsistencyMarker(SOURCE, 3, 1, 1, 1, (0,), ("accounts",))
+    shard.reach_marker(m, 8, hold=False)
+    shard.begin()
+    assert shard.apply_all([upd(ACCOUNTS, {"id": 5}, acc(5, "later"))]) == []
+    shard.commit(8)
+    assert changed_entries(shard, "accounts")[-1] == (5, 3)
+    shard.close()
