@@ -142,45 +142,72 @@ def column_type(declared: str, values: list[Any]) -> ColumnType:
     return type_of_summary(declared, ColumnSummary.of_values(values))
 
 
-def _summary_sql(table: str, columns: Sequence[str]) -> str:
-    """One scan of a table: per column, its first and last storage class by name, int range.
+def _kinds_sql(table: str, columns: Sequence[str]) -> str:
+    """One scan of a table: per column, its least and greatest storage class by name.
 
     The decision needs the set of non-NULL storage classes only up to: empty, one class,
     {integer, real}, or anything else (text fallback). In name order (blob < integer <
     real < text, 'null' left out) the least and greatest class give exactly that: nothing
     lies between 'integer' and 'real', and any other pair of different classes is already
-    "anything else", whatever lies between them. min/max of the integers rather than
-    max(abs()): abs() of the smallest 64-bit integer overflows.
+    "anything else", whatever lies between them.
     """
     parts = []
     for column in columns:
-        c = quote_identifier(column)
-        kind = f"nullif(typeof({c}), 'null')"
+        kind = f"nullif(typeof({quote_identifier(column)}), 'null')"
         parts += [f"min({kind})", f"max({kind})"]
+    return f"SELECT {', '.join(parts)} FROM {quote_identifier(table)}"
+
+
+def _int_range_sql(table: str, columns: Sequence[str]) -> str:
+    """Per column, the least and greatest integer (min/max, not max(abs()): abs() of the
+    smallest 64-bit integer overflows)."""
+    parts = []
+    for column in columns:
+        c = quote_identifier(column)
         parts += [f"{f}(CASE WHEN typeof({c}) = 'integer' THEN {c} END)" for f in ("min", "max")]
     return f"SELECT {', '.join(parts)} FROM {quote_identifier(table)}"
 
 
-def summarize(conn: sqlite3.Connection, table: str, columns: Sequence[str]) -> list[ColumnSummary]:
-    """Each column's summary in one shard (one scan, in the connection's transaction)."""
-    row = conn.execute(_summary_sql(table, columns)).fetchone()
-    summaries = []
-    for i in range(len(columns)):
-        first, last, low, high = row[i * 4 : (i + 1) * 4]
-        kinds = frozenset(_STORAGE[k] for k in (first, last) if k is not None)
-        summaries.append(ColumnSummary(kinds, low, high))
-    return summaries
+def _kinds(conn: sqlite3.Connection, table: str, columns: Sequence[str]) -> list[frozenset]:
+    row = conn.execute(_kinds_sql(table, columns)).fetchone()
+    return [
+        frozenset(_STORAGE[k] for k in row[2 * i : 2 * i + 2] if k is not None)
+        for i in range(len(columns))
+    ]
+
+
+def _needs_int_range(declared: str, kinds: frozenset) -> bool:
+    """Only integers beside reals, or in a REAL column, turn on their magnitude."""
+    return kinds == {int, float} or (kinds == {int} and affinity(declared) == "REAL")
 
 
 def column_types_of(
     connections: Sequence[sqlite3.Connection], definition: TableDefinition
 ) -> list[ColumnType]:
-    """Each column's backup type over all shards, decided before any row is read."""
+    """Each column's backup type over all shards, decided before any row is read.
+
+    One scan per shard for the storage classes, and a second, only for the columns whose
+    type turns on it, for the range of their integers.
+    """
     names = definition.column_names
-    merged = [ColumnSummary(frozenset()) for _ in names]
+    kinds = [frozenset() for _ in names]
     for conn in connections:
-        shard = summarize(conn, definition.table, names)
-        merged = [a.merged(b) for a, b in zip(merged, shard, strict=True)]
+        shard = _kinds(conn, definition.table, names)
+        kinds = [a | b for a, b in zip(kinds, shard, strict=True)]
+    summaries = [ColumnSummary(k) for k in kinds]
+    ranged = [
+        i
+        for i, (c, k) in enumerate(zip(definition.columns, kinds, strict=True))
+        if _needs_int_range(c.declared_type, k)
+    ]
+    if ranged:
+        for conn in connections:
+            row = conn.execute(_int_range_sql(definition.table, [names[i] for i in ranged]))
+            values = row.fetchone()
+            for j, i in enumerate(ranged):
+                low, high = values[2 * j], values[2 * j + 1]
+                summaries[i] = summaries[i].merged(ColumnSummary(frozenset(), low, high))
     return [
-        type_of_summary(c.declared_type, s) for c, s in zip(definition.columns, merged, strict=True)
+        type_of_summary(c.declared_type, s)
+        for c, s in zip(definition.columns, summaries, strict=True)
     ]
