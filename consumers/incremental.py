@@ -6,9 +6,10 @@ source exists, its chain since the last full is shorter than ``full_every``, eve
 of that chain still matches its manifest, and its tables have the same columns and key.
 Otherwise the backup is full and the manifest says why (``kind_reason``).
 
-What changed is computed in DuckDB, by comparing the replica's content (which the
-snapshotter reads anyway) with the previous backup resolved in full, by primary key. The
-layout is described in :mod:`consumers.chain`.
+What changed comes, per table, from the keys the replica shards recorded as changed
+(:mod:`consumers.keyed_changes`); where that cannot be exact, :func:`write_changes`
+compares the table's content at the cut with the previous backup resolved in full, by
+primary key. The layout is described in :mod:`consumers.chain`.
 """
 
 from __future__ import annotations

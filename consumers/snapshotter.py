@@ -4,11 +4,14 @@ Order of steps (each one only after the previous is durable):
 
 1. check that every shard of M's declared set is held at M, at the offset it reported
    (a shard anywhere else means the backup would not be the cut: fail, never guess);
-2. read each table from all shards and write it to a DuckDB database (one table per
-   captured table, plus ``_cutline_backup`` and ``_cutline_tables`` metadata) and to one
-   Avro object container file per table, whose header names marker, T1, T2 and source
-   (an incremental, see ``consumers.incremental``, keeps only the rows changed since the
-   previous backup, and the keys deleted; ``consumers.chain`` describes the layout);
+2. read each table from all shards, streaming in Arrow batches (``consumers.table_stream``,
+   types decided first by ``consumers.column_types``), and write it to a DuckDB database
+   (one table per captured table, plus ``_cutline_backup`` and ``_cutline_tables``
+   metadata) and to one Avro object container file per table (``consumers.avro_blocks``),
+   whose header names marker, T1, T2 and source (an incremental, see
+   ``consumers.incremental`` and ``consumers.keyed_changes``, keeps only the rows changed
+   since the previous backup, and the keys deleted; ``consumers.chain`` describes the
+   layout);
 3. write the manifest (files with SHA-256, sizes, row counts) last, inside a temp dir;
 4. fsync and rename the temp dir into the catalog (``durable.publish_directory``).
 
