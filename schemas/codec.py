@@ -73,6 +73,7 @@ class _Binding:
     header: bytes
     to_datum: Callable[[Any], dict[str, Any]]
     from_datum: Callable[[dict[str, Any]], Record]
+    reader: Any = None  # for an older writer schema: the current schema, to resolve to
 
 
 def _operation_datum(r: Operation) -> dict[str, Any]:
@@ -111,6 +112,7 @@ def _table_datum(r: TableDefinition) -> dict[str, Any]:
             for c in r.columns
         ],
         "key_columns": list(r.key_columns),
+        "incarnation": r.incarnation,
     }
 
 
@@ -121,6 +123,7 @@ def _table(d: dict[str, Any]) -> TableDefinition:
         ddl=d["ddl"],
         columns=tuple(Column(c["name"], c["declared_type"], c["not_null"]) for c in d["columns"]),
         key_columns=tuple(d["key_columns"]),
+        incarnation=d["incarnation"],
     )
 
 
@@ -187,6 +190,8 @@ def _position_datum(r: CapturePosition) -> dict[str, Any]:
         "marker_id": r.marker_id,
         "partitions": r.partitions,
         "counts": list(r.counts),
+        "database_id": r.database_id,
+        "incarnation": r.incarnation,
     }
 
 
@@ -197,6 +202,8 @@ def _position(d: dict[str, Any]) -> CapturePosition:
         marker_id=d["marker_id"],
         partitions=d["partitions"],
         counts=tuple(d["counts"]),
+        database_id=d["database_id"],
+        incarnation=d["incarnation"],
     )
 
 
@@ -206,6 +213,13 @@ SCHEMA_FILES: dict[type, str] = {
     ConsistencyMarker: "marker.avsc",
     ControlEvent: "control_event.avsc",
     CapturePosition: "capture_position.avsc",
+}
+
+# Earlier versions of a schema, still decoded (resolved to the current one, whose added
+# fields have defaults): records written before the change stay readable.
+OLDER_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
+    TableDefinition: ("table_definition.v1.avsc",),
+    CapturePosition: ("capture_position.v1.avsc",),
 }
 
 _CONVERTERS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[..., Record]]] = {
@@ -227,6 +241,17 @@ def _bind() -> tuple[dict[type, _Binding], dict[bytes, _Binding]]:
         binding = _Binding(record_type, fastavro.parse_schema(schema), header, to_datum, from_datum)
         by_type[record_type] = binding
         by_header[header] = binding
+        for old_file in OLDER_SCHEMA_FILES.get(record_type, ()):
+            old = load_schema(old_file)
+            old_header = MAGIC + schema_fingerprint(old)
+            by_header[old_header] = _Binding(
+                record_type,
+                fastavro.parse_schema(old),
+                old_header,
+                to_datum,
+                from_datum,
+                reader=binding.parsed,
+            )
     return by_type, by_header
 
 
@@ -263,7 +288,7 @@ def decode(data: bytes | None) -> Record:
     stream = io.BytesIO(data)
     stream.seek(HEADER_SIZE)
     try:
-        datum = fastavro.schemaless_reader(stream, binding.parsed, None)
+        datum = fastavro.schemaless_reader(stream, binding.parsed, binding.reader)
     except (EOFError, ValueError, IndexError, KeyError, UnicodeDecodeError, TypeError) as exc:
         raise MalformedDatum(f"cannot read {binding.record_type.__name__}: {exc}") from exc
     if stream.tell() != len(data):

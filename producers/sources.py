@@ -1,0 +1,336 @@
+"""Which database a source captures, and what each source has published from it.
+
+The change log belongs to the database, the position to the source (its Kafka topics).
+These tables tie the two together:
+
+* ``_cutline_database``: the database's identity, a random id made at first install. A
+  file copy keeps it; a database rebuilt by ``cutline restore`` has no cutline tables and
+  gets a new one.
+* ``_cutline_sources``: per source, its captured tables, the change it started after
+  (``baseline_seq``: its own initial snapshot follows it), the change it has published up
+  to (``cursor_seq``, written after each Kafka commit), and its incarnation (how many
+  times the source was moved to a restored primary with ``--new-incarnation``).
+
+Capture positions in Kafka carry the database id and incarnation, so :func:`plan_start`
+can refuse a database that is not the one a source's topics belong to, or one whose change
+log went backwards, before anything is published. The change log is trimmed only up to the
+smallest cursor of all sources, so several sources can capture one database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cutline.errors import ConfigError
+from producers.sqlite_changelog import (
+    CHANGES,
+    MARKERS,
+    TABLES,
+    ensure_schema,
+    install_in_transaction,
+    now_us,
+    snapshot_table,
+)
+from schemas.records import CapturePosition, TableDefinition
+
+DATABASE = "_cutline_database"
+SOURCES = "_cutline_sources"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {DATABASE} (
+    id TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {SOURCES} (
+    source TEXT PRIMARY KEY,
+    tables TEXT NOT NULL,
+    baseline_seq INTEGER NOT NULL,
+    cursor_seq INTEGER NOT NULL,
+    incarnation INTEGER NOT NULL,
+    installed_us INTEGER NOT NULL
+);
+"""
+
+TABLE_SEPARATOR = "\x1f"
+
+
+class SourceMismatch(ConfigError):
+    """The database is not the one the source's topics belong to (or went backwards)."""
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    source: str
+    tables: tuple[str, ...]
+    baseline_seq: int
+    cursor_seq: int
+    incarnation: int
+    installed_us: int
+
+    @property
+    def published_any(self) -> bool:
+        return self.cursor_seq > self.baseline_seq
+
+
+@dataclass(frozen=True)
+class DatabaseView:
+    """What the database says about itself and one source, read before installing."""
+
+    database_id: str | None  # None: no identity yet
+    legacy: bool  # captured by a version without _cutline_sources (no identity either)
+    registered: SourceRecord | None
+    issued_seq: int  # the largest change-log seq the database ever handed out
+
+
+class Start(StrEnum):
+    FRESH = "fresh"  # a source new to this database: its own initial snapshot
+    RESUME = "resume"  # the source's own database: continue after its position
+    MIGRATE = "migrate"  # a database captured by the previous version, by this source
+    NEW_INCARNATION = "new-incarnation"  # the primary restored: snapshot replaces the replica
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    start: Start
+    incarnation: int
+    resume_seq: int = 0  # RESUME / MIGRATE: the seq Kafka says was published
+
+
+def _exists(conn: sqlite3.Connection, table: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    return row is not None
+
+
+def issued_seq(conn: sqlite3.Connection) -> int:
+    """The largest seq the change log ever handed out (AUTOINCREMENT never goes back)."""
+    if not _exists(conn, "sqlite_sequence"):
+        return 0
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGES,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def database_id(conn: sqlite3.Connection) -> str | None:
+    if not _exists(conn, DATABASE):
+        return None
+    row = conn.execute(f"SELECT id FROM {DATABASE} LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def all_sources(conn: sqlite3.Connection) -> list[SourceRecord]:
+    if not _exists(conn, SOURCES):
+        return []
+    return [
+        SourceRecord(r[0], tuple(r[1].split(TABLE_SEPARATOR)) if r[1] else (), *r[2:])
+        for r in conn.execute(
+            f"SELECT source, tables, baseline_seq, cursor_seq, incarnation, installed_us "
+            f"FROM {SOURCES} ORDER BY source"
+        )
+    ]
+
+
+def source_record(conn: sqlite3.Connection, source: str) -> SourceRecord | None:
+    return next((s for s in all_sources(conn) if s.source == source), None)
+
+
+def read_view(conn: sqlite3.Connection, source: str) -> DatabaseView:
+    return DatabaseView(
+        database_id=database_id(conn),
+        legacy=_exists(conn, CHANGES) and not _exists(conn, SOURCES),
+        registered=source_record(conn, source),
+        issued_seq=issued_seq(conn),
+    )
+
+
+def plan_start(
+    source: str,
+    position: CapturePosition | None,
+    view: DatabaseView,
+    *,
+    new_incarnation: bool,
+    db_path: str,
+) -> StartPlan:
+    """Decide how capture of ``source`` starts on this database, or refuse with one line."""
+    registered = view.registered
+    other_database = (
+        f"source {source!r} captures another database than {db_path}; to capture this one, "
+        "use a new --source; if this database is that primary restored from a backup, run "
+        "capture once with --new-incarnation"
+    )
+    if position is None:
+        if new_incarnation:
+            raise SourceMismatch(
+                f"--new-incarnation: source {source!r} has published nothing yet, so there is "
+                "no earlier incarnation to continue; drop --new-incarnation"
+            )
+        if registered is not None and registered.published_any:
+            raise SourceMismatch(
+                f"{db_path} says source {source!r} published changes up to "
+                f"{registered.cursor_seq}, but its topics hold no capture position: they were "
+                "deleted or recreated; capture into a new --source (or drop this one with "
+                f"`cutline sources --db {db_path} --drop {source}`)"
+            )
+        if registered is not None:  # installed, crashed before its first publish
+            return StartPlan(Start.RESUME, registered.incarnation, registered.cursor_seq)
+        if view.legacy:
+            raise SourceMismatch(
+                f"{db_path} is captured by an earlier cutline version under another source: "
+                "run capture of that source once first (this records it), then add "
+                f"{source!r}"
+            )
+        return StartPlan(Start.FRESH, 0)
+    next_incarnation = StartPlan(Start.NEW_INCARNATION, position.incarnation + 1)
+    if (
+        registered is not None
+        and position.incarnation < registered.incarnation
+        and not registered.published_any
+    ):  # --new-incarnation installed, crashed before its first publish
+        return StartPlan(Start.RESUME, registered.incarnation, registered.cursor_seq)
+    same_database = position.database_id != "" and position.database_id == view.database_id
+    if not same_database:
+        legacy_match = position.database_id == "" and (view.legacy or registered is not None)
+        if new_incarnation:
+            return next_incarnation
+        if not legacy_match:
+            raise SourceMismatch(other_database)
+    went_back = position.seq > view.issued_seq
+    if new_incarnation:
+        if went_back or registered is None:
+            return next_incarnation
+        raise SourceMismatch(
+            f"--new-incarnation: {db_path} already is incarnation {registered.incarnation} of "
+            f"source {source!r}; drop --new-incarnation"
+        )
+    if went_back:
+        raise SourceMismatch(
+            f"the change log of {db_path} went backwards: source {source!r} published up to "
+            f"change {position.seq}, and this database has issued only {view.issued_seq} (a "
+            "file copy of an older state?); point --db at the current primary, or, if this is "
+            "the primary restored from a backup, run capture once with --new-incarnation"
+        )
+    if view.legacy:
+        return StartPlan(Start.MIGRATE, 0, position.seq)
+    if registered is None:
+        raise SourceMismatch(
+            f"source {source!r} was dropped from {db_path} (`cutline sources --drop`); its "
+            "topics cannot resume: capture into a new --source, or start it over from the "
+            "database's current content with --new-incarnation"
+        )
+    if registered.cursor_seq > position.seq:
+        raise SourceMismatch(
+            f"source {source!r}'s topics end at change {position.seq}, but {db_path} recorded "
+            f"changes up to {registered.cursor_seq} as published: the topics lost records "
+            "(recreated, or an unclean broker); capture into a new --source"
+        )
+    return StartPlan(Start.RESUME, registered.incarnation, position.seq)
+
+
+def install_source(
+    conn: sqlite3.Connection, source: str, tables: list[str], plan: StartPlan, last_marker: int
+) -> tuple[SourceRecord, list[TableDefinition]]:
+    """Carry out ``plan`` inside the caller's write transaction; return the source's record.
+
+    FRESH and NEW_INCARNATION register the source after the change log's current end and
+    give it its own initial snapshot of every table (tagged for it only); RESUME and MIGRATE
+    snapshot only tables new to the source. NEW_INCARNATION also moves the marker counter
+    past ``last_marker``, so ``mark`` never hands out an id that already names a backup.
+    """
+    migrating = not _exists(conn, SOURCES)
+    legacy_tables = (
+        [r[0] for r in conn.execute(f"SELECT tbl FROM {TABLES}")] if _exists(conn, TABLES) else []
+    )
+    ensure_schema(conn)
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    if database_id(conn) is None:
+        conn.execute(f"INSERT INTO {DATABASE} VALUES (?, ?)", (str(uuid.uuid4()), now_us()))
+    registered = source_record(conn, source)
+    if plan.start in (Start.FRESH, Start.NEW_INCARNATION):
+        conn.execute(f"DELETE FROM {CHANGES} WHERE only_source = ?", (source,))
+        conn.execute(f"DELETE FROM {SOURCES} WHERE source = ?", (source,))
+        registered = None
+    if plan.start is Start.NEW_INCARNATION:
+        bump_marker_ids(conn, last_marker)
+    if registered is None:
+        known = legacy_tables if plan.start is Start.MIGRATE and migrating else []
+        cursor = plan.resume_seq if plan.start is Start.MIGRATE else issued_seq(conn)
+        owned: tuple[str, ...] = tuple(known)
+    else:
+        cursor, owned = registered.cursor_seq, registered.tables
+        if plan.start is Start.RESUME:
+            cursor = max(cursor, plan.resume_seq)
+    wanted = list(dict.fromkeys([*owned, *tables]))
+    definitions, snapshotted = install_in_transaction(conn, source, wanted, only_source=source)
+    for definition in definitions:
+        if definition.table not in owned and definition.table not in snapshotted:
+            snapshot_table(conn, definition, source)  # captured already, new to this source
+    baseline = cursor if registered is None else registered.baseline_seq
+    record = SourceRecord(
+        source=source,
+        tables=tuple(wanted),
+        baseline_seq=baseline,
+        cursor_seq=cursor,
+        incarnation=plan.incarnation,
+        installed_us=now_us() if registered is None else registered.installed_us,
+    )
+    conn.execute(
+        f"INSERT OR REPLACE INTO {SOURCES} VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            record.source,
+            TABLE_SEPARATOR.join(record.tables),
+            record.baseline_seq,
+            record.cursor_seq,
+            record.incarnation,
+            record.installed_us,
+        ),
+    )
+    return record, definitions
+
+
+def bump_marker_ids(conn: sqlite3.Connection, past: int) -> None:
+    """Make the next marker id larger than ``past`` (the AUTOINCREMENT counter)."""
+    updated = conn.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (past, MARKERS)
+    ).rowcount
+    if not updated:  # no marker was ever requested on this database
+        conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (MARKERS, past))
+
+
+def save_cursor(conn: sqlite3.Connection, source: str, seq: int) -> None:
+    """Record that ``source`` published up to ``seq`` and trim what every source has.
+
+    In the caller's write transaction. Only changes every registered source has
+    published are deleted.
+    """
+    conn.execute(
+        f"UPDATE {SOURCES} SET cursor_seq = max(cursor_seq, ?) WHERE source = ?", (seq, source)
+    )
+    trim(conn)
+
+
+def trim(conn: sqlite3.Connection) -> None:
+    """Delete the changes every registered source has published (one indexed range)."""
+    (low,) = conn.execute(f"SELECT min(cursor_seq) FROM {SOURCES}").fetchone()
+    if low is not None:
+        conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ?", (low,))
+
+
+def drop_source(conn: sqlite3.Connection, source: str) -> bool:
+    """Forget a source for good (in the caller's write transaction); False if unknown.
+
+    Its cursor no longer holds back trimming; with no source left, the whole log goes.
+    """
+    if source_record(conn, source) is None:
+        return False
+    conn.execute(f"DELETE FROM {SOURCES} WHERE source = ?", (source,))
+    conn.execute(f"DELETE FROM {CHANGES} WHERE only_source = ?", (source,))
+    if not all_sources(conn):
+        conn.execute(f"DELETE FROM {CHANGES}")
+    else:
+        trim(conn)
+    return True
