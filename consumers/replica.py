@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from consumers.incarnations import enter_incarnation
 from cutline.errors import CutlineError
 from producers.sqlite_changelog import ROWID, quote_identifier
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
@@ -254,6 +255,11 @@ class Shard:
 
     def define(self, definition: TableDefinition) -> None:
         """Create a captured table from the primary's own DDL (native format)."""
+        if enter_incarnation(self.conn, definition):  # a restored primary: rows start over
+            self._definitions.pop(definition.table, None)
+            self._statements = {
+                k: v for k, v in self._statements.items() if k[0] != definition.table
+            }
         known = self._definitions.get(definition.table)
         if known is not None:
             if known.column_names != definition.column_names:

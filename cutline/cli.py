@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -81,6 +82,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
+        new_incarnation=args.new_incarnation,
+        lock_timeout_s=args.lock_timeout,
     )
     capture = Capture(config, progress=_log_progress)
     stop = _install_stop_signals()
@@ -99,11 +102,17 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
     conn = connect(args.db)
     try:
-        ticket = request_marker(conn, note="cutline mark")
+        ticket = request_marker(conn, note="cutline mark", lock_timeout_s=args.lock_timeout)
     finally:
         conn.close()
     print(json.dumps(ticket.as_json()))
     return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from producers.sources_command import run_sources
+
+    return run_sources(args.db, drop=args.drop, as_json=args.json, lock_timeout_s=args.lock_timeout)
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
@@ -312,6 +321,7 @@ COMMANDS = {
     "kafka": cmd_kafka,
     "capture": cmd_capture,
     "mark": cmd_mark,
+    "sources": cmd_sources,
     "replicate": cmd_replicate,
     "replay": cmd_replay,
     "backups": cmd_backups,
@@ -358,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KafkaException as exc:
         print(f"cutline {args.command}: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"cutline {args.command}: SQLite error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

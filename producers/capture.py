@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -49,14 +49,20 @@ from cutline.kafka_clients import (
 from cutline.settings import Topics
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
-from producers.sqlite_changelog import (
-    KIND_MARKER,
-    connect,
-    describe_table,
-    forget_changes,
-    install,
-    installed_tables,
-    read_changes,
+from producers.sources import (
+    Start,
+    database_id,
+    install_source,
+    plan_start,
+    read_view,
+    save_cursor,
+)
+from producers.sqlite_changelog import KIND_MARKER, connect, describe_table, read_changes
+from producers.write_lock import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    PrimaryLocked,
+    begin_write,
+    try_begin_write,
 )
 from schemas.codec import CodecError, decode, encode
 from schemas.records import CapturePosition, ConsistencyMarker, TableDefinition
@@ -81,6 +87,8 @@ class CaptureConfig:
     idle_sleep_s: float = 0.05
     transaction_timeout_s: float = 30.0
     retry_deadline_s: float = 120.0  # give up after Kafka refused transactions this long
+    new_incarnation: bool = False  # this database is the source's primary restored from a backup
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # install's wait for the primary's write lock
 
 
 class RecordTooLarge(CutlineError):
@@ -124,21 +132,23 @@ class Capture:
         self._last_mark = time.monotonic()
         self._max_record = MAX_RECORD_BYTES
         self._failing_since: float | None = None
+        self._database_id = ""
+        self._incarnation = 0
+        self._saved_cursor = 0  # the cursor last recorded in the primary's _cutline_sources
+        self._lock_waiting_since: float | None = None
+        self._lock_noted = 0.0
 
     # -- set-up ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Validate inputs, reach Kafka, install capture, fence old instances, recover."""
+        """Validate inputs, reach Kafka, fence old instances, check the database is the
+        source's own (``producers.sources``), install capture, recover."""
         cfg = self.config
         conn = connect(cfg.db_path)
+        self._conn = conn
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        install(conn, cfg.source, cfg.tables)
-        self._conn = conn
-        self._layouts = {
-            t: TableLayout.of(describe_table(conn, cfg.source, t)) for t in installed_tables(conn)
-        }
         counts = ensure_topics(
             cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
         )
@@ -150,7 +160,8 @@ class Capture:
             )
         self._max_record = self._record_limit()
         self._producer = self._new_producer()
-        self._recover_position()
+        position = self._recover_position()
+        self._install(position)
         self._broadcast_definitions()
         self.progress(
             f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
@@ -194,12 +205,53 @@ class Capture:
             return MAX_RECORD_BYTES
         return min(MAX_RECORD_BYTES, configured - 1024)  # room for the batch header
 
-    def _recover_position(self) -> None:
+    def _install(self, position: CapturePosition | None) -> None:
+        """Install capture for this source in one write transaction, as the plan says."""
+        cfg, conn = self.config, self._conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        plan = plan_start(
+            cfg.source,
+            position,
+            read_view(conn, cfg.source),
+            new_incarnation=cfg.new_incarnation,
+            db_path=cfg.db_path,
+        )
+        begin_write(conn, "installing capture", cfg.lock_timeout_s, self.progress)
+        try:
+            plan = plan_start(  # again, under the lock: nothing changed in between
+                cfg.source,
+                position,
+                read_view(conn, cfg.source),
+                new_incarnation=cfg.new_incarnation,
+                db_path=cfg.db_path,
+            )
+            last_marker = position.marker_id if position else 0
+            record, _ = install_source(conn, cfg.source, cfg.tables, plan, last_marker)
+            database = database_id(conn) or ""
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if plan.start is not Start.RESUME:
+            self.progress(
+                f"source {cfg.source!r} on {cfg.db_path}: {plan.start.value} (incarnation "
+                f"{plan.incarnation}), starting after change {record.cursor_seq}"
+            )
+        self._database_id, self._incarnation = database, record.incarnation
+        self._seq = self._saved_cursor = record.cursor_seq
+        self._layouts = {
+            t: TableLayout.of(
+                replace(describe_table(conn, cfg.source, t), incarnation=record.incarnation)
+            )
+            for t in record.tables
+        }
+
+    def _recover_position(self) -> CapturePosition | None:
         position = read_last_position(self.config.bootstrap, self.topics)
         if position is None:
             self._seq, self._marker_id = 0, 0
             self._counts = [0] * self.partitions
-            return
+            return None
         if position.partitions != self.partitions:
             raise ConfigError(
                 f"{self.topics.ops} had {position.partitions} partitions when capture last ran "
@@ -208,6 +260,7 @@ class Capture:
             )
         self._seq, self._marker_id = position.seq, position.marker_id
         self._counts = list(position.counts)
+        return position
 
     def _broadcast_definitions(self) -> None:
         """Send every table definition to every partition, before any of its operations."""
@@ -229,9 +282,12 @@ class Capture:
             if self.config.mark_every_s and (
                 time.monotonic() - self._last_mark >= self.config.mark_every_s
             ):
-                ticket = request_marker(self._conn, note="mark-every")
-                self._last_mark = time.monotonic()
-                log.debug("requested marker %s", ticket.marker_id)
+                try:  # never blocks publishing: a locked primary just delays the marker
+                    ticket = request_marker(self._conn, note="mark-every", lock_timeout_s=0.05)
+                    self._last_mark = time.monotonic()
+                    log.debug("requested marker %s", ticket.marker_id)
+                except PrimaryLocked:
+                    self._note_lock_wait("the next --mark-every marker")
             handled = self.step()
             if not handled:
                 stop.wait(self.config.idle_sleep_s)
@@ -257,11 +313,14 @@ class Capture:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
                 return 0
-        rows = read_changes(self._conn, self._seq, self.config.batch_size)
+        rows = read_changes(
+            self._conn, self._seq, self.config.batch_size, source=self.config.source
+        )
         if not rows:
+            if self._saved_cursor < self._seq:
+                self._save_cursor()
             return 0
         saved = (self._marker_id, list(self._counts))
-        known_tables = set(self._layouts)
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
@@ -276,8 +335,6 @@ class Capture:
         try:
             self._transaction(body, position=True, last_seq=rows[-1].seq)
         except BaseException as exc:
-            for table in set(self._layouts) - known_tables:  # their definitions were aborted
-                del self._layouts[table]
             if isinstance(exc, TransactionFailed):
                 if not exc.position_reloaded:
                     self._marker_id, self._counts = saved
@@ -288,12 +345,43 @@ class Capture:
         self._failing_since = None
         failpoints.hit("capture.after_commit")
         self._seq = rows[-1].seq
-        forget_changes(self._conn, self._seq)
+        self._save_cursor()
         self.stats.changes += len(rows)
         self.stats.operations += produced["ops"]
         self.stats.markers += produced["markers"]
         self.stats.last_seq = self._seq
         return len(rows)
+
+    def _save_cursor(self) -> None:
+        """Record this source's cursor on the primary and trim the change log.
+
+        Never waits for the write lock: while an application holds it, nothing new can be
+        committed to the change log either, so the trim is only put off (and logged) and
+        capture goes on publishing; the next step tries again. Kafka's position stays the
+        truth: at start-up the cursor is set from it.
+        """
+        if not try_begin_write(self._conn):
+            self._note_lock_wait("recording this source's cursor; capture goes on publishing")
+            return
+        try:
+            save_cursor(self._conn, self.config.source, self._seq)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._saved_cursor = self._seq
+        self._lock_waiting_since = None
+
+    def _note_lock_wait(self, what: str) -> None:
+        now = time.monotonic()
+        if self._lock_waiting_since is None:
+            self._lock_waiting_since, self._lock_noted = now, 0.0
+        if now - self._lock_noted >= 10.0:
+            self._lock_noted = now
+            self.progress(
+                "waiting for the primary's write lock held by another connection "
+                f"({what}; {now - self._lock_waiting_since:.0f} s so far)"
+            )
 
     def _retry_later(self, exc: TransactionFailed) -> None:
         """Note a failed transaction; give up once Kafka has refused them for too long."""
@@ -313,9 +401,7 @@ class Capture:
     def _produce_change(self, row) -> int:
         layout = self._layouts.get(row.table)
         if layout is None:
-            definition = describe_table(self._conn, self.config.source, row.table)
-            layout = self._layouts[row.table] = TableLayout.of(definition)
-            self._produce_definitions([definition])
+            return 0  # a table another source on this database captures, not this one
         pairs = to_operations(row, layout, self.config.source)
         for key, operation in pairs:
             p = partition_for(key, self.partitions)
@@ -379,6 +465,8 @@ class Capture:
                     marker_id=self._marker_id,
                     partitions=self.partitions,
                     counts=tuple(self._counts),
+                    database_id=self._database_id,
+                    incarnation=self._incarnation,
                 )
                 self._produce(self.topics.capture_position, encode(record), POSITION_KEY, 0)
             failpoints.hit("capture.before_commit")
