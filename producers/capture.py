@@ -208,14 +208,14 @@ class Capture:
     def _install(self, position: CapturePosition | None) -> None:
         """Install capture for this source in one write transaction, as the plan says."""
         cfg, conn = self.config, self._conn
-        conn.execute("PRAGMA journal_mode = WAL")
-        plan = plan_start(
+        plan_start(  # refuse another database before changing anything in it
             cfg.source,
             position,
             read_view(conn, cfg.source),
             new_incarnation=cfg.new_incarnation,
             db_path=cfg.db_path,
         )
+        conn.execute("PRAGMA journal_mode = WAL")
         begin_write(conn, "installing capture", cfg.lock_timeout_s, self.progress)
         try:
             plan = plan_start(  # again, under the lock: nothing changed in between
