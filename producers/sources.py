@@ -305,11 +305,13 @@ def save_cursor(conn: sqlite3.Connection, source: str, seq: int) -> None:
     """Record that ``source`` published up to ``seq`` and trim what every source has.
 
     In the caller's write transaction. Only changes every registered source has
-    published are deleted.
+    published are deleted, and this source's own snapshot rows it has published.
     """
     conn.execute(
         f"UPDATE {SOURCES} SET cursor_seq = max(cursor_seq, ?) WHERE source = ?", (seq, source)
     )
+    # its own snapshot rows, which no other source reads (a range of seq, then a filter)
+    conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ? AND only_source = ?", (seq, source))
     trim(conn)
 
 
