@@ -54,15 +54,17 @@ from producers.sources import (
     database_id,
     install_source,
     plan_start,
+    read_source_changes,
     read_view,
     save_cursor,
 )
-from producers.sqlite_changelog import KIND_MARKER, connect, describe_table, read_changes
+from producers.sqlite_changelog import KIND_MARKER, connect, describe_table
 from producers.write_lock import (
     DEFAULT_LOCK_TIMEOUT_S,
     PrimaryLocked,
     begin_write,
     try_begin_write,
+    use_wal,
 )
 from schemas.codec import CodecError, decode, encode
 from schemas.records import CapturePosition, ConsistencyMarker, TableDefinition
@@ -215,7 +217,7 @@ class Capture:
             new_incarnation=cfg.new_incarnation,
             db_path=cfg.db_path,
         )
-        conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(conn, cfg.lock_timeout_s, self.progress)
         begin_write(conn, "installing capture", cfg.lock_timeout_s, self.progress)
         try:
             plan = plan_start(  # again, under the lock: nothing changed in between
@@ -313,8 +315,8 @@ class Capture:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
                 return 0
-        rows = read_changes(
-            self._conn, self._seq, self.config.batch_size, source=self.config.source
+        rows = read_source_changes(
+            self._conn, self.config.source, self._seq, self.config.batch_size
         )
         if not rows:
             if self._saved_cursor < self._seq:

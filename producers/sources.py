@@ -24,14 +24,16 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cutline.errors import ConfigError
+from cutline.errors import ConfigError, CutlineError
 from producers.sqlite_changelog import (
     CHANGES,
     MARKERS,
     TABLES,
+    ChangeRow,
     ensure_schema,
     install_in_transaction,
     now_us,
+    read_changes,
     snapshot_table,
 )
 from schemas.records import CapturePosition, TableDefinition
@@ -59,6 +61,10 @@ TABLE_SEPARATOR = "\x1f"
 
 class SourceMismatch(ConfigError):
     """The database is not the one the source's topics belong to (or went backwards)."""
+
+
+class SourceDropped(CutlineError):
+    """The running source was dropped from the database: its next changes may be trimmed."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +305,26 @@ def bump_marker_ids(conn: sqlite3.Connection, past: int) -> None:
     ).rowcount
     if not updated:  # no marker was ever requested on this database
         conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (MARKERS, past))
+
+
+def read_source_changes(
+    conn: sqlite3.Connection, source: str, after_seq: int, limit: int
+) -> list[ChangeRow]:
+    """The source's next changes, read in one snapshot with its registration.
+
+    Once a source is dropped, other sources trim past it; reading both in one read
+    transaction means a dropped source stops before it could publish across a gap.
+    """
+    conn.execute("BEGIN")
+    try:
+        if not conn.execute(f"SELECT 1 FROM {SOURCES} WHERE source = ?", (source,)).fetchone():
+            raise SourceDropped(
+                f"source {source!r} was dropped from this database (`cutline sources --drop`) "
+                "while capture ran; capture stopped before publishing anything past that"
+            )
+        return read_changes(conn, after_seq, limit, source=source)
+    finally:
+        conn.execute("COMMIT")
 
 
 def save_cursor(conn: sqlite3.Connection, source: str, seq: int) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cutline.errors import ConfigError
-from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write
+from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write, use_wal
 from schemas.records import Column, TableDefinition, Value
 
 log = logging.getLogger("cutline.capture")
@@ -245,7 +245,7 @@ def install(
     as INSERTs in the same transaction that creates its triggers, so the replica starts
     from exactly the primary's content at that commit and misses nothing after it.
     """
-    conn.execute("PRAGMA journal_mode = WAL")
+    use_wal(conn, lock_timeout_s)
     begin_write(conn, "installing capture", lock_timeout_s)
     try:
         definitions, _ = install_in_transaction(conn, source, tables)

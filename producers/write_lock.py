@@ -43,6 +43,29 @@ def begin_write(
     Logs a line every few seconds while it waits; raises :class:`PrimaryLocked` with one
     line that says what to do once the deadline passes. The caller commits or rolls back.
     """
+    _execute_waiting(conn, "BEGIN IMMEDIATE", what, lock_timeout_s, progress)
+
+
+def use_wal(
+    conn: sqlite3.Connection,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Switch the primary to WAL (readers never block writers), waiting out other writers."""
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    if str(mode).lower() != "wal":
+        _execute_waiting(
+            conn, "PRAGMA journal_mode = WAL", "switching to WAL", lock_timeout_s, progress
+        )
+
+
+def _execute_waiting(
+    conn: sqlite3.Connection,
+    sql: str,
+    what: str,
+    lock_timeout_s: float,
+    progress: Callable[[str], None] | None,
+) -> None:
     note = progress or log.warning
     start = time.monotonic()
     next_note = start + 1.0
@@ -52,7 +75,7 @@ def begin_write(
     try:
         while True:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(sql)
                 return
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):

@@ -14,6 +14,7 @@ from consumers.replica import Shard
 from producers.markers import request_marker
 from producers.sources import (
     DatabaseView,
+    SourceDropped,
     SourceMismatch,
     SourceRecord,
     Start,
@@ -22,11 +23,12 @@ from producers.sources import (
     drop_source,
     install_source,
     plan_start,
+    read_source_changes,
     read_view,
     save_cursor,
 )
 from producers.sqlite_changelog import CHANGES, connect, read_changes
-from producers.write_lock import PrimaryLocked, begin_write, try_begin_write
+from producers.write_lock import PrimaryLocked, begin_write, try_begin_write, use_wal
 from schemas.records import CapturePosition, Column, Operation, OpType, TableDefinition
 
 DB_ID = "db-1"
@@ -173,6 +175,20 @@ def test_dropping_a_gone_source_releases_the_log(db: Path) -> None:
     assert [s.source for s in all_sources(conn)] == ["a"]
 
 
+def test_a_source_dropped_while_it_runs_stops_before_reading_across_a_gap(db: Path) -> None:
+    conn = connect(db)
+    install(conn, "a", ["t"], StartPlan(Start.FRESH, 0))
+    install(conn, "b", ["t"], StartPlan(Start.FRESH, 0))
+    assert read_source_changes(conn, "b", 0, 100), "registered: its changes"
+    other = connect(db)
+    other.execute("BEGIN IMMEDIATE")
+    drop_source(other, "b")
+    other.execute("COMMIT")
+    with pytest.raises(SourceDropped, match="was dropped"):
+        read_source_changes(conn, "b", 0, 100)
+    assert not conn.in_transaction
+
+
 def test_a_database_of_the_previous_version_is_migrated(db: Path) -> None:
     conn = connect(db)
     conn.executescript(
@@ -264,6 +280,16 @@ def test_a_write_waits_out_another_writer_and_says_so(db: Path) -> None:
     conn.execute("COMMIT")
     holder.join()
     assert notes and "waiting for the primary's write lock held by another connection" in notes[0]
+
+
+def test_switching_to_wal_waits_out_another_writer(db: Path) -> None:
+    conn = connect(db)
+    notes: list[str] = []
+    holder = hold_lock(db, 2.5)  # a rollback-journal database: WAL needs it alone
+    use_wal(conn, lock_timeout_s=30, progress=notes.append)
+    holder.join()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert notes, "it said it was waiting"
 
 
 def test_a_write_gives_up_at_its_deadline_with_one_line(db: Path) -> None:
