@@ -30,6 +30,7 @@ from producers.sources import (
 from producers.sqlite_changelog import CHANGES, connect, read_changes
 from producers.write_lock import PrimaryLocked, begin_write, try_begin_write, use_wal
 from schemas.records import CapturePosition, Column, Operation, OpType, TableDefinition
+from tests.unit.test_capture_transactions import StandInProducer, make_capture
 
 DB_ID = "db-1"
 
@@ -301,3 +302,22 @@ def test_a_write_gives_up_at_its_deadline_with_one_line(db: Path) -> None:
     assert "\n" not in str(caught.value)
     holder.join()
     assert request_marker(conn).marker_id == 1
+
+
+def test_capture_publishes_on_while_the_write_lock_is_held_and_trims_after(db: Path) -> None:
+    """Capture never dies on an application's long write transaction: the cursor write and
+    the trim are put off (and said so), and done once the lock is free."""
+    producer = StandInProducer()
+    capture = make_capture(db, producer)
+    notes: list[str] = []
+    capture.progress = notes.append
+    holder = hold_lock(db, 3.0)
+    assert capture.step() == 5, "the snapshot is published while the lock is held"
+    assert len(producer.committed) == 1
+    assert any("waiting for the primary's write lock" in n for n in notes), notes
+    assert len(read_changes(capture._conn, 0, 100)) == 5, "not trimmed yet"
+    holder.join()
+    assert capture.step() == 0
+    assert read_changes(capture._conn, 0, 100) == [], "trimmed once the lock was free"
+    (cursor,) = capture._conn.execute("SELECT cursor_seq FROM _cutline_sources").fetchone()
+    assert cursor == capture._seq == 5
