@@ -30,7 +30,6 @@ from producers.sources import (
 from producers.sqlite_changelog import CHANGES, connect, read_changes
 from producers.write_lock import PrimaryLocked, begin_write, try_begin_write, use_wal
 from schemas.records import CapturePosition, Column, Operation, OpType, TableDefinition
-from tests.unit.test_capture_transactions import StandInProducer, make_capture
 
 DB_ID = "db-1"
 
@@ -307,6 +306,8 @@ def test_a_write_gives_up_at_its_deadline_with_one_line(db: Path) -> None:
 def test_capture_publishes_on_while_the_write_lock_is_held_and_trims_after(db: Path) -> None:
     """Capture never dies on an application's long write transaction: the cursor write and
     the trim are put off (and said so), and done once the lock is free."""
+    from tests.unit.test_capture_transactions import StandInProducer, make_capture
+
     producer = StandInProducer()
     capture = make_capture(db, producer)
     notes: list[str] = []
