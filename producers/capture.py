@@ -50,6 +50,7 @@ from cutline.settings import Topics
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.sources import (
+    SourceRecord,
     Start,
     database_id,
     install_source,
@@ -139,6 +140,7 @@ class Capture:
         self._saved_cursor = 0  # the cursor last recorded in the primary's _cutline_sources
         self._lock_waiting_since: float | None = None
         self._lock_noted = 0.0
+        self._table_starts: dict[str, int] = {}
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -239,11 +241,20 @@ class Capture:
                 f"source {cfg.source!r} on {cfg.db_path}: {plan.start.value} (incarnation "
                 f"{plan.incarnation}), starting after change {record.cursor_seq}"
             )
-        self._database_id, self._incarnation = database, record.incarnation
+        self._database_id = database
+        self.use_source(record)
+
+    def use_source(self, record: SourceRecord) -> None:
+        """Capture what the source's record says: its tables, from its cursor."""
+        self._incarnation = record.incarnation
         self._seq = self._saved_cursor = record.cursor_seq
+        self._table_starts = dict(record.table_starts)
         self._layouts = {
             t: TableLayout.of(
-                replace(describe_table(conn, cfg.source, t), incarnation=record.incarnation)
+                replace(
+                    describe_table(self._conn, self.config.source, t),
+                    incarnation=record.incarnation,
+                )
             )
             for t in record.tables
         }
@@ -404,6 +415,8 @@ class Capture:
         layout = self._layouts.get(row.table)
         if layout is None:
             return 0  # a table another source on this database captures, not this one
+        if row.seq <= self._table_starts.get(row.table, 0):
+            return 0  # before this source's own snapshot of a table it added later
         pairs = to_operations(row, layout, self.config.source)
         for key, operation in pairs:
             p = partition_for(key, self.partitions)

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS {SOURCES} (
     baseline_seq INTEGER NOT NULL,
     cursor_seq INTEGER NOT NULL,
     incarnation INTEGER NOT NULL,
-    installed_us INTEGER NOT NULL
+    installed_us INTEGER NOT NULL,
+    table_starts TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -75,6 +76,9 @@ class SourceRecord:
     cursor_seq: int
     incarnation: int
     installed_us: int
+    # tables added after the source started, which another source already captured: the
+    # source's own snapshot of each follows this seq, so earlier changes of it are not its
+    table_starts: tuple[tuple[str, int], ...] = ()
 
     @property
     def published_any(self) -> bool:
@@ -131,12 +135,20 @@ def all_sources(conn: sqlite3.Connection) -> list[SourceRecord]:
     if not _exists(conn, SOURCES):
         return []
     return [
-        SourceRecord(r[0], tuple(r[1].split(TABLE_SEPARATOR)) if r[1] else (), *r[2:])
+        SourceRecord(r[0], _split(r[1]), *r[2:6], tuple((t, int(n)) for t, n in _pairs(r[6])))
         for r in conn.execute(
-            f"SELECT source, tables, baseline_seq, cursor_seq, incarnation, installed_us "
-            f"FROM {SOURCES} ORDER BY source"
+            f"SELECT source, tables, baseline_seq, cursor_seq, incarnation, installed_us, "
+            f"table_starts FROM {SOURCES} ORDER BY source"
         )
     ]
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(text.split(TABLE_SEPARATOR)) if text else ()
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    return [(p[0], p[1]) for p in (item.split("\x1e") for item in _split(text))]
 
 
 def source_record(conn: sqlite3.Connection, source: str) -> SourceRecord | None:
@@ -272,9 +284,16 @@ def install_source(
             cursor = max(cursor, plan.resume_seq)
     wanted = list(dict.fromkeys([*owned, *tables]))
     definitions, snapshotted = install_in_transaction(conn, source, wanted, only_source=source)
+    starts = dict(registered.table_starts) if registered is not None else {}
     for definition in definitions:
         if definition.table not in owned and definition.table not in snapshotted:
-            snapshot_table(conn, definition, source)  # captured already, new to this source
+            # captured already for another source, new to this one: the log may hold its
+            # changes after this source's cursor, which this source must not publish
+            # before its own snapshot of the table (they are in it)
+            if registered is not None:
+                starts[definition.table] = issued_seq(conn)
+            snapshot_table(conn, definition, source)
+    starts = {t: n for t, n in starts.items() if n > cursor}
     baseline = cursor if registered is None else registered.baseline_seq
     record = SourceRecord(
         source=source,
@@ -283,9 +302,10 @@ def install_source(
         cursor_seq=cursor,
         incarnation=plan.incarnation,
         installed_us=now_us() if registered is None else registered.installed_us,
+        table_starts=tuple(sorted(starts.items())),
     )
     conn.execute(
-        f"INSERT OR REPLACE INTO {SOURCES} VALUES (?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO {SOURCES} VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             record.source,
             TABLE_SEPARATOR.join(record.tables),
@@ -293,6 +313,7 @@ def install_source(
             record.cursor_seq,
             record.incarnation,
             record.installed_us,
+            TABLE_SEPARATOR.join(f"{t}\x1e{n}" for t, n in record.table_starts),
         ),
     )
     return record, definitions

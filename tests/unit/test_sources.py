@@ -29,6 +29,7 @@ from producers.sources import (
 )
 from producers.sqlite_changelog import CHANGES, connect, read_changes
 from producers.write_lock import PrimaryLocked, begin_write, try_begin_write, use_wal
+from schemas.codec import decode
 from schemas.records import CapturePosition, Column, Operation, OpType, TableDefinition
 
 DB_ID = "db-1"
@@ -322,3 +323,31 @@ def test_capture_publishes_on_while_the_write_lock_is_held_and_trims_after(db: P
     assert read_changes(capture._conn, 0, 100) == [], "trimmed once the lock was free"
     (cursor,) = capture._conn.execute("SELECT cursor_seq FROM _cutline_sources").fetchone()
     assert cursor == capture._seq == 5
+
+
+def test_a_table_added_later_is_published_from_the_sources_own_snapshot(db: Path) -> None:
+    """A source that adds a table another source already captures must not publish that
+    table's changes logged before its own snapshot of it (the replica has no rows yet)."""
+    from tests.unit.test_capture_transactions import StandInProducer, make_capture
+
+    producer = StandInProducer()
+    capture = make_capture(db, producer)  # source "s" on table t
+    conn = capture._conn
+    install(conn, "a", ["t", "u"], StartPlan(Start.FRESH, 0))
+    conn.execute("UPDATE u SET w = 'changed' WHERE id = 1")  # logged for a, before s has u
+    conn.execute("DELETE FROM u WHERE id = 2")
+    record = install(conn, "s", ["t", "u"], StartPlan(Start.RESUME, 0, 0))
+    assert dict(record.table_starts) == {"u": record.table_starts[0][1]}
+    capture.use_source(record)
+    capture.step()
+    ops = [
+        r
+        for batch in producer.committed
+        for _, v, _ in batch
+        if isinstance(r := decode(v), Operation)
+    ]
+    on_u = sorted((op.op.value, op.key["id"], op.after["w"]) for op in ops if op.table == "u")
+    assert on_u == [("INSERT", 0, "w0"), ("INSERT", 1, "changed")], "its snapshot only"
+    assert sorted(op.key["id"] for op in ops if op.table == "t") == list(range(5))
+    again = install(conn, "s", ["t", "u"], StartPlan(Start.RESUME, 0, capture._seq))
+    assert again.table_starts == (), "forgotten once the cursor passed it"
