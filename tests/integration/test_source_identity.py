@@ -122,8 +122,9 @@ def test_two_sources_on_one_database_are_each_exact_while_the_app_writes(
     kafka: str, source: str, tmp_path: Path
 ) -> None:
     """A second source added to a captured database gets its own initial snapshot; neither
-    deletes the other's changes; each publishes only its own tables; the log is trimmed
-    past what both published, and `cutline sources --drop` lets a gone source go."""
+    deletes the other's changes; each publishes only its own tables (and a table it adds
+    later from its own snapshot); the log is trimmed past what both published, and
+    `cutline sources --drop` lets a gone source go."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a_pipeline = Pipeline(kafka, source, tmp_path / "a")
@@ -162,6 +163,35 @@ def test_two_sources_on_one_database_are_each_exact_while_the_app_writes(
         b.tickets = {m: a.tickets[m] for m in both}
         assert_exact(a, sorted(a.oracle))
         assert_exact(b, both, tables=b_tables)
+
+        # b adds a table a already captures while the app writes: the log holds changes of
+        # it after b's cursor, which b must not publish before its own snapshot of it
+        assert b.processes[0].stop() == 0, b.processes[0].tail()
+        stop = threading.Event()
+        writer = threading.Thread(target=lambda: app_writes(a, stop, seed=11))
+        writer.start()
+        try:
+            b.start(
+                "capture-2", "capture", "--db", str(b.db), "--tables", "transfers",
+                "--source", b.source, "--bootstrap-servers", kafka,
+            )  # fmt: skip
+
+            def b_has_transfers() -> bool:
+                b.check_alive()
+                with sqlite3.connect(a.db) as conn:
+                    (tables,) = conn.execute(
+                        "SELECT tables FROM _cutline_sources WHERE source = ?", (b.source,)
+                    ).fetchone()
+                return "transfers" in tables
+
+            wait_until(b_has_transfers, 60, "source b to add table transfers")
+        finally:
+            stop.set()
+            writer.join(30)
+        more = cut_with_writes(a, 2, seed=13)
+        b.oracle.update({m: a.oracle[m] for m in more})
+        b.tickets.update({m: a.tickets[m] for m in more})
+        assert_exact(b, more, tables=[*b_tables, "transfers"])
 
         wait_until(lambda: change_log_size(a.db) == 0, 30, "the log trimmed past both sources")
         for process in b.processes:
