@@ -3,6 +3,7 @@ migration of a database captured by the previous version, new incarnations, writ
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import replace
@@ -351,3 +352,28 @@ def test_a_table_added_later_is_published_from_the_sources_own_snapshot(db: Path
     assert sorted(op.key["id"] for op in ops if op.table == "t") == list(range(5))
     again = install(conn, "s", ["t", "u"], StartPlan(Start.RESUME, 0, capture._seq))
     assert again.table_starts == (), "forgotten once the cursor passed it"
+
+
+def test_sources_command_lists_and_drops(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cutline.cli import main
+
+    conn = connect(db)
+    install(conn, "a", ["t"], StartPlan(Start.FRESH, 0))
+    install(conn, "b", ["u"], StartPlan(Start.FRESH, 0))
+    assert main(["sources", "--db", str(db), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["source"] for s in listed["sources"]] == ["a", "b"]
+    assert [s["pending_changes"] for s in listed["sources"]] == [5, 3], "own snapshots"
+    assert main(["sources", "--db", str(db), "--drop", "b"]) == 0
+    assert [s.source for s in all_sources(conn)] == ["a"]
+
+
+def test_a_sqlite_error_of_a_command_is_one_line(db: Path, capsys) -> None:
+    from cutline.cli import main
+
+    conn = connect(db)
+    install(conn, "a", ["t"], StartPlan(Start.FRESH, 0))
+    conn.execute("DROP TABLE _cutline_markers")  # a damaged install
+    assert main(["mark", "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such table: _cutline_markers" in err, err
