@@ -13,6 +13,7 @@ import threading
 from confluent_kafka import Message, Producer
 
 from cutline.errors import BrokerError
+from cutline.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger("cutline.deadletter")
 
@@ -23,8 +24,9 @@ ORIGIN_OFFSET = "cutline.origin.offset"
 
 
 class DeadLetters:
-    def __init__(self, producer: Producer, topic: str):
+    def __init__(self, producer: Producer, topic: str, metrics: Metrics = NO_METRICS):
         self._producer = producer
+        self._metrics = metrics
         self.topic = topic
         self.count = 0
         self._lock = threading.Lock()
@@ -54,6 +56,7 @@ class DeadLetters:
             self.topic, message.value(), message.key(), headers=headers, on_delivery=delivered
         )
         self.count += 1
+        self._metrics.dead_letter()
 
     def flush(self, deadline_s: float = 30.0) -> None:
         """Block until every dead letter sent so far is durable, or raise."""

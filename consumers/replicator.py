@@ -34,6 +34,12 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.health import check_threads
+from consumers.history import (
+    TopicIdentity,
+    ops_topic_id_path,
+    refusal_on_assign,
+    warn_if_history_expires,
+)
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
@@ -48,6 +54,7 @@ from cutline.kafka_clients import (
     wait_for_cluster,
     wait_for_topic,
 )
+from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.replicator")
@@ -83,13 +90,21 @@ class ReplicatorStats:
 
 
 class Replicator:
-    def __init__(self, config: ReplicateConfig, *, progress: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: ReplicateConfig,
+        *,
+        progress: Callable[[str], None] | None = None,
+        metrics: Metrics = NO_METRICS,
+    ):
         if config.threads is not None and config.threads < 1:
             raise ConfigError("--threads must be at least 1")
         self.config = config
         self.topics = Topics(config.source)
         self.progress = progress or log.info
         self.stats = ReplicatorStats()
+        self.metrics = metrics
+        self._status_mark = (time.monotonic(), 0)  # for the current rate of status lines
         self.lanes: dict[int, Lane] = {}
         self.threads: list[ReplicationThread] = []
         self._committed: dict[int, int] = {}
@@ -99,6 +114,7 @@ class Replicator:
         self._producer = None
         self.coordinator: CutCoordinator | None = None
         self.dead_letters: DeadLetters | None = None
+        self._refusal: Exception | None = None  # set on assignment: the history is not there
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -119,8 +135,9 @@ class Replicator:
             f"start `cutline capture --source {cfg.source}` to create it",
             self.progress,
         )
+        warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
-        self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter)
+        self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter, self.metrics)
         self.coordinator = CutCoordinator(
             bootstrap=cfg.bootstrap,
             source=cfg.source,
@@ -131,6 +148,7 @@ class Replicator:
             alignment_timeout_s=cfg.alignment_timeout_s,
             full_every=cfg.full_every,
             progress=self.progress,
+            metrics=self.metrics,
         )
         self.coordinator.start()
         self._consumer = make_consumer(
@@ -158,11 +176,15 @@ class Replicator:
 
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> ReplicatorStats:
         """Poll until ``stop`` is set, then shut down within bounded time."""
-        last_status = time.monotonic()
+        last_status = last_lag = time.monotonic()
         try:
             while not stop.is_set():
                 self.poll_once()
                 self.check_health()
+                self.metrics.beat()
+                if self.metrics is not NO_METRICS and time.monotonic() - last_lag >= 1.0:
+                    last_lag = time.monotonic()
+                    self._report_lag()
                 if time.monotonic() - last_status >= status_every_s:
                     last_status = time.monotonic()
                     self.progress(self.status_line())
@@ -171,7 +193,10 @@ class Replicator:
         return self.stats
 
     def check_health(self) -> None:
-        """Raise ReplicationStopped if one of this process's threads died on its own."""
+        """Raise ReplicationStopped if one of this process's threads died on its own, or
+        HistoryGone if an assigned partition no longer holds the history its shard needs."""
+        if self._refusal is not None:
+            raise self._refusal
         check_threads(self.coordinator, self.threads)
 
     def poll_once(self, timeout_s: float = 0.02) -> int:
@@ -211,9 +236,36 @@ class Replicator:
                 self._consumer.resume(tp)
                 lane.consumer_paused = False
 
+    def _report_lag(self) -> None:
+        """Per-partition lag from the watermarks librdkafka caches on every fetch."""
+        for lane in list(self.lanes.values()):
+            tp = TopicPartition(self.topics.ops, lane.partition)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                self.metrics.lag(lane.partition, max(0, high - (lane.applied_offset + 1)))
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: in the group (an assignment received), control topic read, threads alive."""
+        if self.coordinator is None or not self.coordinator.wait_caught_up(0):
+            return False, "reading the control topic"
+        if self.stats.rebalances == 0:
+            return False, "waiting for a partition assignment from the group"
+        try:
+            self.check_health()
+        except Exception as exc:
+            return False, str(exc)
+        return True, f"ready: partitions {sorted(self.lanes)}"
+
     def status_line(self) -> str:
         applied = sum(lane.stats.applied for lane in self.lanes.values()) + self.stats.applied
-        rate = applied / max(1e-9, time.monotonic() - self.stats.started)
+        # the current rate: since the previous status line, not a cumulative average
+        now = time.monotonic()
+        since, before = self._status_mark
+        rate = max(0, applied - before) / max(1e-9, now - since)
+        self._status_mark = (now, applied)
         held = sorted(p for p, lane in self.lanes.items() if lane.hold is not None)
         published = self.coordinator.stats.published if self.coordinator else []
         return (
@@ -255,6 +307,20 @@ class Replicator:
             lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
             self.lanes[tp.partition] = lane
             tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
+        # before any thread applies a record: is every shard's history still in the topic?
+        self._refusal = refusal_on_assign(
+            consumer,
+            self.topics.ops,
+            {p: lane.applied_offset + 1 for p, lane in self.lanes.items()},
+            TopicIdentity(
+                self.config.bootstrap,
+                self.topics.ops,
+                ops_topic_id_path(self.config),
+            ),
+        )
+        if self._refusal is not None:
+            consumer.assign(partitions)  # the poll loop raises it and the process exits
+            return
         for tp in committed_within(consumer, partitions):
             if tp.offset >= 0:
                 known = self._committed.get(tp.partition, -1)
@@ -272,6 +338,7 @@ class Replicator:
                 commit=self._commit,
                 batch_size=self.config.batch_size,
                 name=f"replication-{index}",
+                metrics=self.metrics,
             )
             self.threads.append(thread)
             thread.start()
@@ -303,6 +370,7 @@ class Replicator:
             lane.shard.close()
         self.threads = []
         self.lanes = {}
+        self.metrics.forget_partitions()
 
     # -- offsets --------------------------------------------------------------------------
 

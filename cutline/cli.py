@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sqlite3
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from cutline import logs
 from cutline.errors import ConfigError, CutlineError
 from cutline.parser import build_parser
 from cutline.settings import resolve_bootstrap, validate_source
@@ -27,11 +27,11 @@ def _log_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _install_stop_signals() -> threading.Event:
+def _install_stop_signals(say=_log_progress) -> threading.Event:
     stop = threading.Event()
 
     def handler(signum, _frame) -> None:
-        _log_progress(f"received {signal.Signals(signum).name}, finishing current work...")
+        say(f"received {signal.Signals(signum).name}, finishing current work...")
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -61,7 +61,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     from cutline.broker import local
 
     if args.kafka_command == "start":
-        info = local.start_local_cluster(args.brokers, progress=_log_progress)
+        info = local.start_local_cluster(args.brokers, progress=_log_progress, fresh=args.fresh)
         print(info.bootstrap_servers)
         return 0
     if not local.stop_local_cluster(progress=_log_progress):
@@ -70,6 +70,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from cutline.metrics import NO_METRICS
+    from cutline.metrics_server import serve_metrics
     from producers.capture import Capture, CaptureConfig
 
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
@@ -85,14 +87,24 @@ def cmd_capture(args: argparse.Namespace) -> int:
         new_incarnation=args.new_incarnation,
         lock_timeout_s=args.lock_timeout,
     )
-    capture = Capture(config, progress=_log_progress)
-    stop = _install_stop_signals()
+    holder: list[Capture] = []
+    metrics, server = serve_metrics(
+        args.metrics_address,
+        config.source,
+        lambda: holder[0].ready() if holder else (False, "starting"),
+        logs.progress,
+    )
+    capture = Capture(config, progress=logs.progress, metrics=metrics or NO_METRICS)
+    holder.append(capture)
+    stop = _install_stop_signals(logs.progress)
     try:
         capture.open()
         stats = capture.run(stop)
     finally:
         capture.close()
-    _log_progress(capture.status_line())
+        if server is not None:
+            server.close()
+    logs.progress(capture.status_line())
     return 0 if stats is not None else 1
 
 
@@ -117,6 +129,8 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
+    from cutline.metrics import NO_METRICS
+    from cutline.metrics_server import serve_metrics
 
     config = ReplicateConfig(
         bootstrap=resolve_bootstrap(args.bootstrap_servers),
@@ -128,11 +142,23 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         session_timeout_s=args.session_timeout,
         full_every=args.full_every,
     )
-    replicator = Replicator(config, progress=_log_progress)
-    stop = _install_stop_signals()
-    replicator.open()
-    replicator.run(stop)
-    _log_progress(replicator.status_line())
+    holder: list[Replicator] = []
+    metrics, server = serve_metrics(
+        args.metrics_address,
+        config.source,
+        lambda: holder[0].ready() if holder else (False, "starting"),
+        logs.progress,
+    )
+    replicator = Replicator(config, progress=logs.progress, metrics=metrics or NO_METRICS)
+    holder.append(replicator)
+    stop = _install_stop_signals(logs.progress)
+    try:
+        replicator.open()
+        replicator.run(stop)
+    finally:
+        if server is not None:
+            server.close()
+    logs.progress(replicator.status_line())
     return 0
 
 
@@ -153,8 +179,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         full_every=args.full_every,
         idle_timeout_s=args.idle_timeout,
     )
-    progress = Progress(sys.stderr, label="replay", width=shutil.get_terminal_size().columns - 1)
-    stop = _install_stop_signals()
+    # a live line on a terminal; elsewhere, and in JSON, progress lines are log lines
+    live = sys.stderr.isatty() and args.log_format == "text"
+    stream = sys.stderr if live else logs.LogStream()
+    progress = Progress(stream, label="replay", width=shutil.get_terminal_size().columns - 1)
+    stop = _install_stop_signals(logs.progress)
     try:
         report = run_replay(
             config,
@@ -314,7 +343,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cutline.demo import run_demo
 
-    return run_demo(args.workdir, markers=args.markers, bootstrap=args.bootstrap_servers)
+    return run_demo(
+        args.workdir,
+        markers=args.markers,
+        bootstrap=args.bootstrap_servers,
+        log_args=("--log-format", args.log_format, "--log-level", args.log_level),
+    )
 
 
 COMMANDS = {
@@ -331,7 +365,24 @@ COMMANDS = {
     "verify": cmd_verify,
     "prune": cmd_prune,
     "demo": cmd_demo,
+    "status": lambda args: _run("cutline.status", "cmd_status", args),
+    "dlq": lambda args: _run("cutline.dlq", "cmd_dlq", args),
 }
+
+
+def _run(module: str, name: str, args: argparse.Namespace) -> int:
+    """A command that lives in its own module (imported only when it runs)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(args)
+
+
+def _say_error(args: argparse.Namespace, text: str) -> None:
+    """The one error line: a log line in --log-format json, so a log shipper sees it."""
+    if getattr(args, "log_format", "text") == "json":
+        logs.error(text)
+    else:
+        print(text, file=sys.stderr)
 
 
 # Commands that only look at existing backups: a --backups that is not there is a typo.
@@ -351,12 +402,11 @@ def _check_backups_exist(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("cutline.kafka.librdkafka").setLevel(
-        logging.DEBUG if args.verbose else logging.CRITICAL
+    # long-running commands log at --log-level (info); the others only warnings
+    logs.setup_logging(
+        getattr(args, "log_format", "text"),
+        getattr(args, "log_level", "warning"),
+        verbose=args.verbose,
     )
     try:
         _check_backups_exist(args)
@@ -364,10 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(exc.exit_code, f"cutline {args.command}: error: {exc}\n")
     except CutlineError as exc:
-        print(f"cutline {args.command}: {exc}", file=sys.stderr)
+        _say_error(args, f"cutline {args.command}: {exc}")
         return exc.exit_code
     except KafkaException as exc:
-        print(f"cutline {args.command}: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        _say_error(args, f"cutline {args.command}: Kafka error: {exc.args[0].str()}")
         return 1
     except sqlite3.Error as exc:
         print(f"cutline {args.command}: SQLite error: {exc}", file=sys.stderr)

@@ -119,7 +119,13 @@ def _table(columns: list[str], rows: list[tuple]) -> None:
         _say("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -> int:
+def run_demo(
+    workdir: Path,
+    *,
+    markers: int = 4,
+    bootstrap: str | None = None,
+    log_args: tuple[str, ...] = (),  # --log-format/--log-level for capture and replicate
+) -> int:
     workdir = Path(workdir).resolve()
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     source = f"demo-{run}"
@@ -140,7 +146,7 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
         _say(f"  {db}: {ACCOUNTS} accounts, {ACCOUNTS * OPENING_BALANCE} in total")
 
         _say("\n== 3. Capture and two replication workers (a consumer group)")
-        kafka = ["--bootstrap-servers", servers, "--source", source]
+        kafka = ["--bootstrap-servers", servers, "--source", source, *log_args]
         processes.start(
             "capture",
             "capture", "--db", str(db), "--tables", "accounts,transfers", "--partitions", "4",

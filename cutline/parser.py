@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cutline.parser_observe import add_log_options, add_metrics_address, add_observe_commands
+
 DESCRIPTION = """\
 cutline: backups that are exactly the primary's state at one instant.
 
@@ -104,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--brokers", type=int, choices=(1, 3), default=1, help="1 broker, or a 3-broker cluster"
     )
+    start.add_argument(
+        "--fresh",
+        action="store_true",
+        help="DELETE the local cluster's data (every topic and offset) and start a new cluster; "
+        "without it, a cluster that died is restarted on its data",
+    )
     ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
 
     capture = sub.add_parser(
@@ -138,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lock_timeout(capture)
     _add_kafka(capture)
     _add_source(capture)
+    add_metrics_address(capture)
+    add_log_options(capture)
 
     mark = sub.add_parser(
         "mark",
@@ -207,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_kafka(replicate)
     _add_source(replicate)
+    add_metrics_address(replicate)
+    add_log_options(replicate)
 
     replay = sub.add_parser(
         "replay",
@@ -262,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_kafka(replay)
     _add_source(replay)
+    add_log_options(replay)
 
     backups = sub.add_parser("backups", help="list backups, each as the primary at its T1")
     backups.add_argument("--backups", required=True, type=Path, help="backups directory")
@@ -327,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(diff)
 
     _add_retention_commands(sub)
+    add_observe_commands(sub, _add_kafka, _add_source)
 
     demo = sub.add_parser(
         "demo",
@@ -335,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where to put files")
     demo.add_argument("--markers", type=_positive_int, default=4, help="markers to cut")
     _add_kafka(demo)
+    add_log_options(demo)
     return parser
 
 

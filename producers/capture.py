@@ -46,7 +46,9 @@ from cutline.kafka_clients import (
     topic_config,
     wait_for_cluster,
 )
+from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
+from producers.backlog import capture_backlog
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.sources import (
@@ -60,6 +62,7 @@ from producers.sources import (
     save_cursor,
 )
 from producers.sqlite_changelog import KIND_MARKER, connect, describe_table
+from producers.triggers import forget_pending
 from producers.write_lock import (
     DEFAULT_LOCK_TIMEOUT_S,
     PrimaryLocked,
@@ -120,8 +123,16 @@ class CaptureStats:
 class Capture:
     """One capture process for one source. ``open()`` then ``run()`` or ``step()``."""
 
-    def __init__(self, config: CaptureConfig, *, progress: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: CaptureConfig,
+        *,
+        progress: Callable[[str], None] | None = None,
+        metrics: Metrics = NO_METRICS,
+    ):
         self.config = config
+        self.metrics = metrics
+        self._status_mark = (time.monotonic(), 0)  # for the current rate of status lines
         self.topics = Topics(config.source)
         self.progress = progress or log.info
         self.stats = CaptureStats()
@@ -167,6 +178,7 @@ class Capture:
         position = self._recover_position()
         self._install(position)
         self._broadcast_definitions()
+        self.metrics.captured(0, 0, self._seq)
         self.progress(
             f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
             f"{self.topics.ops} ({self.partitions} partitions), resuming after change {self._seq}"
@@ -290,8 +302,13 @@ class Capture:
 
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> CaptureStats:
         """Publish changes until ``stop`` is set; the current transaction finishes first."""
-        last_status = time.monotonic()
+        last_status, last_backlog = time.monotonic(), 0.0
         while not stop.is_set():
+            self.metrics.beat()
+            if self.metrics is not NO_METRICS and time.monotonic() - last_backlog >= 1.0:
+                last_backlog = time.monotonic()
+                backlog = capture_backlog(self._conn, self._seq)
+                self.metrics.capture_backlog(backlog.changes, backlog.age_s())
             if self.config.mark_every_s and (
                 time.monotonic() - self._last_mark >= self.config.mark_every_s
             ):
@@ -311,7 +328,11 @@ class Capture:
 
     def status_line(self) -> str:
         s = self.stats
-        rate = s.operations / max(1e-9, time.monotonic() - s.started)
+        # the current rate: since the previous status line, not a cumulative average
+        now = time.monotonic()
+        since, before = self._status_mark
+        rate = max(0, s.operations - before) / max(1e-9, now - since)
+        self._status_mark = (now, s.operations)
         return (
             f"captured {s.changes} changes as {s.operations} operations ({rate:,.0f} ops/s), "
             f"{s.markers} markers, last change {s.last_seq}"
@@ -363,7 +384,26 @@ class Capture:
         self.stats.operations += produced["ops"]
         self.stats.markers += produced["markers"]
         self.stats.last_seq = self._seq
+        self.metrics.captured(produced["ops"], produced["markers"], self._seq)
         return len(rows)
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: opened, Kafka answers, and takes its transactions (none failing now).
+
+        Called from the metrics server's thread: librdkafka handles are thread-safe, and an
+        idle capture produces nothing, so Kafka is asked for the ops topic's metadata.
+        """
+        producer = self._producer
+        if producer is None or self._conn is None:
+            return False, "not connected to Kafka and the primary"
+        if self._failing_since is not None:
+            failing = time.monotonic() - self._failing_since
+            return False, f"Kafka has refused transactions for {failing:.0f} s"
+        try:
+            producer.list_topics(self.topics.ops, timeout=2.0)
+        except KafkaException as exc:
+            return False, f"Kafka did not answer a metadata request: {exc.args[0].str()}"
+        return True, f"ready: published up to change {self._seq}"
 
     def _save_cursor(self) -> None:
         """Record this source's cursor on the primary and trim the change log.
@@ -378,6 +418,7 @@ class Capture:
             return
         try:
             save_cursor(self._conn, self.config.source, self._seq)
+            forget_pending(self._conn)  # no application statement is mid-way: we hold the lock
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")

@@ -209,27 +209,11 @@ def value_sql(expression: str) -> str:
     )
 
 
-def _image_sql(definition: TableDefinition, alias: str) -> str:
+def image_sql(definition: TableDefinition, alias: str) -> str:
     parts = [value_sql(f"{alias}.{quote_identifier(c)}") for c in definition.column_names]
     if definition.key_columns == (ROWID,):
         parts.append(f"quote({alias}.rowid)")
     return " || ',' || ".join(parts)
-
-
-def _trigger_sql(definition: TableDefinition) -> list[str]:
-    table = quote_identifier(definition.table)
-    literal = quote_text(definition.table)
-    new, old = _image_sql(definition, "NEW"), _image_sql(definition, "OLD")
-    insert = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES"
-    name = definition.table
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ai_' + name)} "
-        f"AFTER INSERT ON {table} BEGIN {insert} ('I', {literal}, NULL, {new}, {_NOW_US}); END",
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_au_' + name)} "
-        f"AFTER UPDATE ON {table} BEGIN {insert} ('U', {literal}, {old}, {new}, {_NOW_US}); END",
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ad_' + name)} "
-        f"AFTER DELETE ON {table} BEGIN {insert} ('D', {literal}, {old}, NULL, {_NOW_US}); END",
-    ]
 
 
 def install(
@@ -274,6 +258,11 @@ def install_in_transaction(
     Snapshot rows are tagged ``only_source`` when given (that source's own initial
     snapshot, which other sources capturing the database skip).
     """
+    from producers.triggers import (  # they build on this module's SQL
+        trigger_statements,
+        triggers_ahead_of_capture,
+    )
+
     if not tables:
         raise ConfigError("no tables to capture: pass --tables T1,T2")
     ensure_schema(conn)
@@ -284,16 +273,25 @@ def install_in_transaction(
         definitions.append(definition)
         columns = ",".join(definition.column_names)
         known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
-        if known is not None:
-            if known[0] != columns:
-                raise ConfigError(
-                    f"table {table!r} changed columns since capture was installed "
-                    f"({known[0]} -> {columns}); schema changes are not captured yet: "
-                    "start a new source (--source) for the new layout"
-                )
-            continue
-        for statement in _trigger_sql(definition):
+        if known is not None and known[0] != columns:
+            raise ConfigError(
+                f"table {table!r} changed columns since capture was installed "
+                f"({known[0]} -> {columns}); schema changes are not captured yet: "
+                "start a new source (--source) for the new layout"
+            )
+        for name in triggers_ahead_of_capture(conn, table):
+            log.warning(
+                "trigger %r on table %r was created after cutline's and fired before them, "
+                "so changes it made to %r may be logged out of order; cutline's triggers are "
+                "re-made to fire first: if it wrote that table meanwhile, start a new source",
+                name,
+                table,
+                table,
+            )
+        for statement in trigger_statements(conn, definition):  # (re)made to fire first
             conn.execute(statement)
+        if known is not None:
+            continue
         snapshot_table(conn, definition, only_source)
         snapshotted.add(table)
         conn.execute(
@@ -309,7 +307,7 @@ def snapshot_table(
     """Write every row of a table to the change log as an INSERT (in the caller's transaction)."""
     conn.execute(
         f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us, only_source) "
-        f"SELECT 'I', ?, NULL, {_image_sql(definition, 't')}, ?, ? "
+        f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ?, ? "
         f"FROM {quote_identifier(definition.table)} AS t",
         (definition.table, now_us(), only_source),
     )
@@ -410,4 +408,7 @@ def raw_text_value(value: Value) -> Value:
 
 def forget_changes(conn: sqlite3.Connection, up_to_seq: int) -> None:
     """Drop change-log rows that Kafka holds durably (a short write on the primary)."""
+    from producers.triggers import forget_pending  # it builds on this module's SQL
+
     conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ?", (up_to_seq,))
+    forget_pending(conn)
