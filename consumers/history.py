@@ -7,7 +7,9 @@ written from it, while the marker counts still match. If the shard's offset is b
 partition's end, the topic was recreated (a new cluster, a deleted topic): every record of
 the new topic sits below the shard's offset, is skipped as "already applied", and the cut
 waits forever. Both must stop replication loudly instead. ``replicate`` checks on every
-assignment; ``replay`` checks before it touches anything (its shards are all new).
+assignment and whenever a fetch offset falls out of the log; ``replay`` checks before it
+touches anything (its shards are all new). A topic recreated and already written past the
+shards' offsets is told apart by its topic id (:class:`TopicIdentity`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 
@@ -56,11 +57,9 @@ def history_problem(h: PartitionHistory, topic: str, remedy: str) -> str | None:
             + remedy
         )
     if h.log_start > h.resume_at:
-        needs = (
-            "a new shard needs it from offset 0"
-            if h.resume_at == 0
-            else (f"the replica shard needs it from offset {h.resume_at:,}")
-        )
+        needs = f"the replica shard needs it from offset {h.resume_at:,}"
+        if h.resume_at == 0:
+            needs = "a new shard needs it from offset 0"
         return (
             f"{topic} partition {h.partition} starts at offset {h.log_start:,} but {needs}: "
             "records were deleted (retention or DeleteRecords) and the rows they carried "
@@ -70,10 +69,10 @@ def history_problem(h: PartitionHistory, topic: str, remedy: str) -> str | None:
 
 
 RESUME_REMEDY = (
-    "nothing was replicated. Capture into a new --source (its initial snapshot carries "
-    "every row) and replicate that; if the topic is intentionally new, move this "
-    "replica's shard files away so they are rebuilt from it; keep ops topics with "
-    "retention.ms=-1"
+    "replication stops here, before a backup goes without those rows. Capture into a new "
+    "--source (its initial snapshot carries every row) and replicate that; if the topic is "
+    "intentionally new, move this replica's shard files away so they are rebuilt from it; "
+    "keep ops topics with retention.ms=-1"
 )
 
 
@@ -231,8 +230,9 @@ def refusal_on_assign(
 ) -> CutlineError | None:
     """The error that must stop replication of these assigned partitions, or None.
 
-    Called on every assignment (start-up and rebalances) before any record is applied.
-    ``resume_at`` maps each partition to its shard's next offset (0 for a new shard).
+    Called on every assignment (start-up and rebalances) before any record is applied,
+    and when a partition's fetch offset falls out of the log. ``resume_at`` maps each
+    partition to where its shard resumes (0 for a new shard).
     An error is returned, not raised: the rebalance callback must return, and the poll
     loop raises it.
     """
@@ -249,6 +249,6 @@ def refusal_on_assign(
     return None
 
 
-def ops_topic_id_path(config: Any) -> Path:
+def ops_topic_id_path(replica_dir: Path, source: str) -> Path:
     """Where a replica directory records its ops topic's id: beside the source's shards."""
-    return shard_path(config.replica_dir, config.source, 0).with_name("ops-topic-id")
+    return shard_path(replica_dir, source, 0).with_name("ops-topic-id")

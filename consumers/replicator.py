@@ -159,6 +159,9 @@ class Replicator:
                 "session.timeout.ms": int(cfg.session_timeout_s * 1000),
                 "heartbeat.interval.ms": 1000,  # notice a rebalance within ~1 s, not 3
                 "max.poll.interval.ms": 300000,
+                # a fetch offset out of range is reported, never skipped over (see
+                # _out_of_range); every assigned partition starts at an explicit offset
+                "auto.offset.reset": "error",
                 "on_commit": self._pending_commits.answered,
             },
         )
@@ -205,7 +208,9 @@ class Replicator:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._out_of_range(message.partition(), error.str())
+                elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", error.str())
                 continue
             routed.setdefault(message.partition(), []).append(message)
@@ -315,7 +320,7 @@ class Replicator:
             TopicIdentity(
                 self.config.bootstrap,
                 self.topics.ops,
-                ops_topic_id_path(self.config),
+                ops_topic_id_path(self.config.replica_dir, self.config.source),
             ),
         )
         if self._refusal is not None:
@@ -347,6 +352,27 @@ class Replicator:
             f"assigned partitions {sorted(self.lanes)} to {len(self.threads)} replication "
             f"threads" + (f"; partitions {held} stay held at their marker" if held else "")
         )
+
+    def _out_of_range(self, partition: int, reason: str) -> None:
+        """A partition's fetch offset left the log while it was assigned: records were
+        deleted before it was read (retention, DeleteRecords) or the topic was recreated.
+
+        Resetting to the earliest offset would skip the lost records silently, so the
+        history check decides: gone history stops the process; anything else (a moment
+        of a new leader) fetches again from where it was.
+        """
+        lane = self.lanes.get(partition)
+        if lane is None or self._refusal is not None:  # already stopping: keep the first why
+            return
+        tp = TopicPartition(self.topics.ops, partition)
+        fetched = self._consumer.position([tp])[0].offset
+        resume_at = max(lane.applied_offset + 1, fetched if fetched >= 0 else 0)
+        self._refusal = refusal_on_assign(self._consumer, self.topics.ops, {partition: resume_at})
+        if self._refusal is None:
+            log.warning(
+                "partition %s: %s; fetching again from offset %s", partition, reason, resume_at
+            )
+            self._consumer.seek(TopicPartition(self.topics.ops, partition, resume_at))
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         self._stop_threads()

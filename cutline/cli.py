@@ -127,6 +127,19 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return run_sources(args.db, drop=args.drop, as_json=args.json, lock_timeout_s=args.lock_timeout)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from producers.schema_changes import migrate
+    from producers.sqlite_changelog import connect
+
+    conn = connect(args.db)
+    try:
+        summary = migrate(conn, args.sql)
+    finally:
+        conn.close()
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
     from cutline.metrics import NO_METRICS
@@ -356,6 +369,7 @@ COMMANDS = {
     "capture": cmd_capture,
     "mark": cmd_mark,
     "sources": cmd_sources,
+    "migrate": cmd_migrate,
     "replicate": cmd_replicate,
     "replay": cmd_replay,
     "backups": cmd_backups,

@@ -171,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     sources.add_argument("--json", action="store_true", help="print JSON")
     _add_lock_timeout(sources)
 
+    migrate = sub.add_parser(
+        "migrate",
+        help="change the schema of a captured primary (e.g. DROP COLUMN); capture follows",
+        description="Run SQL (one or more statements, typically ALTER TABLE) on the primary in "
+        "ONE write transaction: capture's triggers on the captured tables it names are "
+        "dropped first (SQLite refuses DROP COLUMN while a trigger reads the column), the "
+        "statements run, and capture is re-installed for every changed table, whose new "
+        "definition and content then flow to the replicas. All or nothing. Any DDL may run "
+        "this way; ADD/RENAME COLUMN and migrations also work when run by the application.",
+    )
+    migrate.add_argument("--db", required=True, type=Path, help="the SQLite primary")
+    migrate.epilog = (
+        'Prints {"reinstalled": [tables], "no_longer_captured": [tables]}. A captured table the '
+        "SQL names that no longer exists afterwards (e.g. 'DROP TABLE IF EXISTS t') is no "
+        "longer captured."
+    )
+    migrate.add_argument("sql", help='e.g. "ALTER TABLE accounts DROP COLUMN avatar"')
+
     replicate = sub.add_parser(
         "replicate",
         help="replicate into a replica and write backups at markers (runs until Ctrl-C)",

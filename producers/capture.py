@@ -51,17 +51,29 @@ from cutline.settings import Topics
 from producers.backlog import capture_backlog
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
+from producers.schema_changes import (
+    ensure_schema,
+    layouts_at,
+    reinstalled_definition,
+    schema_moved,
+)
 from producers.sources import (
     SourceRecord,
     Start,
     database_id,
     install_source,
     plan_start,
-    read_source_changes,
+    read_registered_changes,
     read_view,
     save_cursor,
 )
-from producers.sqlite_changelog import KIND_MARKER, connect, describe_table
+from producers.sqlite_changelog import (
+    KIND_MARKER,
+    KIND_SCHEMA,
+    ChangeRow,
+    connect,
+    describe_table,
+)
 from producers.triggers import forget_pending
 from producers.write_lock import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -152,6 +164,7 @@ class Capture:
         self._lock_waiting_since: float | None = None
         self._lock_noted = 0.0
         self._table_starts: dict[str, int] = {}
+        self._tables: tuple[str, ...] = ()  # this source's tables (others may capture more)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -260,16 +273,9 @@ class Capture:
         """Capture what the source's record says: its tables, from its cursor."""
         self._incarnation = record.incarnation
         self._seq = self._saved_cursor = record.cursor_seq
+        self._tables = record.tables
         self._table_starts = dict(record.table_starts)
-        self._layouts = {
-            t: TableLayout.of(
-                replace(
-                    describe_table(self._conn, self.config.source, t),
-                    incarnation=record.incarnation,
-                )
-            )
-            for t in record.tables
-        }
+        self._layouts = self._layouts_at_position()
 
     def _recover_position(self) -> CapturePosition | None:
         position = read_last_position(self.config.bootstrap, self.topics)
@@ -347,14 +353,13 @@ class Capture:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
                 return 0
-        rows = read_source_changes(
-            self._conn, self.config.source, self._seq, self.config.batch_size
-        )
+        rows = self._read_batch()
         if not rows:
             if self._saved_cursor < self._seq:
                 self._save_cursor()
             return 0
         saved = (self._marker_id, list(self._counts))
+        saved_layouts = dict(self._layouts)
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
@@ -362,6 +367,8 @@ class Capture:
                 if row.kind == KIND_MARKER:
                     self._produce_marker(row.marker_id or 0, row.at_us, row.seq)
                     produced["markers"] += 1
+                elif row.kind == KIND_SCHEMA:
+                    self._produce_schema_change(row)
                 else:
                     produced["ops"] += self._produce_change(row)
             failpoints.hit("capture.batch_produced")
@@ -369,9 +376,12 @@ class Capture:
         try:
             self._transaction(body, position=True, last_seq=rows[-1].seq)
         except BaseException as exc:
+            self._layouts = saved_layouts  # definitions sent in the aborted batch are void
             if isinstance(exc, TransactionFailed):
                 if not exc.position_reloaded:
                     self._marker_id, self._counts = saved
+                else:
+                    self._layouts = self._layouts_at_position()
                 self._retry_later(exc)
                 return 0
             self._marker_id, self._counts = saved
@@ -436,6 +446,71 @@ class Capture:
                 "waiting for the primary's write lock held by another connection "
                 f"({what}; {now - self._lock_waiting_since:.0f} s so far)"
             )
+
+    def _read_batch(self) -> list[ChangeRow]:
+        """The next batch, read in one read transaction that also checks schema_version.
+
+        A DDL on the primary since the last check is followed first (ensure_schema in a
+        write transaction: it may re-install tables, or raise ConfigError and stop capture),
+        so no batch holding changes committed after a DDL is published before its fix-up.
+        While another connection holds the write lock, nothing is published (logged).
+        """
+        conn = self._conn
+        while True:
+            conn.execute("BEGIN")
+            try:
+                if not schema_moved(conn):
+                    return read_registered_changes(
+                        conn, self.config.source, self._seq, self.config.batch_size
+                    )
+            finally:
+                conn.execute("COMMIT")
+            if not try_begin_write(conn):
+                self._note_lock_wait("following a schema change before publishing on")
+                return []
+            try:
+                reinstalled = ensure_schema(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if reinstalled:
+                self.progress(f"schema change followed: re-installed {', '.join(reinstalled)}")
+
+    def _layouts_at_position(self) -> dict[str, TableLayout]:
+        """This source's tables' layouts as of the position: change rows after it are in
+        that layout; a table added later, as of its own snapshot (``table_starts``)."""
+        source = self.config.source
+        at_position = layouts_at(self._conn, source, self._seq)
+        out: dict[str, TableLayout] = {}
+        for table in self._tables:
+            start = self._table_starts.get(table, 0)
+            if start > self._seq:
+                definition = layouts_at(self._conn, source, start).get(table)
+            else:
+                definition = at_position.get(table)
+            if definition is not None:  # None: let go, and its 'S' row already published
+                out[table] = TableLayout.of(replace(definition, incarnation=self._incarnation))
+        return out
+
+    def _produce_schema_change(self, row: ChangeRow) -> None:
+        """A re-installed table: its new definition to every partition, in commit order.
+
+        Only for this source's tables, and not before its own snapshot of a table it added
+        later (that snapshot is in the new layout already).
+        """
+        table = row.table or ""
+        if table not in self._layouts or row.seq <= self._table_starts.get(table, 0):
+            return
+        definition = replace(
+            reinstalled_definition(table, row.after, self.config.source),
+            incarnation=self._incarnation,
+        )
+        self._produce_definitions([definition])
+        if row.after is None:  # no longer captured: later markers do not list it
+            self._layouts.pop(definition.table, None)
+        else:
+            self._layouts[definition.table] = TableLayout.of(replace(definition, reinstalled=False))
 
     def _retry_later(self, exc: TransactionFailed) -> None:
         """Note a failed transaction; give up once Kafka has refused them for too long."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cutline.errors import ConfigError
+from producers.schema_changes import ensure_schema
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
 from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write
 
@@ -41,8 +42,10 @@ def request_marker_in_transaction(
     """Write a marker request inside the caller's open write transaction.
 
     T1 is read after the write lock is held, so every transaction that committed before
-    this one has a commit time at or before T1. The caller commits.
+    this one has a commit time at or before T1. Schema changes are followed first, in
+    the same transaction (``schema_changes.py``). The caller commits.
     """
+    ensure_schema(conn)  # a marker never falls between a DDL and its fix-up
     t1 = now_us()
     cursor = conn.execute(f"INSERT INTO {MARKERS}(t1_us, note) VALUES (?, ?)", (t1, note))
     marker_id = int(cursor.lastrowid or 0)

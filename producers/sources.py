@@ -27,11 +27,13 @@ from enum import StrEnum
 from cutline.errors import ConfigError, CutlineError
 from producers.sqlite_changelog import (
     CHANGES,
+    KIND_SCHEMA,
     MARKERS,
     TABLES,
     ChangeRow,
-    ensure_schema,
+    ensure_changelog_tables,
     install_in_transaction,
+    installed_tables,
     now_us,
     read_changes,
     snapshot_table,
@@ -261,7 +263,10 @@ def install_source(
     legacy_tables = (
         [r[0] for r in conn.execute(f"SELECT tbl FROM {TABLES}")] if _exists(conn, TABLES) else []
     )
-    ensure_schema(conn)
+    ensure_changelog_tables(conn)
+    from producers.schema_changes import ensure_schema  # it builds on sqlite_changelog too
+
+    ensure_schema(conn)  # before the cursor: a new source starts after any re-install
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
@@ -283,7 +288,12 @@ def install_source(
         if plan.start is Start.RESUME:
             cursor = max(cursor, plan.resume_seq)
     wanted = list(dict.fromkeys([*owned, *tables]))
+    captured = set(installed_tables(conn))
+    let_go = [t for t in owned if t not in captured and t not in tables]  # cutline migrate
+    wanted = [t for t in wanted if t not in let_go]
     definitions, snapshotted = install_in_transaction(conn, source, wanted, only_source=source)
+    # a table let go stays the source's until it has published the 'S' row that drops it
+    wanted += [t for t in let_go if t in released_after(conn, cursor)]
     starts = dict(registered.table_starts) if registered is not None else {}
     for definition in definitions:
         if definition.table not in owned and definition.table not in snapshotted:
@@ -319,6 +329,17 @@ def install_source(
     return record, definitions
 
 
+def released_after(conn: sqlite3.Connection, seq: int) -> set[str]:
+    """Tables let go (an 'S' row with no new definition) in the change log after ``seq``."""
+    return {
+        r[0]
+        for r in conn.execute(
+            f"SELECT DISTINCT tbl FROM {CHANGES} WHERE kind = ? AND after IS NULL AND seq > ?",
+            (KIND_SCHEMA, seq),
+        )
+    }
+
+
 def bump_marker_ids(conn: sqlite3.Connection, past: int) -> None:
     """Make the next marker id larger than ``past`` (the AUTOINCREMENT counter)."""
     updated = conn.execute(
@@ -338,14 +359,21 @@ def read_source_changes(
     """
     conn.execute("BEGIN")
     try:
-        if not conn.execute(f"SELECT 1 FROM {SOURCES} WHERE source = ?", (source,)).fetchone():
-            raise SourceDropped(
-                f"source {source!r} was dropped from this database (`cutline sources --drop`) "
-                "while capture ran; capture stopped before publishing anything past that"
-            )
-        return read_changes(conn, after_seq, limit, source=source)
+        return read_registered_changes(conn, source, after_seq, limit)
     finally:
         conn.execute("COMMIT")
+
+
+def read_registered_changes(
+    conn: sqlite3.Connection, source: str, after_seq: int, limit: int
+) -> list[ChangeRow]:
+    """:func:`read_source_changes` inside the caller's read transaction."""
+    if not conn.execute(f"SELECT 1 FROM {SOURCES} WHERE source = ?", (source,)).fetchone():
+        raise SourceDropped(
+            f"source {source!r} was dropped from this database (`cutline sources --drop`) "
+            "while capture ran; capture stopped before publishing anything past that"
+        )
+    return read_changes(conn, after_seq, limit, source=source)
 
 
 def save_cursor(conn: sqlite3.Connection, source: str, seq: int) -> None:

@@ -35,6 +35,7 @@ INTERNAL_PREFIX = "_cutline_"
 ROWID = "rowid"
 
 KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
+KIND_SCHEMA = "S"  # a captured table was re-installed for a new layout (schema_changes.py)
 TEXT_AS_HEX = "T"  # prefix of the literal T'<hex>' for TEXT that quote() would cut at a NUL
 
 _NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
@@ -216,6 +217,30 @@ def image_sql(definition: TableDefinition, alias: str) -> str:
     return " || ',' || ".join(parts)
 
 
+def create_triggers(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """(Re)create capture's triggers on one table, for its current layout, firing first."""
+    from producers.triggers import trigger_statements  # it builds on this module's SQL
+
+    for statement in trigger_statements(conn, definition):
+        conn.execute(statement)
+
+
+def trigger_sql(conn: sqlite3.Connection, definition: TableDefinition) -> list[str]:
+    """The CREATE TRIGGER statements capture needs on this table, as SQLite stores them."""
+    from producers.triggers import trigger_statements
+
+    return [s for s in trigger_statements(conn, definition) if s.startswith("CREATE TRIGGER ")]
+
+
+def copy_rows(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """Write the table's whole current content to the change log as INSERTs.
+
+    For every source (``only_source`` NULL): a re-install's copy follows its 'S' row, and
+    every source capturing the table needs both; sources that do not capture it skip them.
+    """
+    snapshot_table(conn, definition, None)
+
+
 def install(
     conn: sqlite3.Connection,
     source: str,
@@ -228,6 +253,7 @@ def install(
     A table captured for the first time gets its existing rows written to the change log
     as INSERTs in the same transaction that creates its triggers, so the replica starts
     from exactly the primary's content at that commit and misses nothing after it.
+    Schema changes made meanwhile are followed first (``producers/schema_changes.py``).
     """
     use_wal(conn, lock_timeout_s)
     begin_write(conn, "installing capture", lock_timeout_s)
@@ -240,7 +266,7 @@ def install(
     return definitions
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
+def ensure_changelog_tables(conn: sqlite3.Connection) -> None:
     """Create cutline's tables, and add ``only_source`` to a change log that predates it."""
     for statement in _SCHEMA.split(";"):
         if statement.strip():
@@ -255,49 +281,34 @@ def install_in_transaction(
 ) -> tuple[list[TableDefinition], set[str]]:
     """Install inside the caller's write transaction; also return the tables snapshotted.
 
-    Snapshot rows are tagged ``only_source`` when given (that source's own initial
-    snapshot, which other sources capturing the database skip).
+    Schema changes of tables already captured are followed first (a re-install: 'S' row,
+    new triggers, content copied for every source), so snapshots taken here are in the
+    current layout and come after them. Snapshot rows are tagged ``only_source`` when
+    given (that source's own initial snapshot, which other sources capturing the database
+    skip).
     """
-    from producers.triggers import (  # they build on this module's SQL
-        trigger_statements,
-        triggers_ahead_of_capture,
-    )
+    from producers.schema_changes import ensure_schema  # it builds on this module
 
     if not tables:
         raise ConfigError("no tables to capture: pass --tables T1,T2")
+    ensure_changelog_tables(conn)
     ensure_schema(conn)
     definitions = []
     snapshotted: set[str] = set()
     for table in tables:
         definition = describe_table(conn, source, table)
         definitions.append(definition)
-        columns = ",".join(definition.column_names)
         known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
-        if known is not None and known[0] != columns:
-            raise ConfigError(
-                f"table {table!r} changed columns since capture was installed "
-                f"({known[0]} -> {columns}); schema changes are not captured yet: "
-                "start a new source (--source) for the new layout"
-            )
-        for name in triggers_ahead_of_capture(conn, table):
-            log.warning(
-                "trigger %r on table %r was created after cutline's and fired before them, "
-                "so changes it made to %r may be logged out of order; cutline's triggers are "
-                "re-made to fire first: if it wrote that table meanwhile, start a new source",
-                name,
-                table,
-                table,
-            )
-        for statement in trigger_statements(conn, definition):  # (re)made to fire first
-            conn.execute(statement)
         if known is not None:
-            continue
+            continue  # changed layouts, missing or outdated triggers: ensure_schema's job
+        create_triggers(conn, definition)
         snapshot_table(conn, definition, only_source)
         snapshotted.add(table)
         conn.execute(
             f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) VALUES (?, ?, ?, ?)",
-            (table, columns, ",".join(definition.key_columns), now_us()),
+            (table, ",".join(definition.column_names), ",".join(definition.key_columns), now_us()),
         )
+    ensure_schema(conn)  # records the new tables' definitions and the schema version
     return definitions, snapshotted
 
 

@@ -113,6 +113,7 @@ def _table_datum(r: TableDefinition) -> dict[str, Any]:
         ],
         "key_columns": list(r.key_columns),
         "incarnation": r.incarnation,
+        "reinstalled": r.reinstalled,
     }
 
 
@@ -124,6 +125,7 @@ def _table(d: dict[str, Any]) -> TableDefinition:
         columns=tuple(Column(c["name"], c["declared_type"], c["not_null"]) for c in d["columns"]),
         key_columns=tuple(d["key_columns"]),
         incarnation=d["incarnation"],
+        reinstalled=d["reinstalled"],
     )
 
 

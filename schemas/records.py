@@ -54,6 +54,7 @@ class TableDefinition:
     columns: tuple[Column, ...]
     key_columns: tuple[str, ...]
     incarnation: int = 0  # the source's incarnation; a higher one replaces the replica's rows
+    reinstalled: bool = False  # sent after a schema change: replicas rebuild the table
 
     @property
     def column_names(self) -> tuple[str, ...]:

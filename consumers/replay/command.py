@@ -94,7 +94,9 @@ def run_replay(
         bounds = feed.bounds()
         check_whole_history(bounds, topics.ops)  # before --force deletes anything
         prepare_replica(config.replica_dir, config.source, force=config.force, progress=say)
-        identity = TopicIdentity(config.bootstrap, topics.ops, ops_topic_id_path(config))
+        identity = TopicIdentity(
+            config.bootstrap, topics.ops, ops_topic_id_path(config.replica_dir, config.source)
+        )
         if (topic_id := identity.current()) is not None:
             identity.record(topic_id)  # the rebuilt shards' offsets refer to this topic
         total = sum(max(0, end - start) for start, end in bounds.values())

@@ -4,7 +4,9 @@ Every kind of change replication must get right is in the mix (``tests/faults/st
 inserts, updates and deletes on four tables, transactions that touch rows in different
 partitions (a transfer moves money between two accounts), primary-key changes (a row moves
 to another key, so most likely to another partition), and bulk updates; more statement
-forms are added there, by name. Markers are cut through
+forms are added there, by name. Now and then a schema change (ADD, RENAME and DROP COLUMN,
+and a table migration that changes a key) must be followed by capture mid-run. Markers are
+cut through
 :meth:`Pipeline.cut`, which records the primary's exact rows at each marker's commit
 boundary: that record is the oracle every backup is checked against.
 """
@@ -19,8 +21,21 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from producers.schema_changes import migrate
 from tests.faults.statements import DEFAULT_KINDS, Change, StatementKind, pick_and_run
 from tests.integration.pipeline import Pipeline
+
+SCHEMA_CHANGE_RATE = 0.003  # of transactions: about one a second at the default pace
+
+# SQLite's create-copy-drop-rename recipe, in one transaction; the key's order flips
+TAGS_MIGRATION = """
+BEGIN;
+CREATE TABLE tags_new (account INTEGER, tag TEXT, PRIMARY KEY ({key})) WITHOUT ROWID;
+INSERT INTO tags_new SELECT account, tag FROM tags;
+DROP TABLE tags;
+ALTER TABLE tags_new RENAME TO tags;
+COMMIT;
+"""
 
 
 @dataclass
@@ -46,6 +61,7 @@ class Workload:
         )
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self._next_id = 100_000
+        self._schema_changes = 0
 
     def close(self) -> None:
         self.conn.close()
@@ -71,6 +87,10 @@ class Workload:
     def transaction(self) -> None:
         """One random write transaction (several statements, one commit)."""
         conn, rng = self.conn, self.rng
+        if rng.random() < SCHEMA_CHANGE_RATE:
+            self._schema_change(conn)
+            self.stats.transactions += 1
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._one_change(conn, rng)
@@ -79,6 +99,20 @@ class Workload:
             conn.execute("ROLLBACK")
             raise
         self.stats.transactions += 1
+
+    def _schema_change(self, conn: sqlite3.Connection) -> None:
+        """The next step of a cycle of schema changes; every other statement stays valid."""
+        step = self._schema_changes % 4
+        self._schema_changes += 1
+        if step == 0:
+            conn.execute("ALTER TABLE events ADD COLUMN note TEXT DEFAULT 'n'")
+        elif step == 1:
+            conn.execute("ALTER TABLE events RENAME COLUMN note TO remark")
+        elif step == 2:  # SQLite refuses it while capture's triggers read the column
+            migrate(conn, "ALTER TABLE events DROP COLUMN remark")
+        else:
+            key = "tag, account" if self._schema_changes % 8 == 4 else "account, tag"
+            conn.executescript(TAGS_MIGRATION.format(key=key))
 
     def _new_id(self) -> int:
         self._next_id += 1

@@ -163,6 +163,57 @@ def test_replicate_refuses_a_partition_whose_records_were_deleted(
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_a_running_replicate_stops_when_records_it_has_not_read_are_deleted(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Deleted while the process runs (not at an assignment): its fetch offset falls out of
+    the log. Resetting to the earliest offset would skip the deleted rows, and the next
+    cut's count would match: a published backup without them. It must stop instead."""
+    topics = Topics(pipeline.source)
+    pipeline.create_primary(accounts=30)
+    pipeline.start_capture(partitions=PARTITIONS)
+    replicate = pipeline.start_replicator("replicate")
+    conn = pipeline.connect()
+    first = pipeline.cut(conn)
+    pipeline.wait_for_backups([first.marker_id], deadline_s=90)
+    assert_backup_is_the_primary(pipeline, first.marker_id, tmp_path)
+    wait_until(
+        lambda: (
+            shard_next_offset(pipeline, pipeline.replica, 1)
+            == watermarks(pipeline.bootstrap, topics.ops)[1][1] - 1
+        ),  # all but the commit marker
+        30,
+        "partition 1 applied up to its end",
+    )
+    read_to = watermarks(pipeline.bootstrap, topics.ops)[1][1]
+
+    os.kill(replicate.popen.pid, signal.SIGSTOP)  # well within its session timeout
+    try:
+        # a fetch in flight when the process stopped may still bring the first cut's
+        # records; the second cut's are never fetched before they are deleted
+        ends = [read_to]
+        for delta in (1, 2):
+            conn.execute("UPDATE accounts SET balance = balance + ?", (delta,))
+            pipeline.cut(conn)
+            wait_until(
+                lambda: watermarks(pipeline.bootstrap, topics.ops)[1][1] > ends[-1] + 2,
+                30,
+                "the cut in partition 1",
+            )
+            ends.append(watermarks(pipeline.bootstrap, topics.ops)[1][1])
+        delete_records_before(pipeline.bootstrap, topics.ops, 1, ends[-1])
+    finally:
+        os.kill(replicate.popen.pid, signal.SIGCONT)
+    output = refused(pipeline, replicate)
+    assert f"{topics.ops} partition 1 starts at offset {ends[-1]:,} but the replica shard" in output
+    last = max(pipeline.oracle)
+    assert last not in pipeline.published(), "a backup without the deleted rows"
+    scratch = tmp_path / "after"
+    scratch.mkdir()
+    for marker_id in pipeline.published():  # whatever was published had every row
+        assert_backup_is_the_primary(pipeline, marker_id, scratch)
+
+
 def test_replicate_refuses_a_shard_beyond_a_recreated_topics_end(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:

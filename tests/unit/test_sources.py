@@ -28,7 +28,13 @@ from producers.sources import (
     read_view,
     save_cursor,
 )
-from producers.sqlite_changelog import CHANGES, connect, read_changes
+from producers.sqlite_changelog import (
+    CHANGES,
+    connect,
+    create_triggers,
+    describe_table,
+    read_changes,
+)
 from producers.write_lock import PrimaryLocked, begin_write, try_begin_write, use_wal
 from schemas.codec import decode
 from schemas.records import CapturePosition, Column, Operation, OpType, TableDefinition
@@ -206,6 +212,8 @@ def test_a_database_of_the_previous_version_is_migrated(db: Path) -> None:
         INSERT INTO _cutline_changes (kind, tbl, after, at_us) VALUES ('I', 't', '2,''b''', 0);
         """
     )
+    # its capture triggers, as that version installed them (else the install re-installs t)
+    create_triggers(conn, describe_table(conn, "", "t"))
     v = read_view(conn, "s")
     assert v.legacy and v.issued_seq == 2
     p = plan_start("s", position(1, database_id=""), v, new_incarnation=False, db_path="p")

@@ -19,8 +19,10 @@ import pytest
 from consumers.replica import Shard
 from cutline.errors import ConfigError
 from producers.operations import TableLayout, partition_for, to_operations
+from producers.schema_changes import reinstalled_definition
 from producers.sqlite_changelog import (
     KIND_MARKER,
+    KIND_SCHEMA,
     connect,
     forget_changes,
     install,
@@ -136,6 +138,14 @@ class Replay:
         for change in read_changes(self.capture, self.seq, 1_000_000):
             self.seq = change.seq
             if change.kind == KIND_MARKER:
+                continue
+            if change.kind == KIND_SCHEMA:  # a re-installed table: every shard rebuilds it
+                definition = reinstalled_definition(change.table or "", change.after, "src")
+                for shard in self.shards:
+                    shard.begin()
+                    shard.define(definition)
+                    shard.commit(self.offsets[shard.partition])
+                self.layouts[definition.table] = TableLayout.of(definition)
                 continue
             for key, op in to_operations(change, self.layouts[change.table], "src"):
                 p = partition_for(key, PARTITIONS)
