@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
@@ -45,12 +45,16 @@ from consumers.catalog import backup_dir_name, has_backup, read_backup, source_d
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
-from cutline.errors import DeadlineExceeded
+from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_consumer
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
+
+if TYPE_CHECKING:
+    from consumers.retention import RetentionPolicy
 
 log = logging.getLogger("cutline.coordinator")
 
@@ -125,6 +129,7 @@ class CutCoordinator:
         alignment_timeout_s: float = 120.0,
         snapshot_deadline_s: float = 600.0,
         full_every: int = 1,
+        retention: RetentionPolicy | None = None,
         progress: Callable[[str], None] | None = None,
         metrics: Metrics = NO_METRICS,
     ):
@@ -138,6 +143,7 @@ class CutCoordinator:
         self.alignment = Alignment(alignment_timeout_s)
         self.snapshot_deadline_s = snapshot_deadline_s
         self.full_every = full_every  # passed to write_backup: a full backup every N
+        self.retention = retention  # applied after each backup this process publishes
         self.progress = progress or log.info
         self.metrics = metrics
         self._newest_published = 0  # marker id, for the last-backup gauges
@@ -148,6 +154,7 @@ class CutCoordinator:
         self._abandon_sent: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: CutlineError | None = None  # why the control loop ended on its own
         self._snapshots: queue.SimpleQueue[CutPlan | None] = queue.SimpleQueue()
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
@@ -229,11 +236,25 @@ class CutCoordinator:
     # -- the control loop -----------------------------------------------------------------
 
     def _send(self, event: ControlEvent) -> None:
-        self.producer.produce(self.topics.control, encode(event), str(event.marker_id).encode())
+        refused: list = []
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                refused.append(err)
+
+        self.producer.produce(
+            self.topics.control,
+            encode(event),
+            str(event.marker_id).encode(),
+            on_delivery=delivered,
+        )
         if self.producer.flush(15.0):
             raise DeadlineExceeded(
                 f"control event for marker {event.marker_id} not acknowledged within 15 s"
             )
+        if refused:  # e.g. no Write ACL on the control topic: the cut could never resolve
+            reason = describe(refused[0], resource=self.topics.control, operation="Write")
+            raise NotAuthorized(f"writing to {self.topics.control}: {reason}")
 
     def _run(self) -> None:
         consumer = make_consumer(
@@ -249,12 +270,21 @@ class CutCoordinator:
                         if message.error().code() == message.error()._PARTITION_EOF:
                             if not self._caught_up.is_set():
                                 self._finish_replay()
+                        elif is_authorization(message.error()):
+                            raise BrokerError(
+                                f"reading {self.topics.control}: "
+                                + describe(
+                                    message.error(), resource=self.topics.control, operation="Read"
+                                )
+                            )
                         else:
                             log.warning("control topic: %s", message.error().str())
                     else:
                         self._on_event(message.value(), now)
                 if self._caught_up.is_set():
                     self._expire(now)
+        except CutlineError as exc:  # e.g. a missing ACL: the replicator reports it, one line
+            self.error = exc
         except Exception:  # the coordinator must say why it stopped, not die silently
             log.exception("coordinator stopped")
             raise
@@ -414,6 +444,10 @@ class CutCoordinator:
                 full_every=self.full_every,
             )
             failpoints.hit("snapshot.after_publish")
+            if self.retention is not None:  # still under the writer lock: chains stay whole
+                from consumers.retention import apply_retention  # retention imports WriterLock
+
+                apply_retention(self.backups_dir, self.source, self.retention, self.progress)
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return

@@ -13,6 +13,7 @@ import threading
 from confluent_kafka import Message, Producer
 
 from cutline.errors import BrokerError
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger("cutline.deadletter")
@@ -31,6 +32,7 @@ class DeadLetters:
         self.count = 0
         self._lock = threading.Lock()
         self._failures: list[str] = []
+        self._refused = False  # an ACL is missing: retrying cannot help
 
     def send(self, message: Message, reason: str) -> None:
         headers = [
@@ -50,7 +52,9 @@ class DeadLetters:
         def delivered(err, _msg) -> None:
             if err is not None:
                 with self._lock:
-                    self._failures.append(str(err))
+                    self._failures.append(describe(err, resource=self.topic, operation="Write"))
+                    if is_authorization(err):
+                        self._refused = True
 
         self._producer.produce(
             self.topic, message.value(), message.key(), headers=headers, on_delivery=delivered
@@ -63,6 +67,8 @@ class DeadLetters:
         remaining = self._producer.flush(deadline_s)
         with self._lock:
             failures, self._failures = self._failures, []
+        if self._refused and failures:
+            raise NotAuthorized(f"writing dead letters: {failures[0]}")
         if remaining or failures:
             raise BrokerError(
                 f"could not write dead letters to {self.topic} within {deadline_s:.0f} s "

@@ -36,6 +36,7 @@ from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.replica import ApplyError, Shard, ShardFenced
 from cutline import failpoints
+from cutline.kafka_errors import NotAuthorized
 from cutline.metrics import NO_METRICS, Metrics
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, Operation, TableDefinition
@@ -172,6 +173,10 @@ class ReplicationThread(threading.Thread):
                 try:
                     busy |= self._work(lane)
                     backoff = 0.1
+                except NotAuthorized as exc:  # an ACL is missing: retrying cannot help
+                    self._rollback(lane)
+                    self.error = exc
+                    return
                 except ShardFenced as exc:  # a newer owner has it: never touch it again
                     self._rollback(lane)
                     log.warning("%s; dropping the partition from this thread", exc)

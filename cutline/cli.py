@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -18,9 +19,28 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from cutline import logs
+from cutline.config_file import apply_settings
 from cutline.errors import ConfigError, CutlineError
+from cutline.kafka_config import redacted
+from cutline.kafka_errors import describe
 from cutline.parser import build_parser
-from cutline.settings import resolve_bootstrap, validate_source
+from cutline.settings import (
+    ENV_TOPIC_TEMPLATE,
+    resolve_kafka,
+    validate_source,
+    validate_topic_template,
+)
+from cutline.stopping import SIGNALS, Interrupted
+
+
+def _kafka(args: argparse.Namespace) -> str:
+    """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
+    target = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    if args.verbose:  # secrets masked; a plain run stays quiet about its settings
+        logging.getLogger("cutline.kafka").info(
+            "Kafka at %s with client settings %s", target, redacted(target.properties)
+        )
+    return target
 
 
 def _log_progress(message: str) -> None:
@@ -28,15 +48,24 @@ def _log_progress(message: str) -> None:
 
 
 def _install_stop_signals(say=_log_progress) -> threading.Event:
-    stop = threading.Event()
+    """The stop event SIGINT/SIGTERM set (installed by ``main``; see ``cutline.stopping``)."""
+    SIGNALS.say = say
+    return SIGNALS.event
 
-    def handler(signum, _frame) -> None:
-        say(f"received {signal.Signals(signum).name}, finishing current work...")
-        stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
+def _stopped(command: str, exc: Interrupted, when: str) -> int:
+    """A service stopped in a wait has nothing half-done to finish: a clean exit (0).
+
+    A second signal during a clean stop cuts it short: 130, as for any interrupted work.
+    """
+    if exc.forced:
+        logs.progress(f"cutline {command}: {exc}")
+        return exc.exit_code
+    logs.progress(f"cutline {command}: {exc} {when}")
+    return 0
+
+
+START_UP = "during start-up; nothing to finish"
 
 
 def _json_value(value: Any) -> Any:
@@ -58,8 +87,10 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from cutline.broker import local
+    from cutline.broker import local, secure
 
+    if args.secure:
+        return secure.kafka_command(args.kafka_command, progress=_log_progress)
     if args.kafka_command == "start":
         info = local.start_local_cluster(args.brokers, progress=_log_progress, fresh=args.fresh)
         print(info.bootstrap_servers)
@@ -80,7 +111,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     config = CaptureConfig(
         db_path=str(args.db),
         tables=tables,
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
@@ -97,9 +128,14 @@ def cmd_capture(args: argparse.Namespace) -> int:
     capture = Capture(config, progress=logs.progress, metrics=metrics or NO_METRICS)
     holder.append(capture)
     stop = _install_stop_signals(logs.progress)
-    try:
-        capture.open()
-        stats = capture.run(stop)
+    phase = START_UP
+    try:  # a signal stops the loop cleanly; only the waits marked interruptible end at once
+        with SIGNALS.cooperating():
+            capture.open()
+            phase = "while Kafka was away; nothing is lost"
+            stats = capture.run(stop)
+    except Interrupted as exc:
+        return _stopped("capture", exc, phase)
     finally:
         capture.close()
         if server is not None:
@@ -142,11 +178,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
+    from consumers.retention import retention_policy
     from cutline.metrics import NO_METRICS
     from cutline.metrics_server import serve_metrics
 
     config = ReplicateConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -154,6 +191,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         alignment_timeout_s=args.alignment_timeout,
         session_timeout_s=args.session_timeout,
         full_every=args.full_every,
+        retention=retention_policy(args.keep_last, args.keep_within),
     )
     holder: list[Replicator] = []
     metrics, server = serve_metrics(
@@ -165,9 +203,18 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     replicator = Replicator(config, progress=logs.progress, metrics=metrics or NO_METRICS)
     holder.append(replicator)
     stop = _install_stop_signals(logs.progress)
-    try:
-        replicator.open()
-        replicator.run(stop)
+    phase = START_UP
+    try:  # a signal stops the loop cleanly; only the waits marked interruptible end at once
+        with SIGNALS.cooperating():
+            try:
+                replicator.open()
+            except BaseException:
+                replicator.close()
+                raise
+            phase = "while taking partitions over; nothing to finish"
+            replicator.run(stop)  # closes the replicator whatever happens
+    except Interrupted as exc:
+        return _stopped("replicate", exc, phase)
     finally:
         if server is not None:
             server.close()
@@ -182,7 +229,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from cutline.progress import Progress
 
     config = ReplayConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -198,12 +245,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = Progress(stream, label="replay", width=shutil.get_terminal_size().columns - 1)
     stop = _install_stop_signals(logs.progress)
     try:
-        report = run_replay(
-            config,
-            stop,
-            progress=progress.note,
-            on_status=lambda s: progress.update(s.records, s.total, s.detail()),
-        )
+        with SIGNALS.cooperating():
+            report = run_replay(
+                config,
+                stop,
+                progress=progress.note,
+                on_status=lambda s: progress.update(s.records, s.total, s.detail()),
+            )
     except BaseException:
         progress.clear()
         raise
@@ -241,11 +289,22 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_source(args: argparse.Namespace) -> str:
+    """``--source``, else the backups directory's only source; bad input is checked first."""
+    from consumers.catalog import default_source, parse_instant
+
+    if args.source:
+        return validate_source(args.source)
+    if getattr(args, "as_of", None) is not None:
+        parse_instant(args.as_of)  # an invalid time is exit 2 even where no backup is
+    return validate_source(default_source(args.backups, None))
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from consumers.catalog import backups_of_source, select_backup
     from consumers.query import run_query, run_query_all
 
-    source = validate_source(args.source)
+    source = _reader_source(args)
     if args.all:
         every = backups_of_source(args.backups, source)
         columns, rows = run_query_all(every, args.sql)
@@ -274,9 +333,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         tables = [t.strip() for t in args.tables.split(",") if t.strip()]
         if not tables:
             raise ConfigError("--tables needs at least one table name, e.g. --tables accounts")
-    backup = select_backup(
-        args.backups, validate_source(args.source), marker_id=args.marker, as_of=args.as_of
-    )
+    source = _reader_source(args)
+    backup = select_backup(args.backups, source, marker_id=args.marker, as_of=args.as_of)
     _log_progress(f"restoring backup {backup.marker_id}: the primary as of {backup.t1}")
     result = restore_backup(
         backup, args.to, tables=tables, force=args.force, progress=_log_progress
@@ -289,7 +347,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from consumers.catalog import select_backup
     from consumers.diff import diff_backups, summary_lines
 
-    source = validate_source(args.source)
+    source = _reader_source(args)
     before = select_backup(args.backups, source, marker_id=args.from_marker)
     after = select_backup(args.backups, source, marker_id=args.to_marker)
     diff = diff_backups(before, after, table=args.table)
@@ -329,10 +387,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from consumers.retention import prune
+    from consumers.retention import RetentionPolicy, prune
 
     source = validate_source(args.source) if args.source else None
-    plans = prune(args.backups, args.keep_last, source, dry_run=args.dry_run)
+    policy = RetentionPolicy(keep_last=args.keep_last, keep_within_s=args.keep_within)
+    plans = prune(args.backups, policy, source, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "sources": [p.as_json() for p in plans]}))
         return 0
@@ -342,7 +401,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for plan in plans:
         removed = ", ".join(str(b.marker_id) for b in reversed(plan.remove)) or "nothing"
         print(f"{plan.source}: {verb} {removed}")
-        print(f"{plan.source}: kept the newest {', '.join(str(b.marker_id) for b in plan.newest)}")
+        print(f"{plan.source}: kept {', '.join(str(b.marker_id) for b in plan.newest)}")
         for kept, needers in sorted(plan.for_chains.items()):
             print(
                 f"{plan.source}: kept {kept} for the chain of incremental "
@@ -354,12 +413,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cutline.demo import run_demo
+    from cutline.demo import named_cluster, run_demo
 
+    bootstrap = named_cluster(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
     return run_demo(
         args.workdir,
         markers=args.markers,
-        bootstrap=args.bootstrap_servers,
+        bootstrap=bootstrap,
         log_args=("--log-format", args.log_format, "--log-level", args.log_level),
     )
 
@@ -413,8 +473,19 @@ def _check_backups_exist(args: argparse.Namespace) -> None:
         raise ConfigError(f"--backups {path} is not a directory: pass the backups directory")
 
 
+def _use_topic_template(args: argparse.Namespace) -> None:
+    """--topic-template reaches every ``Topics`` (and child processes) via the environment."""
+    template = getattr(args, "topic_template", None)
+    if template:
+        os.environ[ENV_TOPIC_TEMPLATE] = validate_topic_template(template)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        apply_settings(parser, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        parser.exit(exc.exit_code, f"cutline: error: {exc}\n")
     args = parser.parse_args(argv)
     # long-running commands log at --log-level (info); the others only warnings
     logs.setup_logging(
@@ -422,7 +493,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "log_level", "warning"),
         verbose=args.verbose,
     )
+    # cutline reports client errors itself, in one line (kafka_errors); librdkafka's own
+    # log (even its FATAL lines) is for --verbose
+    logging.getLogger("cutline.kafka.librdkafka").setLevel(
+        logging.DEBUG if args.verbose else logging.CRITICAL + 1
+    )
+    previous_handlers = SIGNALS.install()  # every command, every phase: cutline.stopping
     try:
+        _use_topic_template(args)
         _check_backups_exist(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -431,14 +509,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say_error(args, f"cutline {args.command}: {exc}")
         return exc.exit_code
     except KafkaException as exc:
-        _say_error(args, f"cutline {args.command}: Kafka error: {exc.args[0].str()}")
+        _say_error(args, f"cutline {args.command}: Kafka error: {describe(exc.args[0])}")
         return 1
     except sqlite3.Error as exc:
         print(f"cutline {args.command}: SQLite error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    finally:
+        SIGNALS.restore(previous_handlers)
 
 
 if __name__ == "__main__":

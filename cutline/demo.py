@@ -10,6 +10,7 @@ them, diffs two, follows the history with ``query --all`` and restores the oldes
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from consumers.catalog import list_backups
 from consumers.query import run_query
 from cutline.broker.provision import provide_cluster
 from cutline.errors import CutlineError, DeadlineExceeded
+from cutline.kafka_config import env_for_children, resolve_client_settings
+from cutline.settings import ENV_BOOTSTRAP, resolve_kafka
 from producers.markers import request_marker
 from producers.sqlite_changelog import connect
 
@@ -74,11 +78,23 @@ def _transfers(db: Path, stop: threading.Event, counter: list[int]) -> None:
     conn.close()
 
 
+def named_cluster(
+    bootstrap: str | None, config_file: Path | None, options: Sequence[str]
+) -> str | None:
+    """The cluster the user named (with its client settings), or None to provide one."""
+    client = resolve_client_settings(config_file, options)
+    if bootstrap or client.properties.get("bootstrap.servers") or os.environ.get(ENV_BOOTSTRAP):
+        return resolve_kafka(bootstrap, config_file, options)
+    return None
+
+
 class _Processes:
     """The demo's cutline processes; always stopped, with a deadline, on the way out."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, client: Mapping[str, str]):
         self.workdir = workdir
+        # the children get the estate's client settings through the environment
+        self.env = {**os.environ, **env_for_children(client)}
         self.running: list[tuple[str, subprocess.Popen, Path]] = []
 
     def start(self, name: str, *args: str) -> None:
@@ -88,6 +104,7 @@ class _Processes:
                 [sys.executable, "-m", "cutline.cli", *args],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
+                env=self.env,
             )
         self.running.append((name, popen, log))
         _say(f"  started {name}: cutline {' '.join(args)}  (log: {log})")
@@ -138,7 +155,7 @@ def run_demo(
     cluster = provide_cluster(bootstrap, progress=lambda m: _say(f"  {m}"))
     servers = cluster.bootstrap_servers
     _say(f"  using the {cluster.kind} cluster at {servers}")
-    processes = _Processes(workdir)
+    processes = _Processes(workdir, getattr(servers, "properties", {}))
     stop_writes = threading.Event()
     try:
         _say("\n== 2. A live primary: SQLite bank with accounts and transfers")

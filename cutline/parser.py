@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cutline.config_file import add_config_option
 from cutline.parser_observe import add_log_options, add_metrics_address, add_observe_commands
 
 DESCRIPTION = """\
@@ -31,7 +32,8 @@ Quick start (a local broker, then four terminals' worth of commands):
   cutline restore --backups ./backups --as-of 2026-11-25T10:15:00Z --to restored.sqlite
 
 Kafka: --bootstrap-servers, else $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by
-`cutline kafka start`.
+`cutline kafka start`. A secured cluster: --kafka-config client.properties, -X key=value,
+or CUTLINE_KAFKA_<KEY> variables (-X > environment > file).
 """
 
 
@@ -39,17 +41,44 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by "
-        "`cutline kafka start`)",
+        help="Kafka to use (default: bootstrap.servers of the client settings, else "
+        "$KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by `cutline kafka start`)",
+    )
+    p.add_argument(
+        "--kafka-config",
+        type=Path,
+        metavar="FILE",
+        help="the estate's client.properties (Java style, as for the Kafka CLIs' "
+        "--command-config or kcat -F): security.protocol, sasl.*, ssl.* ... "
+        "(default: $CUTLINE_KAFKA_CONFIG)",
+    )
+    p.add_argument(
+        "-X",
+        dest="kafka_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one librdkafka client setting, repeatable; it wins over $CUTLINE_KAFKA_<KEY> "
+        "(e.g. CUTLINE_KAFKA_SASL_PASSWORD), which wins over --kafka-config. A value @PATH "
+        "is read from that file, so secrets stay off the command line",
+    )
+    p.add_argument(
+        "--topic-template",
+        metavar="TEMPLATE",
+        help="how the source's topics, group ids and transactional id are named, with "
+        "{source} and {kind} (ops, capture, control, dlq, replicate, replay); give every "
+        "command of a source the same one (default: $CUTLINE_TOPIC_TEMPLATE, else "
+        "cutline.{source}.{kind})",
     )
 
 
-def _add_source(p: argparse.ArgumentParser) -> None:
+def _add_source(p: argparse.ArgumentParser, *, reads_backups: bool = False) -> None:
     p.add_argument(
         "--source",
-        default="default",
+        default=None if reads_backups else "default",
         help="name of the captured primary; it names the topics cutline.<source>.* and the "
-        "backup folders (default: %(default)s)",
+        "backup folders (default: "
+        + ("the only source under --backups)" if reads_backups else "%(default)s)"),
     )
 
 
@@ -84,6 +113,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    from consumers.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_retention(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--keep-last`` / ``--keep-within``, shared by ``prune`` and ``replicate``."""
+    p.add_argument(
+        "--keep-last",
+        type=_positive_int,
+        metavar="N",
+        help=f"{verb} the newest N backups of the source (and the chains they need)",
+    )
+    p.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help=f"{verb} the backups whose T1 is within DURATION (e.g. 7d, 12h, 30m) of the "
+        "newest one's; with --keep-last too, a backup either keeps stays",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cutline",
@@ -112,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="DELETE the local cluster's data (every topic and offset) and start a new cluster; "
         "without it, a cluster that died is restarted on its data",
     )
-    ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="a separate single-node cluster as estates run them: SASL_SSL (SCRAM-SHA-512) "
+        "and mutual-TLS listeners, ACLs enforced; prints the path of an admin "
+        "client.properties to pass as --kafka-config",
+    )
+    stop = ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    stop.add_argument("--secure", action="store_true", help="stop the secured cluster instead")
 
     capture = sub.add_parser(
         "capture",
@@ -233,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A backup whose previous one has other tables or column types is written full "
         "(default: %(default)s, every backup full)",
     )
+    _add_retention(replicate, "after each backup it publishes, keep")
     _add_kafka(replicate)
     _add_source(replicate)
     add_metrics_address(replicate)
@@ -322,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--json", action="store_true", help="print a JSON list of row objects")
     query.add_argument("sql", help="the SQL statement")
-    _add_source(query)
+    _add_source(query, reads_backups=True)
 
     restore = sub.add_parser(
         "restore",
@@ -340,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--to", required=True, type=Path, help="the SQLite file to write")
     restore.add_argument("--tables", help="only these tables, comma-separated")
     restore.add_argument("--force", action="store_true", help="replace an existing --to file")
-    _add_source(restore)
+    _add_source(restore, reads_backups=True)
 
     diff = sub.add_parser(
         "diff",
@@ -355,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("to_marker", type=int, metavar="TO", help="marker id of the newer state")
     diff.add_argument("--table", help="only this table")
     diff.add_argument("--json", action="store_true", help="print JSON")
-    _add_source(diff)
+    _add_source(diff, reads_backups=True)
 
     _add_retention_commands(sub)
     add_observe_commands(sub, _add_kafka, _add_source)
@@ -368,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--markers", type=_positive_int, default=4, help="markers to cut")
     _add_kafka(demo)
     add_log_options(demo)
+    add_config_option(parser)  # last: every command is there to get it
     return parser
 
 
@@ -398,9 +463,7 @@ def _add_retention_commands(sub: Any) -> None:
         "deleted. --dry-run only says what would be removed.",
     )
     prune.add_argument("--backups", required=True, type=Path, help="backups directory")
-    prune.add_argument(
-        "--keep-last", required=True, type=_positive_int, metavar="N", help="backups to keep"
-    )
+    _add_retention(prune, "keep")
     prune.add_argument("--source", help="only this source (default: all)")
     prune.add_argument("--dry-run", action="store_true", help="remove nothing; say what would go")
     prune.add_argument("--json", action="store_true", help="print JSON")

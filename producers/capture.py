@@ -46,8 +46,10 @@ from cutline.kafka_clients import (
     topic_config,
     wait_for_cluster,
 )
+from cutline.kafka_errors import describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
+from cutline.stopping import interruptible
 from producers.backlog import capture_backlog
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
@@ -176,10 +178,13 @@ class Capture:
         self._conn = conn
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
-        wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        counts = ensure_topics(
-            cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
-        )
+        with interruptible():  # start-up waits (only these) end at once on SIGINT/SIGTERM
+            wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+        with interruptible():
+            counts = ensure_topics(
+                cfg.bootstrap,
+                source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS),
+            )
         self.partitions = counts[self.topics.ops]
         if cfg.partitions and cfg.partitions != self.partitions:
             raise ConfigError(
@@ -187,9 +192,11 @@ class Capture:
                 f"{cfg.partitions}: drop --partitions to use it, or capture into a new --source"
             )
         self._max_record = self._record_limit()
-        self._producer = self._new_producer()
-        position = self._recover_position()
-        self._install(position)
+        with interruptible():  # fencing the old capture, reading the position back
+            self._producer = self._new_producer()
+            position = self._recover_position()
+        with interruptible():  # the write-lock wait; the install rolls back if interrupted
+            self._install(position)
         self._broadcast_definitions()
         self.metrics.captured(0, 0, self._seq)
         self.progress(
@@ -218,8 +225,13 @@ class Capture:
                 return producer
             except KafkaException as exc:
                 if not exc.args[0].retriable() or time.monotonic() >= end:
+                    reason = describe(
+                        exc.args[0],
+                        resource=self.topics.capture_transactional_id,
+                        operation="Write",
+                    )
                     raise BrokerError(
-                        f"cannot start a Kafka transaction for capture: {exc.args[0].str()}"
+                        f"cannot start a Kafka transaction for capture: {reason}"
                     ) from exc
                 time.sleep(0.5)
 
@@ -348,7 +360,8 @@ class Capture:
         """Publish one batch of committed changes; return how many change rows it held."""
         if self._producer is None:  # lost, and not rebuilt yet: only Kafka knows the position
             try:
-                self._rebuild()
+                with interruptible():  # nothing is open: SIGTERM may end this wait at once
+                    self._rebuild()
             except (BrokerError, DeadlineExceeded, KafkaException) as exc:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
@@ -617,6 +630,12 @@ class Capture:
                     f"capture for source {self.config.source!r} was fenced or failed fatally "
                     f"({error.str()}); another capture process may have taken over"
                 ) from exc
+            if is_authorization(error):  # waiting cannot help: name the ACL to add
+                self._abort_quietly()
+                written = f"{self.topics.ops} and {self.topics.capture_position}"
+                raise BrokerError(
+                    f"capture cannot write: {describe(error, resource=written, operation='Write')}"
+                ) from exc
             if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 self._abort_quietly()
                 raise RecordTooLarge(
@@ -669,7 +688,10 @@ class Capture:
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout_s)
+            try:  # a producer in a fatal state raises here; the cause was already raised
+                self._producer.flush(timeout_s)
+            except KafkaException as exc:
+                log.info("flushing the producer on close: %s", exc)
             self._producer = None
         if self._conn is not None:
             self._conn.close()
@@ -730,6 +752,9 @@ def _last_position_between(
                 return last
             continue
         if message.error():
+            if is_authorization(message.error()):
+                reason = describe(message.error(), resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}")
             continue
         if message.offset() >= stop:
             return last
@@ -756,7 +781,8 @@ def _watermarks(consumer, tp: TopicPartition, deadline_s: float) -> tuple[int, i
                 KafkaError.LEADER_NOT_AVAILABLE,
                 KafkaError._TRANSPORT,
             ):
-                raise BrokerError(f"cannot read {tp.topic}: {exc.args[0].str()}") from exc
+                reason = describe(exc.args[0], resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}") from exc
             if time.monotonic() > end:
                 raise DeadlineExceeded(
                     f"no leader answered for {tp.topic} within {deadline_s:.0f} s"

@@ -291,7 +291,7 @@ class FlakyProducer:
         self.fail = fail
         self.produced: list[bytes] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery=None) -> None:
         self.produced.append(value)
 
     def flush(self, timeout: float) -> int:
