@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from cutline.errors import ConfigError
 from producers.schema_changes import ensure_schema
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
+from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,23 @@ def request_marker_in_transaction(
     return MarkerTicket(marker_id=marker_id, t1_us=t1)
 
 
-def request_marker(conn: sqlite3.Connection, note: str | None = None) -> MarkerTicket:
-    """Commit one marker request on the primary and return its id and T1."""
+def request_marker(
+    conn: sqlite3.Connection,
+    note: str | None = None,
+    *,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> MarkerTicket:
+    """Commit one marker request on the primary and return its id and T1.
+
+    Waits up to ``lock_timeout_s`` for an application's write transaction to end (a
+    marker must sit at a commit boundary, so it needs the write lock), logging meanwhile.
+    """
     if not installed_tables(conn):
         raise ConfigError(
             "capture is not installed on this database: run `cutline capture --db PATH "
             "--tables ...` first, then cut markers"
         )
-    conn.execute("BEGIN IMMEDIATE")
+    begin_write(conn, "cutting a marker", lock_timeout_s)
     try:
         ticket = request_marker_in_transaction(conn, note)
         conn.execute("COMMIT")
