@@ -42,6 +42,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPar
 
 from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import has_backup, source_dir
+from consumers.digest_proof import DEFAULT_DIGEST_TIMEOUT_S, DigestBook
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
@@ -49,7 +50,7 @@ from cutline.errors import DeadlineExceeded
 from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
-from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
+from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, MarkerDigest
 
 log = logging.getLogger("cutline.coordinator")
 
@@ -124,6 +125,7 @@ class CutCoordinator:
         alignment_timeout_s: float = 120.0,
         snapshot_deadline_s: float = 600.0,
         full_every: int = 1,
+        digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S,
         progress: Callable[[str], None] | None = None,
     ):
         self.bootstrap = bootstrap
@@ -136,6 +138,8 @@ class CutCoordinator:
         self.alignment = Alignment(alignment_timeout_s)
         self.snapshot_deadline_s = snapshot_deadline_s
         self.full_every = full_every  # passed to write_backup: a full backup every N
+        self.digests = DigestBook(source)  # the primary's digests, from the control topic
+        self.digest_timeout_s = digest_timeout_s
         self.progress = progress or log.info
         self.stats = CoordinatorStats()
         self._lock = threading.Lock()
@@ -279,6 +283,9 @@ class CutCoordinator:
         except CodecError as exc:
             log.warning("ignoring a control record that is not a cutline event: %s", exc)
             return
+        if isinstance(event, MarkerDigest):
+            self.digests.add(event)
+            return
         if not isinstance(event, ControlEvent) or event.source != self.source:
             return
         with self._lock:
@@ -387,6 +394,7 @@ class CutCoordinator:
                 plan,
                 writer=self.member,
                 full_every=self.full_every,
+                proof=self.digests.source_for(self.digest_timeout_s, self._stop),
             )
             failpoints.hit("snapshot.after_publish")
         except SnapshotError as exc:

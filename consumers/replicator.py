@@ -33,6 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
+from consumers.digest_proof import DEFAULT_DIGEST_TIMEOUT_S
 from consumers.health import check_threads
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
@@ -68,6 +69,7 @@ class ReplicateConfig:
     topic_wait_s: float = 120.0
     session_timeout_s: float = 15.0  # how long the group waits for a silent process
     full_every: int = 1  # a full backup every N; incrementals in between
+    digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S  # wait for the primary's digest
     member: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -130,6 +132,7 @@ class Replicator:
             producer=self._producer,
             alignment_timeout_s=cfg.alignment_timeout_s,
             full_every=cfg.full_every,
+            digest_timeout_s=cfg.digest_timeout_s,
             progress=self.progress,
         )
         self.coordinator.start()

@@ -33,8 +33,16 @@ import duckdb
 import fastavro
 import pyarrow as pa
 
+from consumers.backup_digest import restored_digest
 from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
 from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
+from consumers.digest_proof import (
+    DigestMismatch,
+    DigestMissing,
+    ProofSource,
+    prove,
+    replica_digests,
+)
 from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
 from consumers.incremental import (
     BLOCK_SIZE,
@@ -47,6 +55,7 @@ from consumers.incremental import (
 )
 from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
 from cutline.errors import CutlineError
+from producers.digest import DigestAccumulator, TableDigest
 from producers.markers import format_time
 from producers.sqlite_changelog import quote_identifier, quote_text
 from schemas.records import TableDefinition
@@ -138,6 +147,37 @@ def column_type(declared: str, values: list[Any]) -> ColumnType:
     return TEXT_FALLBACK
 
 
+def table_digests(
+    definition: TableDefinition,
+    digest: TableDigest,
+    columns: list[tuple],
+    types: list[ColumnType],
+) -> dict[str, Any]:
+    """The manifest's ``digest`` of a table, plus ``restored_digest`` when restore cannot
+    give every value back with its storage class (a widened column, see backup_digest)."""
+    out: dict[str, Any] = {"digest": digest.as_json()}
+    widened = [
+        c.name
+        for c, values, t in zip(definition.columns, columns, types, strict=True)
+        if t is TEXT_FALLBACK or (t is DOUBLE and any(type(v) is int for v in values))
+    ]
+    if widened:
+        converted = [
+            [v if t.convert is None else t.convert(v) for v in col]
+            for col, t in zip(columns, types, strict=True)
+        ]
+        restored = restored_digest(
+            definition.table,
+            definition.ddl,
+            definition.column_names,
+            zip(*converted, strict=True),
+        )
+        if (restored.rows, restored.hash) != (digest.rows, digest.hash):
+            out["restored_digest"] = restored.as_json()
+            out["restore_inexact_columns"] = widened
+    return out
+
+
 _DOUBLE_EXACT = 2**53  # integers up to this magnitude survive a DOUBLE unchanged
 
 _AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
@@ -211,12 +251,15 @@ def write_backup(
     writer: str,
     avro_codec: str = "deflate",
     full_every: int = 1,
+    proof: ProofSource | None = None,
 ) -> Backup:
     """Write and publish backup ``plan.marker_id``; return it as catalogued.
 
     ``full_every`` N > 1 makes the backup an incremental (only what changed since the
     previous backup) while the chain since the last full is shorter than N; see
-    ``consumers.incremental``.
+    ``consumers.incremental``. ``proof`` gives the primary's digest of the marker: the
+    backup is published only if the replica rows have the same digests
+    (``consumers.digest_proof``).
     """
     started = time.monotonic()
     parent = source_dir(backups_dir, plan.source)
@@ -243,8 +286,13 @@ def write_backup(
             tables_meta = _write_files(
                 temp, connections, definitions, plan, t2_us, writer, avro_codec, choice
             )
+        try:
+            checked = prove(plan.marker_id, replica_digests(tables_meta), proof)
+        except (DigestMismatch, DigestMissing) as exc:
+            raise SnapshotError(str(exc)) from exc
         manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
         manifest.update(choice.manifest_fields(plan.marker_id))
+        manifest["proof"] = checked
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         publish_directory(temp, final)
     except SnapshotError:
@@ -325,14 +373,17 @@ def _write_table(
     """Write one table; with ``parent`` (attached, resolved) only what changed since it."""
     names = definition.column_names
     rows: list[tuple] = []
+    digest = DigestAccumulator()
     for conn in connections:
         for chunk in iter_rows(conn, definition.table, names):
             rows.extend(chunk)
+            digest.add(chunk)
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     types = [
         column_type(c.declared_type, list(values))
         for c, values in zip(definition.columns, columns, strict=True)
     ]
+    digests = table_digests(definition, digest.result(definition.table), columns, types)
     arrays = []
     for values, ctype in zip(columns, types, strict=True):
         data = list(values) if ctype.convert is None else [ctype.convert(v) for v in values]
@@ -392,6 +443,7 @@ def _write_table(
         ],
         "key_columns": list(definition.key_columns),
         "avro": avro_rel,
+        **digests,
     }
     if changes is not None:
         meta.update(changes)

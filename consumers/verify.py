@@ -12,7 +12,10 @@ it reads passed the earlier ones, so a damaged file is never opened by DuckDB):
    its chain, the full row count);
 4. each table's Avro file holds the same rows as its DuckDB table, compared by content,
    and its header names the manifest's source, marker and T1 (the manifest itself has
-   no checksum, so the checksummed files vouch for what it says the backup is).
+   no checksum, so the checksummed files vouch for what it says the backup is);
+5. each table's digest, recomputed from the DuckDB content (an incremental: resolved
+   through its chain), equals the one recorded at the cut, which the snapshotter proved
+   equal to the primary's at T1 (``consumers.backup_digest``).
 
 :func:`verify_catalog` also reports a backup directory whose manifest is missing,
 unreadable or incomplete: the catalog cannot list it, so nothing else would.
@@ -28,6 +31,7 @@ import duckdb
 import fastavro
 import pyarrow as pa
 
+from consumers.backup_digest import digest_problems
 from consumers.catalog import Backup, damaged_backup_dirs, list_backups, marker_id_of_dir
 from consumers.chain import (
     DELETED_SCHEMA,
@@ -190,9 +194,12 @@ def _verify_contents(backup: Backup, *, resolve: bool) -> list[str]:
                 )
     finally:
         db.close()
+    if not incremental:
+        problems.extend(digest_problems(label, backup.duckdb_path, backup.tables))
     if incremental and resolve:
         try:
             with resolved_database(backup) as path:
+                problems.extend(digest_problems(label, path, backup.tables))
                 full = duckdb.connect(str(path), read_only=True)
                 try:
                     for table, info in backup.tables.items():

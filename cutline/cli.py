@@ -81,6 +81,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
+        digest_every=args.digest_every,
     )
     capture = Capture(config, progress=_log_progress)
     stop = _install_stop_signals()
@@ -99,7 +100,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
     conn = connect(args.db)
     try:
-        ticket = request_marker(conn, note="cutline mark")
+        ticket = request_marker(conn, note="cutline mark", digest_every=args.digest_every)
     finally:
         conn.close()
     print(json.dumps(ticket.as_json()))
@@ -118,6 +119,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         alignment_timeout_s=args.alignment_timeout,
         session_timeout_s=args.session_timeout,
         full_every=args.full_every,
+        digest_timeout_s=args.digest_timeout,
     )
     replicator = Replicator(config, progress=_log_progress)
     stop = _install_stop_signals()
@@ -143,6 +145,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         force=args.force,
         full_every=args.full_every,
         idle_timeout_s=args.idle_timeout,
+        digest_timeout_s=args.digest_timeout,
     )
     progress = Progress(sys.stderr, label="replay", width=shutil.get_terminal_size().columns - 1)
     stop = _install_stop_signals()

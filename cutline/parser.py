@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cutline.digest_options import add_digest_every, add_digest_timeout
+
 DESCRIPTION = """\
 cutline: backups that are exactly the primary's state at one instant.
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="commit a marker request on the primary this often",
     )
+    add_digest_every(capture)
     _add_kafka(capture)
     _add_source(capture)
 
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and none after. Needs a running `cutline capture` to reach Kafka.",
     )
     mark.add_argument("--db", required=True, type=Path, help="the SQLite primary")
+    add_digest_every(mark)
 
     replicate = sub.add_parser(
         "replicate",
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A backup whose previous one has other tables or column types is written full "
         "(default: %(default)s, every backup full)",
     )
+    add_digest_timeout(replicate)
     _add_kafka(replicate)
     _add_source(replicate)
 
@@ -228,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s, every backup full)",
     )
     replay.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_digest_timeout(replay)
     _add_kafka(replay)
     _add_source(replay)
 

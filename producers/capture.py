@@ -47,9 +47,11 @@ from cutline.kafka_clients import (
     wait_for_cluster,
 )
 from cutline.settings import Topics
+from producers.digest_records import digest_record
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.sqlite_changelog import (
+    KIND_DIGEST,
     KIND_MARKER,
     connect,
     describe_table,
@@ -81,6 +83,7 @@ class CaptureConfig:
     idle_sleep_s: float = 0.05
     transaction_timeout_s: float = 30.0
     retry_deadline_s: float = 120.0  # give up after Kafka refused transactions this long
+    digest_every: int = 1  # markers of --mark-every: the primary's digest on every N-th
 
 
 class RecordTooLarge(CutlineError):
@@ -229,7 +232,9 @@ class Capture:
             if self.config.mark_every_s and (
                 time.monotonic() - self._last_mark >= self.config.mark_every_s
             ):
-                ticket = request_marker(self._conn, note="mark-every")
+                ticket = request_marker(
+                    self._conn, note="mark-every", digest_every=self.config.digest_every
+                )
                 self._last_mark = time.monotonic()
                 log.debug("requested marker %s", ticket.marker_id)
             handled = self.step()
@@ -269,6 +274,8 @@ class Capture:
                 if row.kind == KIND_MARKER:
                     self._produce_marker(row.marker_id or 0, row.at_us, row.seq)
                     produced["markers"] += 1
+                elif row.kind == KIND_DIGEST:
+                    self._produce(self.topics.control, *digest_record(self.config.source, row))
                 else:
                     produced["ops"] += self._produce_change(row)
             failpoints.hit("capture.batch_produced")

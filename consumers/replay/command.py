@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from consumers.digest_proof import ControlTopicDigests
 from consumers.replay.config import ReplayConfig, ReplayError, replay_group
 from consumers.replay.engine import ReplayEngine
 from consumers.replay.feed import KafkaFeed
@@ -90,7 +91,10 @@ def run_replay(
             f"{config.backups_dir}"
         )
         feed.start({p: start for p, (start, _) in bounds.items()})
-        engine = ReplayEngine(config, bounds=bounds, feed=feed, progress=say, on_status=on_status)
+        proof = ControlTopicDigests(config.bootstrap, config.source, config.digest_timeout_s)
+        engine = ReplayEngine(
+            config, bounds=bounds, feed=feed, progress=say, on_status=on_status, proof=proof
+        )
         report = engine.run(stop)
     finally:
         feed.close()

@@ -1,0 +1,140 @@
+"""The primary's proof at a marker: each captured table's digest as of the marker's commit.
+
+How the digest sees exactly the marker's cut without blocking writers: the marker's
+writer A holds the write lock (``BEGIN IMMEDIATE``); while it does, a second connection
+B begins a read transaction and reads once, which pins B's WAL snapshot to every commit
+before A's (no other writer can commit while A holds the lock). A then writes the
+marker and commits; B's snapshot is the captured tables at T1. B computes the digests
+while writers go on (WAL readers block nobody), and the result is written to the change
+log in a short write transaction as a row of kind ``G``, so capture carries it after the
+marker, in order, to the control topic (``MarkerDigest``).
+
+A marker whose digest is not wanted (``--digest-every N``) still gets a ``G`` row saying
+"skipped", so the snapshotter never waits for one. A database not in WAL mode cannot
+have a reader beside a writer: there the digest is computed inside A's transaction (writers
+wait for it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from producers.digest import TableDigest, digest_tables
+from producers.sqlite_changelog import CHANGES, KIND_DIGEST, connect, installed_tables, now_us
+
+
+@dataclass(frozen=True)
+class DigestPayload:
+    """What a ``G`` row holds: the marker's table digests, or why there are none."""
+
+    marker_id: int
+    skipped: bool
+    tables: tuple[TableDigest, ...] = ()
+    note: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "skipped": self.skipped,
+                "note": self.note,
+                "tables": [{"table": t.table, "rows": t.rows, "hash": t.hex} for t in self.tables],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, marker_id: int, text: str) -> DigestPayload:
+        data = json.loads(text)
+        tables = tuple(
+            TableDigest(t["table"], int(t["rows"]), int(t["hash"], 16)) for t in data["tables"]
+        )
+        return cls(marker_id, bool(data["skipped"]), tables, data.get("note"))
+
+
+def wants_digest(marker_id: int, digest_every: int) -> bool:
+    """Digest every N-th marker id (N = 1: all); the rest are marked skipped."""
+    return digest_every <= 1 or marker_id % digest_every == 0
+
+
+def compute_payload(conn: sqlite3.Connection, marker_id: int) -> DigestPayload:
+    """Digests of every captured table as ``conn``'s open transaction sees them."""
+    return DigestPayload(marker_id, False, tuple(digest_tables(conn, installed_tables(conn))))
+
+
+def skipped_payload(marker_id: int, note: str) -> DigestPayload:
+    return DigestPayload(marker_id, True, note=note)
+
+
+def every_note(digest_every: int) -> str:
+    return f"--digest-every {digest_every}: this marker has no digest"
+
+
+def insert_digest_row(conn: sqlite3.Connection, payload: DigestPayload) -> None:
+    """Append the ``G`` row inside the caller's write transaction."""
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, marker_id, after, at_us) VALUES (?, ?, ?, ?)",
+        (KIND_DIGEST, payload.marker_id, payload.to_json(), now_us()),
+    )
+
+
+def write_digest_row(conn: sqlite3.Connection, payload: DigestPayload) -> None:
+    """Append the ``G`` row in its own short write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        insert_digest_row(conn, payload)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _database_file(conn: sqlite3.Connection) -> str | None:
+    for _seq, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or None
+    return None
+
+
+class PinnedSnapshot:
+    """Connection B: a read transaction pinned while the marker's writer holds the lock."""
+
+    def __init__(self, reader: sqlite3.Connection):
+        self.reader = reader
+
+    @classmethod
+    def open(cls, writer: sqlite3.Connection) -> PinnedSnapshot | None:
+        """Pin a snapshot beside ``writer``, which must hold the write lock already.
+
+        None when the database cannot have a reader beside a writer (not in WAL mode, or
+        not a file); the caller then computes the digest inside its own transaction.
+        """
+        path = _database_file(writer)
+        if path is None:
+            return None
+        reader = connect(path)
+        try:
+            if str(reader.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                reader.close()
+                return None
+            reader.execute("BEGIN")
+            reader.execute(f"SELECT count(*) FROM {CHANGES}").fetchone()  # pins the snapshot
+        except BaseException:
+            reader.close()
+            raise
+        return cls(reader)
+
+    def payload(self, marker_id: int) -> DigestPayload:
+        """The digests as of the pinned snapshot; ends the read transaction."""
+        try:
+            return compute_payload(self.reader, marker_id)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            if self.reader.in_transaction:
+                self.reader.execute("ROLLBACK")
+        finally:
+            self.reader.close()
