@@ -7,16 +7,17 @@ over the DuckDB values directly. A column the snapshotter had to widen (several 
 classes kept as text, or integers kept as DOUBLE) may come back from restore with another
 storage class than the primary had: for such a table the digest is computed the way
 restore would put the rows back (the primary's CREATE TABLE in a scratch SQLite database,
-its affinity applied), and the manifest records that "restored" digest beside the
-primary's when the two differ, so ``verify`` still checks every value and the manifest
-says restore is not byte for byte the primary for that table.
+its affinity applied): the manifest names those ``widened_columns``, and records that
+``restored_digest`` beside the primary's when the two differ (restore is then not the
+primary value for value in that table, and the manifest says so); ``verify`` checks
+every value either way.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from sqlite3 import connect as sqlite_connect
 from typing import Any
 
 import duckdb
@@ -37,7 +38,7 @@ def restored_digest(
     """The digest of ``rows`` once inserted through the primary's own DDL (as restore does)."""
     from consumers.restore import _sqlite_value  # restore imports verify, which imports us
 
-    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    scratch = sqlite_connect(":memory:", isolation_level=None)
     try:
         scratch.execute(ddl)
         names = ",".join(map(quote_identifier, columns))
@@ -98,7 +99,7 @@ def digest_problems(
             if expected is None:
                 continue  # written before backups carried a digest
             columns = [c["name"] for c in info["columns"]]
-            through = ddl.get(table) if "restored_digest" in info else None
+            through = ddl.get(table) if info.get("widened_columns") else None
             found = duckdb_digest(db, table, columns, through)
             if (found.rows, found.hex) != (int(expected["rows"]), str(expected["hash"])):
                 problems.append(

@@ -162,6 +162,7 @@ def table_digests(
         if t is TEXT_FALLBACK or (t is DOUBLE and any(type(v) is int for v in values))
     ]
     if widened:
+        out["widened_columns"] = widened  # verify recomputes through the DDL, as restored
         converted = [
             [v if t.convert is None else t.convert(v) for v in col]
             for col, t in zip(columns, types, strict=True)
@@ -174,7 +175,6 @@ def table_digests(
         )
         if (restored.rows, restored.hash) != (digest.rows, digest.hash):
             out["restored_digest"] = restored.as_json()
-            out["restore_inexact_columns"] = widened
     return out
 
 

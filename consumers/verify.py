@@ -23,6 +23,7 @@ unreadable or incomplete: the catalog cannot list it, so nothing else would.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def verify_backup(backup: Backup) -> list[str]:
     chain_problems = verify_chain(backup)
     try:
         problems.extend(_verify_contents(backup, resolve=not chain_problems))
-    except (duckdb.Error, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+    except (duckdb.Error, sqlite3.Error, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
         problems.append(f"{_label(backup)}: cannot read the backup: {exc}")
     return chain_problems + problems
 
