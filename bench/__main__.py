@@ -7,7 +7,8 @@ source name unique to the run (runs never collide on a shared broker):
 2. replication: bare consume-and-decode, then a ``Replicator`` applying the same topic;
 3. markers: capture, a writer and the replicator run while markers are cut;
 4. backup: ``write_backup`` over held shards vs DuckDB loading an Arrow table;
-5. incremental: a full backup, 1 % of rows changed, then an incremental: size and time.
+5. incremental: a full backup, 1 % of rows changed, then an incremental: size and time;
+6. digest: the primary's and the replica's table digest, rows/s by table size.
 
 Kafka: ``--bootstrap-servers``, else ``$KAFKA_BOOTSTRAP_SERVERS``, else a cluster from
 ``cutline.broker.provision.provide_cluster`` (stopped at the end if this run started it).
@@ -34,6 +35,7 @@ from typing import Any
 from bench.backup_bench import backup_phase
 from bench.capture_bench import bare_producer_phase, capture_phase
 from bench.common import PARTITIONS, BenchError, build_primary, log, read_topic, timed
+from bench.digest_bench import SIZES_FULL, SIZES_QUICK, digest_phase
 from bench.incremental_bench import incremental_phase
 from bench.replication_bench import (
     bare_consumer_phase,
@@ -61,6 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         help=f"rows of the incremental phase (default {FULL['incremental_rows']})",
     )
+    parser.add_argument(
+        "--digest-sizes",
+        help="comma-separated table sizes of the digest phase (default "
+        f"{','.join(map(str, SIZES_FULL))}; --quick: {','.join(map(str, SIZES_QUICK))})",
+    )
     parser.add_argument("--quick", action="store_true", help=f"small run: defaults become {QUICK}")
     parser.add_argument(
         "--bootstrap-servers",
@@ -75,6 +82,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.digest_sizes is None:
+        args.digest_sizes = SIZES_QUICK if args.quick else SIZES_FULL
+    else:
+        try:
+            args.digest_sizes = tuple(int(n) for n in args.digest_sizes.split(",") if n.strip())
+        except ValueError:
+            parser.error(
+                "--digest-sizes takes whole numbers separated by commas, e.g. 10000,100000"
+            )
     if args.ops < 200 or args.markers < 1 or args.rows < 1 or args.incremental_rows < 100:
         parser.error(
             "--ops must be at least 200, --markers and --rows at least 1, "
@@ -156,6 +172,8 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path, source: str) ->
     out["backup"] = backup_phase(workdir, source, args.rows)
     log(f"incremental backup of {args.incremental_rows} rows, 1 % changed")
     out["incremental"] = incremental_phase(workdir, source, args.incremental_rows)
+    log(f"digest of tables of {', '.join(map(str, args.digest_sizes))} rows")
+    out["digest"] = digest_phase(workdir, source, args.digest_sizes)
     return out
 
 

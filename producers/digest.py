@@ -145,21 +145,34 @@ def _text_keeping_bytes(raw: bytes) -> str:
 def digest_table(conn: sqlite3.Connection, table: str) -> TableDigest:
     """The digest of ``table`` as ``conn`` sees it (inside the caller's read transaction).
 
-    TEXT is read with ``surrogateescape`` for the duration, so TEXT that is not UTF-8 is
-    hashed as the bytes capture carries, never an error.
+    TEXT that is not UTF-8 cannot be read as ``str``: then the table is read again with
+    ``surrogateescape`` (slower, a Python call per value), so such TEXT is hashed as the
+    bytes capture carries, never an error.
     """
-    columns = table_columns(conn, table)
-    acc = DigestAccumulator()
+    try:
+        return _digest_table(conn, table)
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
     previous = conn.text_factory
     conn.text_factory = _text_keeping_bytes
     try:
-        cursor = conn.execute(
-            f"SELECT {','.join(map(quote_identifier, columns))} FROM {quote_identifier(table)}"
-        )
+        return _digest_table(conn, table)
+    finally:
+        conn.text_factory = previous
+
+
+def _digest_table(conn: sqlite3.Connection, table: str) -> TableDigest:
+    columns = table_columns(conn, table)
+    acc = DigestAccumulator()
+    cursor = conn.execute(
+        f"SELECT {','.join(map(quote_identifier, columns))} FROM {quote_identifier(table)}"
+    )
+    try:
         while chunk := cursor.fetchmany(CHUNK_ROWS):
             acc.add(chunk)
     finally:
-        conn.text_factory = previous
+        cursor.close()
     return acc.result(table)
 
 
