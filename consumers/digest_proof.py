@@ -22,7 +22,7 @@ from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics
 from producers.digest import TableDigest
 from schemas.codec import CodecError, decode
-from schemas.records import MarkerDigest
+from schemas.records import ControlEvent, ControlKind, MarkerDigest
 
 KEEP_DIGESTS = 10_000  # digests of the most recent markers kept in memory
 
@@ -46,12 +46,16 @@ class DigestBook:
         self.keep = keep
         self._digests: OrderedDict[int, MarkerDigest] = OrderedDict()
         self._changed = threading.Condition()
+        self.first_digest: int | None = None  # the lowest marker id with a digest, ever
+        self.resolved: set[int] = set()  # cuts the control topic says were resolved
 
     def add(self, digest: MarkerDigest) -> None:
         if digest.source != self.source:
             return
         with self._changed:
             self._digests[digest.marker_id] = digest
+            if self.first_digest is None or digest.marker_id < self.first_digest:
+                self.first_digest = digest.marker_id
             while len(self._digests) > self.keep:
                 self._digests.popitem(last=False)
             self._changed.notify_all()
@@ -137,6 +141,12 @@ def read_control_digests(
                 record = None
             if isinstance(record, MarkerDigest):
                 book.add(record)
+            elif (
+                isinstance(record, ControlEvent)
+                and record.source == source
+                and record.kind is not ControlKind.REACHED
+            ):
+                book.resolved.add(record.marker_id)
             if message.offset() >= high - 1:
                 return
     finally:
@@ -195,8 +205,26 @@ class ControlTopicDigests:
         while (found := self.book.get(marker_id)) is None:
             left = end - time.monotonic()
             read_control_digests(self.bootstrap, self.book.source, self.book, max(5.0, left))
+            if predates_digests(marker_id, self.book):
+                return MarkerDigest(
+                    self.book.source,
+                    marker_id,
+                    True,
+                    (),
+                    at_us=time.time_ns() // 1000,
+                    note=f"marker {marker_id} was cut before the primary's digests were kept",
+                )
             if self.book.get(marker_id) is None and time.monotonic() >= end:
                 return self.book.wait(marker_id, 0.0)  # raises DigestMissing, saying why
             if self.book.get(marker_id) is None:
                 time.sleep(min(1.0, max(0.0, end - time.monotonic())))
         return found
+
+
+def predates_digests(marker_id: int, book: DigestBook) -> bool:
+    """True for a marker cut before its source kept digests: its cut was resolved long
+    ago (the control topic says so) and no digest exists for it or any earlier marker.
+    Every marker since has a digest record, if only one saying "skipped"."""
+    if book.get(marker_id) is not None or marker_id not in book.resolved:
+        return False
+    return book.first_digest is None or book.first_digest > marker_id

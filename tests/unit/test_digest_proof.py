@@ -25,6 +25,7 @@ from consumers.digest_proof import (
     DigestMismatch,
     DigestMissing,
     mismatches,
+    predates_digests,
     prove,
 )
 from consumers.snapshotter import SnapshotError, write_backup
@@ -163,3 +164,14 @@ def test_a_backup_without_the_primary_digest_is_not_published(replica, tmp_path)
             replica_dir, tmp_path / "backups", plan, writer="t", proof=book.source_for(0.05)
         )
     assert list_backups(tmp_path / "backups") == []
+
+
+def test_replay_publishes_unproven_only_markers_cut_before_digests_were_kept():
+    book = DigestBook(SOURCE)
+    book.resolved.update({1, 2, 5})
+    book.add(primary_digest(3, []))
+    assert predates_digests(1, book) and predates_digests(2, book)
+    assert not predates_digests(3, book), "it has its digest"
+    assert not predates_digests(4, book), "not resolved yet: its digest may still come"
+    assert not predates_digests(5, book), "after the first digest, every marker has one"
+    assert predates_digests(1, DigestBook(SOURCE)) is False, "unresolved"
