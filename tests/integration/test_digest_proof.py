@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from consumers.catalog import Backup
+from consumers.catalog import Backup, list_backups
 from consumers.durable import sha256_of
 from consumers.replica import shard_path
 from consumers.restore import restore_backup
@@ -39,7 +39,8 @@ def assert_exact(pipeline: Pipeline, backup: Backup, expected: Rows) -> None:
     """DuckDB, Avro and a restore of ``backup`` hold exactly ``expected``, row by row."""
     assert backup_rows(backup) == expected, f"backup {backup.marker_id}: DuckDB differs"
     assert avro_rows(backup)[0] == expected, f"backup {backup.marker_id}: Avro differs"
-    target = pipeline.root / f"restored-{backup.marker_id}.sqlite"
+    store = backup.path.parent.parent.name  # the backups directory: one restore per store
+    target = pipeline.root / f"restored-{store}-{backup.marker_id}.sqlite"
     restore_backup(backup, target)
     with sqlite3.connect(target) as conn:
         restored = {t: table_rows(conn, t, primary_columns(conn, t)) for t in TABLES}
@@ -202,4 +203,26 @@ def test_digest_every_two_skips_alternate_markers_and_they_still_publish(
         assert recorded_digests(backup) == expected_digests(pipeline.oracle[marker_id])
     code, results = verify(pipeline)
     assert code == 0, results
+
+    # replay checks its backups against the same digests, read from the control topic
+    rebuilt = pipeline.root / "rebuilt"
+    done = pipeline.cli(
+        "replay",
+        "--replica",
+        str(pipeline.root / "replica-rebuilt"),
+        "--backups",
+        str(rebuilt),
+        "--source",
+        pipeline.source,
+        "--bootstrap-servers",
+        pipeline.bootstrap,
+        "--json",
+        timeout_s=120,
+    )
+    assert done.returncode == 0, done.stderr
+    again = {b.marker_id: b for b in list_backups(rebuilt, pipeline.source)}
+    assert sorted(again) == markers
+    for marker_id, backup in again.items():
+        assert backup.manifest["proof"]["checked"] is (marker_id % 2 == 0)
+        assert_exact(pipeline, backup, pipeline.oracle[marker_id])
     conn.close()
