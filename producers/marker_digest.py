@@ -138,3 +138,49 @@ class PinnedSnapshot:
                 self.reader.execute("ROLLBACK")
         finally:
             self.reader.close()
+
+
+class MarkerProof:
+    """The primary's digest of one marker, taken around the marker's write transaction.
+
+    Who calls what: ``request_marker`` calls :meth:`pin` right after ``BEGIN IMMEDIATE``,
+    ``request_marker_in_transaction`` calls :meth:`stage` right after the marker row, and
+    ``request_marker`` calls :meth:`finish` after ``COMMIT`` (:meth:`abandon` after a
+    rollback). Not pinned (a caller's own transaction, or a database not in WAL mode),
+    :meth:`stage` computes the digest inside the transaction; a marker whose digest is not
+    wanted gets its "skipped" row there too. Only a pinned, wanted digest is computed after
+    the commit, while writers go on.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, digest_every: int = 1, *, digest: bool = True):
+        self.conn = conn
+        self.digest_every = digest_every
+        self.digest = digest
+        self._pinned: PinnedSnapshot | None = None
+        self._marker_id: int | None = None
+
+    def pin(self) -> None:
+        self._pinned = PinnedSnapshot.open(self.conn)
+
+    def stage(self, marker_id: int) -> None:
+        if not self.digest:
+            self.abandon()
+            insert_digest_row(self.conn, skipped_payload(marker_id, "requested without a digest"))
+        elif not wants_digest(marker_id, self.digest_every):
+            self.abandon()
+            insert_digest_row(self.conn, skipped_payload(marker_id, every_note(self.digest_every)))
+        elif self._pinned is None:
+            insert_digest_row(self.conn, compute_payload(self.conn, marker_id))
+        else:
+            self._marker_id = marker_id  # computed from the pinned snapshot after the commit
+
+    def finish(self) -> None:
+        if self._pinned is not None and self._marker_id is not None:
+            pinned, self._pinned = self._pinned, None
+            write_digest_row(self.conn, pinned.payload(self._marker_id))
+        self.abandon()
+
+    def abandon(self) -> None:
+        if self._pinned is not None:
+            pinned, self._pinned = self._pinned, None
+            pinned.close()

@@ -13,15 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cutline.errors import ConfigError
-from producers.marker_digest import (
-    PinnedSnapshot,
-    compute_payload,
-    every_note,
-    insert_digest_row,
-    skipped_payload,
-    wants_digest,
-    write_digest_row,
-)
+from producers.marker_digest import MarkerProof
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
 
 
@@ -43,8 +35,21 @@ def format_time(t_us: int) -> str:
     return datetime.fromtimestamp(t_us / 1_000_000, tz=UTC).isoformat(timespec="microseconds")
 
 
-def _insert_marker(conn: sqlite3.Connection, note: str | None) -> MarkerTicket:
-    """The marker rows, inside the caller's write transaction; T1 read under the lock."""
+def request_marker_in_transaction(
+    conn: sqlite3.Connection,
+    note: str | None = None,
+    *,
+    digest: bool = True,
+    proof: MarkerProof | None = None,
+) -> MarkerTicket:
+    """Write a marker request inside the caller's open write transaction.
+
+    T1 is read after the write lock is held, so every transaction that committed before
+    this one has a commit time at or before T1. The caller commits. Unless ``proof``
+    (from ``request_marker``) pinned a snapshot, the primary's digest (``marker_digest``)
+    is computed here, inside that transaction (writers wait for it), so the caller must
+    write nothing after the marker in it.
+    """
     t1 = now_us()
     cursor = conn.execute(f"INSERT INTO {MARKERS}(t1_us, note) VALUES (?, ?)", (t1, note))
     marker_id = int(cursor.lastrowid or 0)
@@ -52,28 +57,8 @@ def _insert_marker(conn: sqlite3.Connection, note: str | None) -> MarkerTicket:
         f"INSERT INTO {CHANGES}(kind, marker_id, at_us) VALUES (?, ?, ?)",
         (KIND_MARKER, marker_id, t1),
     )
+    (proof or MarkerProof(conn, digest=digest)).stage(marker_id)
     return MarkerTicket(marker_id=marker_id, t1_us=t1)
-
-
-def request_marker_in_transaction(
-    conn: sqlite3.Connection, note: str | None = None, *, digest: bool = True
-) -> MarkerTicket:
-    """Write a marker request inside the caller's open write transaction.
-
-    T1 is read after the write lock is held, so every transaction that committed before
-    this one has a commit time at or before T1. The caller commits. The primary's digest
-    (``marker_digest``) is computed here, inside that transaction (writers wait for it),
-    so the caller must write nothing after the marker in it; ``request_marker`` reads it
-    from a snapshot instead.
-    """
-    ticket = _insert_marker(conn, note)
-    payload = (
-        compute_payload(conn, ticket.marker_id)
-        if digest
-        else skipped_payload(ticket.marker_id, "requested without a digest")
-    )
-    insert_digest_row(conn, payload)
-    return ticket
 
 
 def request_marker(
@@ -89,30 +74,15 @@ def request_marker(
             "capture is not installed on this database: run `cutline capture --db PATH "
             "--tables ...` first, then cut markers"
         )
+    proof = MarkerProof(conn, digest_every)
     conn.execute("BEGIN IMMEDIATE")
-    pinned: PinnedSnapshot | None = None
     try:
-        pinned = PinnedSnapshot.open(conn)
-        ticket = _insert_marker(conn, note)
-        wanted = wants_digest(ticket.marker_id, digest_every)
-        if pinned is None:  # no reader beside the writer: digest inside this transaction
-            insert_digest_row(
-                conn,
-                compute_payload(conn, ticket.marker_id)
-                if wanted
-                else skipped_payload(ticket.marker_id, every_note(digest_every)),
-            )
+        proof.pin()
+        ticket = request_marker_in_transaction(conn, note, proof=proof)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
-        if pinned is not None:
-            pinned.close()
+        proof.abandon()
         raise
-    if pinned is not None:
-        if wanted:
-            payload = pinned.payload(ticket.marker_id)
-        else:
-            pinned.close()
-            payload = skipped_payload(ticket.marker_id, every_note(digest_every))
-        write_digest_row(conn, payload)
+    proof.finish()
     return ticket

@@ -16,8 +16,8 @@ from producers.digest import (
     encode_row,
     row_hash,
 )
-from producers.marker_digest import DigestPayload, PinnedSnapshot, compute_payload
-from producers.markers import _insert_marker, request_marker, request_marker_in_transaction
+from producers.marker_digest import DigestPayload, MarkerProof, compute_payload
+from producers.markers import request_marker, request_marker_in_transaction
 from producers.sqlite_changelog import KIND_DIGEST, KIND_MARKER, connect, install, read_changes
 
 
@@ -157,17 +157,19 @@ def compute_payload_now(conn: sqlite3.Connection):
 def test_the_pinned_snapshot_is_the_marker_cut_while_writers_go_on(primary):
     """A commit right after the marker is not in its digest, and was never blocked."""
     at_marker = compute_payload_now(primary)
+    proof = MarkerProof(primary)
     primary.execute("BEGIN IMMEDIATE")
-    pinned = PinnedSnapshot.open(primary)
-    assert pinned is not None
-    ticket = _insert_marker(primary, None)
+    proof.pin()
+    ticket = request_marker_in_transaction(primary, proof=proof)
     primary.execute("COMMIT")
+    assert _digest_rows_after(primary, ticket.marker_id) == [], "not computed yet"
     writer = sqlite3.connect(primary.execute("PRAGMA database_list").fetchone()[2], timeout=0)
     writer.execute("INSERT INTO a VALUES (4, 'after the marker')")  # no busy wait allowed
     writer.commit()
     writer.close()
-    payload = pinned.payload(ticket.marker_id)
-    assert payload.tables == at_marker
+    proof.finish()
+    (row,) = _digest_rows_after(primary, ticket.marker_id)
+    assert DigestPayload.from_json(ticket.marker_id, row.after).tables == at_marker
     assert compute_payload_now(primary) != at_marker, "the later commit is in the database"
 
 
