@@ -42,7 +42,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPar
 
 from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import has_backup, source_dir
-from consumers.digest_proof import DEFAULT_DIGEST_TIMEOUT_S, DigestBook
+from consumers.digest_proof import DEFAULT_DIGEST_TIMEOUT_S, DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
@@ -399,6 +399,8 @@ class CutCoordinator:
             failpoints.hit("snapshot.after_publish")
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
+            return
+        except DigestWaitStopped:  # stopping: the cut stays READY for the next start
             return
         except Exception as exc:  # any other failure of the writer fails this cut loudly
             log.exception("snapshot of marker %s failed", plan.marker_id)

@@ -30,11 +30,24 @@ KEEP_DIGESTS = 10_000  # digests of the most recent markers kept in memory
 ProofSource = Callable[[int], MarkerDigest]
 
 
-__all__ = ["DEFAULT_DIGEST_TIMEOUT_S", "DigestBook", "DigestMismatch", "DigestMissing", "prove"]
+__all__ = [
+    "DEFAULT_DIGEST_TIMEOUT_S",
+    "DigestBook",
+    "DigestMismatch",
+    "DigestMissing",
+    "DigestWaitStopped",
+    "prove",
+]
 
 
 class DigestMissing(CutlineError):
     """The primary's digest of a marker did not arrive in time."""
+
+
+class DigestWaitStopped(Exception):
+    """The process is stopping while a cut waits for its digest: the cut is not failed,
+    it stays READY and the next start takes it over (not a CutlineError on purpose, so
+    no handler turns it into a failed cut)."""
 
 
 class DigestBook:
@@ -71,8 +84,10 @@ class DigestBook:
         end = time.monotonic() + timeout_s
         with self._changed:
             while (found := self._digests.get(marker_id)) is None:
+                if stop is not None and stop.is_set():
+                    raise DigestWaitStopped(f"stopped while waiting for marker {marker_id}")
                 left = end - time.monotonic()
-                if left <= 0 or (stop is not None and stop.is_set()):
+                if left <= 0:
                     raise DigestMissing(
                         f"the primary's digest of marker {marker_id} did not arrive within "
                         f"{timeout_s:.0f} s (the process that cut the marker stopped before "
@@ -195,14 +210,23 @@ class ControlTopicDigests:
     reads the topic again, up to its end, until the marker's digest is there or
     ``timeout_s`` has passed."""
 
-    def __init__(self, bootstrap: str, source: str, timeout_s: float):
+    def __init__(
+        self,
+        bootstrap: str,
+        source: str,
+        timeout_s: float,
+        stop: threading.Event | None = None,
+    ):
         self.bootstrap = bootstrap
         self.book = DigestBook(source)
         self.timeout_s = timeout_s
+        self.stop = stop
 
     def __call__(self, marker_id: int) -> MarkerDigest:
         end = time.monotonic() + self.timeout_s
         while (found := self.book.get(marker_id)) is None:
+            if self.stop is not None and self.stop.is_set():
+                raise DigestWaitStopped(f"stopped while waiting for marker {marker_id}")
             left = end - time.monotonic()
             read_control_digests(self.bootstrap, self.book.source, self.book, max(5.0, left))
             if predates_digests(marker_id, self.book):

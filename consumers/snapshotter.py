@@ -39,6 +39,7 @@ from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_da
 from consumers.digest_proof import (
     DigestMismatch,
     DigestMissing,
+    DigestWaitStopped,
     ProofSource,
     prove,
     replica_digests,
@@ -295,7 +296,7 @@ def write_backup(
         manifest["proof"] = checked
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         publish_directory(temp, final)
-    except SnapshotError:
+    except (SnapshotError, DigestWaitStopped):
         _discard(temp)
         raise
     except (OSError, duckdb.Error, sqlite3.Error, ValueError, CutlineError) as exc:

@@ -91,7 +91,7 @@ def run_replay(
             f"{config.backups_dir}"
         )
         feed.start({p: start for p, (start, _) in bounds.items()})
-        proof = ControlTopicDigests(config.bootstrap, config.source, config.digest_timeout_s)
+        proof = ControlTopicDigests(config.bootstrap, config.source, config.digest_timeout_s, stop)
         engine = ReplayEngine(
             config, bounds=bounds, feed=feed, progress=say, on_status=on_status, proof=proof
         )

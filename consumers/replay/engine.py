@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from consumers.catalog import has_backup, source_dir
 from consumers.coordinator import WriterLock
-from consumers.digest_proof import ProofSource
+from consumers.digest_proof import DigestWaitStopped, ProofSource
 from consumers.replay.config import ReplayConfig, ReplayError
 from consumers.replay.feed import Feed, FeedItem
 from consumers.replay.report import CutOutcome, ReplayReport, ReplayStatus
@@ -427,6 +427,10 @@ class ReplayEngine:
                 )
         except SnapshotError as exc:
             self._fail(cut, str(exc))
+            return
+        except DigestWaitStopped:  # interrupted while waiting for the primary's digest
+            self.report.interrupted = True
+            self._done = True
             return
         finally:
             lock.release()

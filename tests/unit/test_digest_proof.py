@@ -24,6 +24,7 @@ from consumers.digest_proof import (
     DigestBook,
     DigestMismatch,
     DigestMissing,
+    DigestWaitStopped,
     mismatches,
     predates_digests,
     prove,
@@ -175,3 +176,17 @@ def test_replay_publishes_unproven_only_markers_cut_before_digests_were_kept():
     assert not predates_digests(4, book), "not resolved yet: its digest may still come"
     assert not predates_digests(5, book), "after the first digest, every marker has one"
     assert predates_digests(1, DigestBook(SOURCE)) is False, "unresolved"
+
+
+def test_stopping_while_waiting_for_a_digest_leaves_the_cut_unfailed(replica, tmp_path):
+    """Not a SnapshotError (which would fail the cut): the next start takes it over."""
+    replica_dir, plan, _ = replica
+    stop = threading.Event()
+    stop.set()
+    book = DigestBook(SOURCE)
+    with pytest.raises(DigestWaitStopped):
+        write_backup(
+            replica_dir, tmp_path / "backups", plan, writer="t", proof=book.source_for(60, stop)
+        )
+    assert list_backups(tmp_path / "backups") == []
+    assert [p.name for p in (tmp_path / "backups" / SOURCE).iterdir()] == [], "temp removed"
