@@ -42,10 +42,11 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPar
 
 from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import has_backup, source_dir
-from consumers.digest_proof import DEFAULT_DIGEST_TIMEOUT_S, DigestBook, DigestWaitStopped
+from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
+from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import DeadlineExceeded
 from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics

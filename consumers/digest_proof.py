@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import CutlineError
 from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics
@@ -28,16 +27,6 @@ KEEP_DIGESTS = 10_000  # digests of the most recent markers kept in memory
 
 # Given a marker id, the primary's digest of it; raises DigestMissing when none comes.
 ProofSource = Callable[[int], MarkerDigest]
-
-
-__all__ = [
-    "DEFAULT_DIGEST_TIMEOUT_S",
-    "DigestBook",
-    "DigestMismatch",
-    "DigestMissing",
-    "DigestWaitStopped",
-    "prove",
-]
 
 
 class DigestMissing(CutlineError):

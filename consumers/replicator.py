@@ -33,11 +33,11 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
-from consumers.digest_proof import DEFAULT_DIGEST_TIMEOUT_S
 from consumers.health import check_threads
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
+from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.directories import writable_directory
 from cutline.errors import ConfigError
 from cutline.kafka_clients import (
