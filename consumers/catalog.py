@@ -87,11 +87,6 @@ class Backup:
     def avro_path(self, table: str) -> Path:
         return self.path / self.manifest["tables"][table]["avro"]
 
-    @property
-    def proven(self) -> bool:
-        """True when the snapshotter checked this backup against the primary's digest."""
-        return bool((self.manifest.get("proof") or {}).get("checked"))
-
     def summary(self) -> dict[str, Any]:
         """The public shape used by ``cutline backups --json``."""
         return {
@@ -103,7 +98,6 @@ class Backup:
             "parent_marker_id": self.parent_marker_id,
             "tables": {name: info["rows"] for name, info in self.tables.items()},
             "files": [str(self.path / f["path"]) for f in self.manifest["files"]],
-            "proven": self.proven,
         }
 
 

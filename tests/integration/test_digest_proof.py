@@ -197,7 +197,6 @@ def test_digest_every_two_skips_alternate_markers_and_they_still_publish(
         assert_exact(pipeline, backup, pipeline.oracle[marker_id])
         proof = backup.manifest["proof"]
         assert proof["checked"] is (marker_id % 2 == 0), (marker_id, proof)
-        assert backup.summary()["proven"] is proof["checked"]  # `cutline backups --json`
         if not proof["checked"]:
             assert "--digest-every 2" in proof["note"]
         # the digest of the backup's own rows is recorded either way, for verify
