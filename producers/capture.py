@@ -47,8 +47,8 @@ from cutline.kafka_clients import (
     wait_for_cluster,
 )
 from cutline.settings import Topics
+from producers.background_marks import BackgroundMarks
 from producers.digest_records import digest_record
-from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.sqlite_changelog import (
     KIND_DIGEST,
@@ -228,21 +228,23 @@ class Capture:
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> CaptureStats:
         """Publish changes until ``stop`` is set; the current transaction finishes first."""
         last_status = time.monotonic()
-        while not stop.is_set():
-            if self.config.mark_every_s and (
-                time.monotonic() - self._last_mark >= self.config.mark_every_s
-            ):
-                ticket = request_marker(
-                    self._conn, note="mark-every", digest_every=self.config.digest_every
+        marks = BackgroundMarks(self.config.db_path, self.config.digest_every)
+        try:
+            while not stop.is_set():
+                marks.raise_failure()
+                due = bool(self.config.mark_every_s) and (
+                    time.monotonic() - self._last_mark >= (self.config.mark_every_s or 0.0)
                 )
-                self._last_mark = time.monotonic()
-                log.debug("requested marker %s", ticket.marker_id)
-            handled = self.step()
-            if not handled:
-                stop.wait(self.config.idle_sleep_s)
-            if time.monotonic() - last_status >= status_every_s:
-                last_status = time.monotonic()
-                self.progress(self.status_line())
+                if due and marks.start("mark-every"):  # the digest runs beside this loop
+                    self._last_mark = time.monotonic()
+                handled = self.step()
+                if not handled:
+                    stop.wait(self.config.idle_sleep_s)
+                if time.monotonic() - last_status >= status_every_s:
+                    last_status = time.monotonic()
+                    self.progress(self.status_line())
+        finally:
+            marks.join(self.config.transaction_timeout_s)
         return self.stats
 
     def status_line(self) -> str:

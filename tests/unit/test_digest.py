@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cutline.errors import ConfigError
+from producers.background_marks import BackgroundMarks
 from producers.digest import (
     DigestAccumulator,
     digest_rows,
@@ -207,3 +209,26 @@ def test_digest_table_reads_every_column_in_table_order(primary):
     found = digest_table(primary, "a")
     primary.execute("ROLLBACK")
     assert found == digest_rows("a", [(1, "x"), (2, 2.5), (3, b"\x01")])
+
+
+def test_background_marks_cut_one_marker_at_a_time_with_its_digest(primary):
+    path = primary.execute("PRAGMA database_list").fetchone()[2]
+    marks = BackgroundMarks(path, digest_every=1)
+    assert marks.start("bg")
+    marks.join(30)
+    marks.raise_failure()
+    assert marks.idle()
+    (marker,) = [c for c in read_changes(primary, 0, 10_000) if c.kind == KIND_MARKER]
+    (row,) = _digest_rows_after(primary, marker.marker_id)
+    assert not DigestPayload.from_json(marker.marker_id, row.after).skipped
+
+
+def test_a_background_mark_that_fails_is_raised_on_the_callers_thread(tmp_path):
+    empty = tmp_path / "no-capture.db"
+    sqlite3.connect(empty).close()
+    marks = BackgroundMarks(empty)
+    marks.start("bg")
+    marks.join(30)
+    with pytest.raises(ConfigError, match="capture is not installed"):
+        marks.raise_failure()
+    marks.raise_failure()  # reported once
