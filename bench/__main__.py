@@ -8,7 +8,14 @@ source name unique to the run (runs never collide on a shared broker):
 3. markers: capture, a writer and the replicator run while markers are cut;
 4. backup: ``write_backup`` over held shards vs DuckDB loading an Arrow table;
 5. incremental: a full backup, 1 % of rows changed, then an incremental: size and time;
-6. digest: the primary's and the replica's table digest, rows/s by table size.
+6. digest: the primary's and the replica's table digest, rows/s by table size;
+7. scale (``bench.scale``): per size (default 100k and 1M rows), ``cutline capture`` and
+   ``cutline replicate`` as processes: initial load, pause per marker, backup seconds and
+   bytes (full and incremental), peak RSS of replicate, ratios to DuckDB-from-Arrow;
+8. write cost (``bench.write_cost_phase``): the primary's update throughput with capture
+   installed ÷ without, 1 and 100 updates per transaction.
+
+``--scale 100k,1M,10M`` runs phases 7 and 8 only, at those sizes.
 
 Kafka: ``--bootstrap-servers``, else ``$KAFKA_BOOTSTRAP_SERVERS``, else a cluster from
 ``cutline.broker.provision.provide_cluster`` (stopped at the end if this run started it).
@@ -43,12 +50,36 @@ from bench.replication_bench import (
     replication_json,
     replication_phase,
 )
+from bench.scale import DEFAULT_SIZES, scale_phase, scale_sources
+from bench.write_cost_phase import write_cost_phase
 from cutline.errors import CutlineError
 from cutline.kafka_clients import make_admin, wait_for_cluster
 from cutline.settings import ENV_BOOTSTRAP, Topics
 
 QUICK = {"ops": 20_000, "markers": 5, "rows": 20_000, "incremental_rows": 100_000}
 FULL = {"ops": 200_000, "markers": 20, "rows": 200_000, "incremental_rows": 1_000_000}
+QUICK_SCALE = [2_000]
+QUICK_WRITE_COST = {"writes": 2_000, "runs": 3}
+FULL_WRITE_COST = {"writes": 20_000, "runs": 5}
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``100000,1M,10m,5k`` -> [100000, 1000000, 10000000, 5000]; at least 100 rows each."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        factor = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
+        digits = part[:-1] if factor > 1 else part
+        try:
+            size = int(float(digits) * factor)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--scale: {part!r} is not a row count (write e.g. 100000,1M)"
+            ) from None
+        if size < 100:
+            raise argparse.ArgumentTypeError(f"--scale: {size} rows is too few (at least 100)")
+        sizes.append(size)
+    return sizes
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,7 +99,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated table sizes of the digest phase (default "
         f"{','.join(map(str, SIZES_FULL))}; --quick: {','.join(map(str, SIZES_QUICK))})",
     )
-    parser.add_argument("--quick", action="store_true", help=f"small run: defaults become {QUICK}")
+    parser.add_argument(
+        "--scale",
+        type=parse_sizes,
+        metavar="N[,N...]",
+        help="run only the scale and write-cost phases, at these table sizes (100k, 1M, 10M; "
+        f"default run: {','.join(str(s) for s in DEFAULT_SIZES)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small run: defaults become {QUICK}, scale {QUICK_SCALE}, write cost "
+        f"{QUICK_WRITE_COST}",
+    )
     parser.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT",
@@ -79,6 +122,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
+    args.scale_only = args.scale is not None
+    if args.scale is None:
+        args.scale = QUICK_SCALE if args.quick else list(DEFAULT_SIZES)
+    args.write_cost = QUICK_WRITE_COST if args.quick else FULL_WRITE_COST
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -140,6 +187,18 @@ def delete_topics(bootstrap: str, topics: list[str], deadline_s: float = 20.0) -
 
 
 def run(args: argparse.Namespace, bootstrap: str, workdir: Path, source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {} if args.scale_only else run_phases(args, bootstrap, workdir, source)
+    log(f"scale phase at {args.scale} rows")
+    out["scale"] = scale_phase(bootstrap, workdir, source, args.scale)
+    log(f"write cost: {args.write_cost}")
+    out["write_cost"] = write_cost_phase(workdir / "write-cost", **args.write_cost)
+    return out
+
+
+def run_phases(
+    args: argparse.Namespace, bootstrap: str, workdir: Path, source: str
+) -> dict[str, Any]:
+    """Phases 1-6 (every run but ``--scale``)."""
     topics = Topics(source)
     bare_topic = bench_topics(source)[-1]
     out: dict[str, Any] = {}
@@ -184,7 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Last resort: every wait has its own deadline, but if something still wedges (a native
     # call), dump every thread's stack and exit instead of hanging forever.
     faulthandler.dump_traceback_later(
-        1800 + args.ops / 100 + (args.rows + args.incremental_rows) / 1000 + args.markers * 90,
+        1800
+        + args.ops / 100
+        + (args.rows + args.incremental_rows) / 1000
+        + args.markers * 90
+        + sum(args.scale) / 200,
         exit=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="cutline-bench-"))
@@ -198,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 results = run(args, bootstrap, workdir, source)
             finally:
-                delete_topics(bootstrap, bench_topics(source))
+                topics = bench_topics(source)
+                for scale_source in scale_sources(source, args.scale):
+                    topics += bench_topics(scale_source)[:-1]
+                delete_topics(bootstrap, topics)
         document = {
             "broker": {"bootstrap_servers": bootstrap, "kind": kind, "brokers": brokers},
             "run": {
@@ -207,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "markers": args.markers,
                 "rows": args.rows,
                 "quick": args.quick,
+                "scale": args.scale,
                 "cpus": os.cpu_count(),
                 "python": sys.version.split()[0],
                 "elapsed_s": round(total.elapsed, 1),

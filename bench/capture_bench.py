@@ -27,6 +27,7 @@ from bench.common import (
     timed,
 )
 from cutline.kafka_clients import TopicSpec, ensure_topics
+from cutline.kafka_config import client_properties
 from producers.capture import Capture, CaptureConfig
 
 
@@ -97,6 +98,7 @@ def bare_producer_phase(
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS)])
     producer = Producer(
         {
+            **client_properties(bootstrap),  # the estate's settings (CUTLINE_KAFKA_*)
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
             "acks": "all",

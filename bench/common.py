@@ -19,6 +19,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from cutline.kafka_config import client_properties
 from producers.sqlite_changelog import connect, install
 
 TABLE = "accounts"
@@ -101,6 +102,7 @@ def read_topic(
     """
     consumer = Consumer(
         {
+            **client_properties(bootstrap),  # the estate's settings (CUTLINE_KAFKA_*)
             "bootstrap.servers": bootstrap,
             "group.id": f"{topic}.bench-reader",
             "isolation.level": "read_committed",
@@ -148,7 +150,13 @@ def read_topic(
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     """High watermarks per partition (where a reader starting now would begin)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}.bench-check"})
+    consumer = Consumer(
+        {
+            **client_properties(bootstrap),
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topic}.bench-check",
+        }
+    )
     try:
         return {
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]

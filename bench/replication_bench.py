@@ -41,6 +41,7 @@ from bench.common import (
 )
 from consumers.catalog import list_backups
 from consumers.replicator import ReplicateConfig, Replicator
+from cutline.kafka_config import client_properties
 from cutline.settings import Topics
 from producers.capture import MARKER_KEY, Capture
 from producers.markers import request_marker
@@ -84,6 +85,7 @@ def bare_consumer_phase(
     topic = Topics(workload.source).ops
     consumer = Consumer(
         {
+            **client_properties(bootstrap),  # the estate's settings (CUTLINE_KAFKA_*)
             "bootstrap.servers": bootstrap,
             "group.id": f"{topic}.bench-bare-{uuid.uuid4().hex[:6]}",
             "isolation.level": "read_committed",

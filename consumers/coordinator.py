@@ -41,14 +41,16 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
 from consumers.alignment import Alignment, Cut, CutStatus
-from consumers.catalog import has_backup, source_dir
+from consumers.catalog import backup_dir_name, has_backup, read_backup, source_dir
 from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
-from cutline.errors import DeadlineExceeded
+from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_consumer
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization
+from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, MarkerDigest
@@ -128,6 +130,7 @@ class CutCoordinator:
         full_every: int = 1,
         digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S,
         progress: Callable[[str], None] | None = None,
+        metrics: Metrics = NO_METRICS,
     ):
         self.bootstrap = bootstrap
         self.source = source
@@ -142,11 +145,16 @@ class CutCoordinator:
         self.digests = DigestBook(source)  # the primary's digests, from the control topic
         self.digest_timeout_s = digest_timeout_s
         self.progress = progress or log.info
+        self.metrics = metrics
+        self._newest_published = 0  # marker id, for the last-backup gauges
+        self._counted: set[int] = set()  # cuts whose outcome was counted (the first one)
+        self._open: set[int] = set()  # cuts seen and not resolved: the in-flight gauge
         self.stats = CoordinatorStats()
         self._lock = threading.Lock()
         self._abandon_sent: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: CutlineError | None = None  # why the control loop ended on its own
         self._snapshots: queue.SimpleQueue[CutPlan | None] = queue.SimpleQueue()
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
@@ -228,11 +236,25 @@ class CutCoordinator:
     # -- the control loop -----------------------------------------------------------------
 
     def _send(self, event: ControlEvent) -> None:
-        self.producer.produce(self.topics.control, encode(event), str(event.marker_id).encode())
+        refused: list = []
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                refused.append(err)
+
+        self.producer.produce(
+            self.topics.control,
+            encode(event),
+            str(event.marker_id).encode(),
+            on_delivery=delivered,
+        )
         if self.producer.flush(15.0):
             raise DeadlineExceeded(
                 f"control event for marker {event.marker_id} not acknowledged within 15 s"
             )
+        if refused:  # e.g. no Write ACL on the control topic: the cut could never resolve
+            reason = describe(refused[0], resource=self.topics.control, operation="Write")
+            raise NotAuthorized(f"writing to {self.topics.control}: {reason}")
 
     def _run(self) -> None:
         consumer = make_consumer(
@@ -248,12 +270,21 @@ class CutCoordinator:
                         if message.error().code() == message.error()._PARTITION_EOF:
                             if not self._caught_up.is_set():
                                 self._finish_replay()
+                        elif is_authorization(message.error()):
+                            raise BrokerError(
+                                f"reading {self.topics.control}: "
+                                + describe(
+                                    message.error(), resource=self.topics.control, operation="Read"
+                                )
+                            )
                         else:
                             log.warning("control topic: %s", message.error().str())
                     else:
                         self._on_event(message.value(), now)
                 if self._caught_up.is_set():
                     self._expire(now)
+        except CutlineError as exc:  # e.g. a missing ACL: the replicator reports it, one line
+            self.error = exc
         except Exception:  # the coordinator must say why it stopped, not die silently
             log.exception("coordinator stopped")
             raise
@@ -274,6 +305,8 @@ class CutCoordinator:
             ]
         self._replayed_ready.clear()
         self._caught_up.set()
+        self._note_published(self._newest_published)
+        self.metrics.cuts_in_flight(len(self._open))
         for plan in pending:
             self.progress(f"cut {plan.marker_id} is ready but unpublished: taking it over")
             self._submit(plan)
@@ -291,6 +324,13 @@ class CutCoordinator:
             return
         with self._lock:
             transition = self.alignment.apply(event, now)
+            resolved = transition is not None and transition.status.resolved
+            if resolved:
+                self._open.discard(event.marker_id)
+            elif not self.alignment.cuts[event.marker_id].status.resolved:
+                self._open.add(event.marker_id)
+        if self._caught_up.is_set():
+            self.metrics.cuts_in_flight(len(self._open))
         if transition is None:
             return
         cut = transition.cut
@@ -305,6 +345,7 @@ class CutCoordinator:
                 alignment_s=cut.alignment_s,
             )
             if self._caught_up.is_set():
+                self.metrics.cut_alignment(cut.alignment_s or 0.0)
                 self._submit(plan)
             else:
                 self._replayed_ready[cut.marker_id] = plan
@@ -316,9 +357,18 @@ class CutCoordinator:
     def _report(self, cut: Cut, status: CutStatus) -> None:
         """Record a cut's fate. Other threads read ``stats``: a report appears, or takes
         its new status, only once its detail is filled in and its message was said."""
+        # history replayed at start-up is not counted again; a cut counts once, by the
+        # outcome it had first (a cut abandoned, then failed, is one cut)
+        if self._caught_up.is_set() and cut.marker_id not in self._counted:
+            self._counted.add(cut.marker_id)
+            self.metrics.cut_outcome(status.value)
         if status is CutStatus.PUBLISHED:
             if cut.marker_id not in self.stats.published:
                 self.stats.published.append(cut.marker_id)
+            if cut.marker_id > self._newest_published:
+                self._newest_published = cut.marker_id
+                if self._caught_up.is_set():  # at start-up, only the newest is read
+                    self._note_published(cut.marker_id)
         elif cut.marker_id not in self.stats.failed:
             self.stats.failed.append(cut.marker_id)
             if self._caught_up.is_set():  # history replayed at start-up was reported then
@@ -416,11 +466,22 @@ class CutCoordinator:
         )
         report.written_here, report.snapshot_s, report.alignment_s = True, elapsed, plan.alignment_s
         rows = sum(t["rows"] for t in backup.tables.values())
+        size = sum(int(f.get("bytes", 0)) for f in backup.manifest.get("files", []))
+        self.metrics.cut_snapshot(elapsed, rows, size)
         self.progress(
             f"backup {plan.marker_id} published: primary as of T1 {backup.t1}, {rows} rows in "
             f"{len(backup.tables)} tables, alignment "
             f"{(plan.alignment_s or 0) * 1000:.0f} ms, snapshot {elapsed * 1000:.0f} ms"
         )
+
+    def _note_published(self, marker_id: int) -> None:
+        """Set the last-backup gauges from the manifest (on this host's backups dir)."""
+        if marker_id <= 0 or self.metrics is NO_METRICS:
+            return
+        backup = read_backup(source_dir(self.backups_dir, self.source) / backup_dir_name(marker_id))
+        if backup is not None:
+            t2_us = int(backup.manifest.get("t2_us", backup.t1_us))
+            self.metrics.backup_published(backup.t1_us, t2_us)
 
     def _still_ready(self, marker_id: int) -> bool:
         with self._lock:

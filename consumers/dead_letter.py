@@ -13,6 +13,8 @@ import threading
 from confluent_kafka import Message, Producer
 
 from cutline.errors import BrokerError
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization
+from cutline.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger("cutline.deadletter")
 
@@ -23,12 +25,14 @@ ORIGIN_OFFSET = "cutline.origin.offset"
 
 
 class DeadLetters:
-    def __init__(self, producer: Producer, topic: str):
+    def __init__(self, producer: Producer, topic: str, metrics: Metrics = NO_METRICS):
         self._producer = producer
+        self._metrics = metrics
         self.topic = topic
         self.count = 0
         self._lock = threading.Lock()
         self._failures: list[str] = []
+        self._refused = False  # an ACL is missing: retrying cannot help
 
     def send(self, message: Message, reason: str) -> None:
         headers = [
@@ -48,18 +52,23 @@ class DeadLetters:
         def delivered(err, _msg) -> None:
             if err is not None:
                 with self._lock:
-                    self._failures.append(str(err))
+                    self._failures.append(describe(err, resource=self.topic, operation="Write"))
+                    if is_authorization(err):
+                        self._refused = True
 
         self._producer.produce(
             self.topic, message.value(), message.key(), headers=headers, on_delivery=delivered
         )
         self.count += 1
+        self._metrics.dead_letter()
 
     def flush(self, deadline_s: float = 30.0) -> None:
         """Block until every dead letter sent so far is durable, or raise."""
         remaining = self._producer.flush(deadline_s)
         with self._lock:
             failures, self._failures = self._failures, []
+        if self._refused and failures:
+            raise NotAuthorized(f"writing dead letters: {failures[0]}")
         if remaining or failures:
             raise BrokerError(
                 f"could not write dead letters to {self.topic} within {deadline_s:.0f} s "

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from cutline.errors import CutlineError
+from cutline.kafka_errors import NotAuthorized
 
 
 class ReplicationStopped(CutlineError):
@@ -38,12 +39,16 @@ class _Thread(Protocol):
 def check_threads(coordinator: _Coordinator | None, threads: Iterable[_Thread]) -> None:
     """Raise ReplicationStopped if the coordinator or a started replication thread died."""
     if coordinator is not None and coordinator.is_dead():
+        if getattr(coordinator, "error", None) is not None:
+            raise coordinator.error  # a cause the operator can act on, said as it is
         raise ReplicationStopped(
             "the cut coordinator stopped (see the error logged above): cuts can no longer be "
             "resolved here, so this process exits; restart it, it resumes from its replica"
         )
     for thread in threads:
         if thread.ident is not None and not thread.is_alive() and not thread.stopping():
+            if isinstance(thread.error, NotAuthorized):
+                raise thread.error  # says which ACL to add; restarting would not help
             cause = f" (last error: {thread.error})" if thread.error is not None else ""
             raise ReplicationStopped(
                 f"replication thread {thread.name} stopped on its own{cause}: its partitions "

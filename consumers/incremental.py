@@ -33,6 +33,7 @@ from consumers.verify import verify_files
 from producers.sqlite_changelog import quote_identifier
 from schemas.records import TableDefinition
 
+META_TABLES = "_cutline_tables"  # each backup's tables and their DDL (snapshotter.py)
 PREVIOUS = "_cutline_previous"  # the alias the previous backup is attached under
 BLOCK_SIZE = 16_384  # DuckDB block size of an incremental's file (the default is 256 KiB)
 
@@ -119,7 +120,29 @@ def definitions_mismatch(previous: Backup, definitions: list[TableDefinition]) -
         now = [(c.name, c.declared_type) for c in d.columns]
         if before != now or list(info["key_columns"]) != list(d.key_columns):
             return f"table {d.table!r} changed columns or key since backup {previous.marker_id}"
+    ddl = _ddl_of(previous)
+    for d in definitions:  # same columns, other constraints: restore must use the new DDL
+        if ddl.get(d.table) != d.ddl:
+            return (
+                f"table {d.table!r} was re-created with another CREATE TABLE since backup "
+                f"{previous.marker_id}"
+            )
     return None
+
+
+def _ddl_of(backup: Backup) -> dict[str, str]:
+    """Each table's CREATE TABLE as a backup recorded it (empty if it cannot be read)."""
+    try:
+        conn = duckdb.connect(str(backup.duckdb_path), read_only=True)
+    except duckdb.Error:
+        return {}
+    try:
+        rows = conn.execute(f"SELECT table_name, ddl FROM {META_TABLES}").fetchall()
+    except duckdb.Error:
+        return {}
+    finally:
+        conn.close()
+    return {str(name): str(ddl) for name, ddl in rows}
 
 
 def types_mismatch(previous: Backup, table: str, types: list[str]) -> str | None:

@@ -251,19 +251,35 @@ class Shard:
             except sqlite3.ProgrammingError:
                 return  # closed under a stuck thread: SQLite rolled back on close
             self._definitions = {d.table: d for d in self.definitions()}
+            self._statements = {}  # a rolled-back define may have changed a layout
 
     def define(self, definition: TableDefinition) -> None:
-        """Create a captured table from the primary's own DDL (native format)."""
+        """Create a captured table from the primary's own DDL (native format).
+
+        Capture sends every definition again at each start: that changes nothing. One
+        marked ``reinstalled`` follows a schema change on the primary: the table is dropped
+        and created from the new DDL, and the primary's whole content follows as INSERTs
+        (``producers/schema_changes.py``); with no DDL, the table is no longer captured
+        and is dropped.
+        """
         known = self._definitions.get(definition.table)
-        if known is not None:
+        if known is not None and not definition.reinstalled:
             if known.column_names != definition.column_names:
                 raise ApplyError(
                     f"table {definition.table!r} changed columns "
-                    f"({','.join(known.column_names)} -> {','.join(definition.column_names)}); "
-                    "schema changes are not replicated"
+                    f"({','.join(known.column_names)} -> {','.join(definition.column_names)}) "
+                    "in a definition not marked as re-installed by capture: set aside, the "
+                    "replica keeps its layout"
                 )
             return
+        self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
         try:
+            if known is not None:
+                self.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
+            if not definition.ddl and definition.reinstalled:  # no longer captured
+                self.conn.execute(f"DELETE FROM {TABLES} WHERE tbl = ?", (definition.table,))
+                self._definitions.pop(definition.table, None)
+                return
             self.conn.execute(definition.ddl)
         except sqlite3.Error as exc:
             raise ApplyError(f"cannot create table {definition.table!r}: {exc}") from exc
@@ -271,7 +287,7 @@ class Shard:
             f"{c.name}\x1e{c.declared_type}\x1e{int(c.not_null)}" for c in definition.columns
         )
         self.conn.execute(
-            f"INSERT INTO {TABLES} VALUES (?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO {TABLES} VALUES (?, ?, ?, ?)",
             (definition.table, definition.ddl, columns, "\x1f".join(definition.key_columns)),
         )
         self._definitions[definition.table] = definition

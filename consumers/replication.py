@@ -36,6 +36,8 @@ from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.replica import ApplyError, Shard, ShardFenced
 from cutline import failpoints
+from cutline.kafka_errors import NotAuthorized
+from cutline.metrics import NO_METRICS, Metrics
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, Operation, TableDefinition
 
@@ -140,6 +142,7 @@ class ReplicationThread(threading.Thread):
         commit: Callable[[int, int], threading.Event],
         batch_size: int = 1000,
         name: str = "replication",
+        metrics: Metrics = NO_METRICS,
     ):
         super().__init__(name=name, daemon=True)
         self.lanes = lanes
@@ -148,6 +151,7 @@ class ReplicationThread(threading.Thread):
         self.dead_letters = dead_letters
         self.commit = commit
         self.batch_size = batch_size
+        self.metrics = metrics
         self.stop_event = threading.Event()
         self.wake = lanes[0].wake if lanes else threading.Event()
         self.error: BaseException | None = None
@@ -169,6 +173,10 @@ class ReplicationThread(threading.Thread):
                 try:
                     busy |= self._work(lane)
                     backoff = 0.1
+                except NotAuthorized as exc:  # an ACL is missing: retrying cannot help
+                    self._rollback(lane)
+                    self.error = exc
+                    return
                 except ShardFenced as exc:  # a newer owner has it: never touch it again
                     self._rollback(lane)
                     log.warning("%s; dropping the partition from this thread", exc)
@@ -254,6 +262,7 @@ class ReplicationThread(threading.Thread):
                     continue
                 self._finish_batch(lane, last, dead)
                 lane.stats.applied += applied
+                self.metrics.applied(lane.partition, applied)
                 self._reach(lane, record, offset)  # if it fails, the whole batch is retried
                 lane.push_front(batch[index + 1 :])
                 return
@@ -264,6 +273,7 @@ class ReplicationThread(threading.Thread):
                 dead, last = dead + 1, offset
         self._finish_batch(lane, last, dead)
         lane.stats.applied += applied
+        self.metrics.applied(lane.partition, applied)
 
     def _finish_batch(self, lane: Lane, last: int | None, dead: int) -> None:
         if last is not None:
@@ -324,5 +334,6 @@ class ReplicationThread(threading.Thread):
                 return False
         lane.shard.release()
         lane.stats.pauses_s.append(time.monotonic() - hold.since)
+        self.metrics.cut_pause(lane.stats.pauses_s[-1])
         lane.hold = None
         return True

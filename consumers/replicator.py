@@ -34,12 +34,18 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.health import check_threads
+from consumers.history import (
+    TopicIdentity,
+    ops_topic_id_path,
+    refusal_on_assign,
+    warn_if_history_expires,
+)
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.directories import writable_directory
-from cutline.errors import ConfigError
+from cutline.errors import BrokerError, ConfigError
 from cutline.kafka_clients import (
     committed_within,
     ensure_topics,
@@ -49,6 +55,8 @@ from cutline.kafka_clients import (
     wait_for_cluster,
     wait_for_topic,
 )
+from cutline.kafka_errors import describe_read_refused, is_authorization
+from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.replicator")
@@ -85,13 +93,21 @@ class ReplicatorStats:
 
 
 class Replicator:
-    def __init__(self, config: ReplicateConfig, *, progress: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: ReplicateConfig,
+        *,
+        progress: Callable[[str], None] | None = None,
+        metrics: Metrics = NO_METRICS,
+    ):
         if config.threads is not None and config.threads < 1:
             raise ConfigError("--threads must be at least 1")
         self.config = config
         self.topics = Topics(config.source)
         self.progress = progress or log.info
         self.stats = ReplicatorStats()
+        self.metrics = metrics
+        self._status_mark = (time.monotonic(), 0)  # for the current rate of status lines
         self.lanes: dict[int, Lane] = {}
         self.threads: list[ReplicationThread] = []
         self._committed: dict[int, int] = {}
@@ -101,6 +117,7 @@ class Replicator:
         self._producer = None
         self.coordinator: CutCoordinator | None = None
         self.dead_letters: DeadLetters | None = None
+        self._refusal: Exception | None = None  # set on assignment: the history is not there
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -109,11 +126,6 @@ class Replicator:
         for label, path in (("--replica", cfg.replica_dir), ("--backups", cfg.backups_dir)):
             writable_directory(label, path)
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        # the single-partition topics replication writes to; capture creates the ops topic
-        mine = (self.topics.control, self.topics.dead_letter)
-        ensure_topics(
-            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
-        )
         wait_for_topic(
             cfg.bootstrap,
             self.topics.ops,
@@ -121,8 +133,15 @@ class Replicator:
             f"start `cutline capture --source {cfg.source}` to create it",
             self.progress,
         )
+        # the single-partition topics replication writes to; capture creates the ops topic.
+        # Only once the ops topic exists: a typo'd --source leaves no topics behind.
+        mine = (self.topics.control, self.topics.dead_letter)
+        ensure_topics(
+            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
+        )
+        warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
-        self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter)
+        self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter, self.metrics)
         self.coordinator = CutCoordinator(
             bootstrap=cfg.bootstrap,
             source=cfg.source,
@@ -134,6 +153,7 @@ class Replicator:
             full_every=cfg.full_every,
             digest_timeout_s=cfg.digest_timeout_s,
             progress=self.progress,
+            metrics=self.metrics,
         )
         self.coordinator.start()
         self._consumer = make_consumer(
@@ -144,6 +164,9 @@ class Replicator:
                 "session.timeout.ms": int(cfg.session_timeout_s * 1000),
                 "heartbeat.interval.ms": 1000,  # notice a rebalance within ~1 s, not 3
                 "max.poll.interval.ms": 300000,
+                # a fetch offset out of range is reported, never skipped over (see
+                # _out_of_range); every assigned partition starts at an explicit offset
+                "auto.offset.reset": "error",
                 "on_commit": self._pending_commits.answered,
             },
         )
@@ -161,11 +184,15 @@ class Replicator:
 
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> ReplicatorStats:
         """Poll until ``stop`` is set, then shut down within bounded time."""
-        last_status = time.monotonic()
+        last_status = last_lag = time.monotonic()
         try:
             while not stop.is_set():
                 self.poll_once()
                 self.check_health()
+                self.metrics.beat()
+                if self.metrics is not NO_METRICS and time.monotonic() - last_lag >= 1.0:
+                    last_lag = time.monotonic()
+                    self._report_lag()
                 if time.monotonic() - last_status >= status_every_s:
                     last_status = time.monotonic()
                     self.progress(self.status_line())
@@ -174,7 +201,10 @@ class Replicator:
         return self.stats
 
     def check_health(self) -> None:
-        """Raise ReplicationStopped if one of this process's threads died on its own."""
+        """Raise ReplicationStopped if one of this process's threads died on its own, or
+        HistoryGone if an assigned partition no longer holds the history its shard needs."""
+        if self._refusal is not None:
+            raise self._refusal
         check_threads(self.coordinator, self.threads)
 
     def poll_once(self, timeout_s: float = 0.02) -> int:
@@ -183,7 +213,14 @@ class Replicator:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if is_authorization(error):  # retrying cannot help: say which ACL is missing
+                    reason = describe_read_refused(
+                        error, topic=self.topics.ops, group=self.topics.replication_group
+                    )
+                    raise BrokerError(f"replicating {self.topics.ops}: {reason}")
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._out_of_range(message.partition(), error.str())
+                elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", error.str())
                 continue
             routed.setdefault(message.partition(), []).append(message)
@@ -214,9 +251,36 @@ class Replicator:
                 self._consumer.resume(tp)
                 lane.consumer_paused = False
 
+    def _report_lag(self) -> None:
+        """Per-partition lag from the watermarks librdkafka caches on every fetch."""
+        for lane in list(self.lanes.values()):
+            tp = TopicPartition(self.topics.ops, lane.partition)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                self.metrics.lag(lane.partition, max(0, high - (lane.applied_offset + 1)))
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: in the group (an assignment received), control topic read, threads alive."""
+        if self.coordinator is None or not self.coordinator.wait_caught_up(0):
+            return False, "reading the control topic"
+        if self.stats.rebalances == 0:
+            return False, "waiting for a partition assignment from the group"
+        try:
+            self.check_health()
+        except Exception as exc:
+            return False, str(exc)
+        return True, f"ready: partitions {sorted(self.lanes)}"
+
     def status_line(self) -> str:
         applied = sum(lane.stats.applied for lane in self.lanes.values()) + self.stats.applied
-        rate = applied / max(1e-9, time.monotonic() - self.stats.started)
+        # the current rate: since the previous status line, not a cumulative average
+        now = time.monotonic()
+        since, before = self._status_mark
+        rate = max(0, applied - before) / max(1e-9, now - since)
+        self._status_mark = (now, applied)
         held = sorted(p for p, lane in self.lanes.items() if lane.hold is not None)
         published = self.coordinator.stats.published if self.coordinator else []
         return (
@@ -258,6 +322,20 @@ class Replicator:
             lane = Lane(tp.partition, shard, wakes[i % len(wakes)])
             self.lanes[tp.partition] = lane
             tp.offset = lane.applied_offset + 1 if lane.applied_offset >= 0 else OFFSET_BEGINNING
+        # before any thread applies a record: is every shard's history still in the topic?
+        self._refusal = refusal_on_assign(
+            consumer,
+            self.topics.ops,
+            {p: lane.applied_offset + 1 for p, lane in self.lanes.items()},
+            TopicIdentity(
+                self.config.bootstrap,
+                self.topics.ops,
+                ops_topic_id_path(self.config.replica_dir, self.config.source),
+            ),
+        )
+        if self._refusal is not None:
+            consumer.assign(partitions)  # the poll loop raises it and the process exits
+            return
         for tp in committed_within(consumer, partitions):
             if tp.offset >= 0:
                 known = self._committed.get(tp.partition, -1)
@@ -275,6 +353,7 @@ class Replicator:
                 commit=self._commit,
                 batch_size=self.config.batch_size,
                 name=f"replication-{index}",
+                metrics=self.metrics,
             )
             self.threads.append(thread)
             thread.start()
@@ -283,6 +362,27 @@ class Replicator:
             f"assigned partitions {sorted(self.lanes)} to {len(self.threads)} replication "
             f"threads" + (f"; partitions {held} stay held at their marker" if held else "")
         )
+
+    def _out_of_range(self, partition: int, reason: str) -> None:
+        """A partition's fetch offset left the log while it was assigned: records were
+        deleted before it was read (retention, DeleteRecords) or the topic was recreated.
+
+        Resetting to the earliest offset would skip the lost records silently, so the
+        history check decides: gone history stops the process; anything else (a moment
+        of a new leader) fetches again from where it was.
+        """
+        lane = self.lanes.get(partition)
+        if lane is None or self._refusal is not None:  # already stopping: keep the first why
+            return
+        tp = TopicPartition(self.topics.ops, partition)
+        fetched = self._consumer.position([tp])[0].offset
+        resume_at = max(lane.applied_offset + 1, fetched if fetched >= 0 else 0)
+        self._refusal = refusal_on_assign(self._consumer, self.topics.ops, {partition: resume_at})
+        if self._refusal is None:
+            log.warning(
+                "partition %s: %s; fetching again from offset %s", partition, reason, resume_at
+            )
+            self._consumer.seek(TopicPartition(self.topics.ops, partition, resume_at))
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         self._stop_threads()
@@ -306,6 +406,7 @@ class Replicator:
             lane.shard.close()
         self.threads = []
         self.lanes = {}
+        self.metrics.forget_partitions()
 
     # -- offsets --------------------------------------------------------------------------
 

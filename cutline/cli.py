@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,20 +18,37 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from cutline import logs
 from cutline.errors import ConfigError, CutlineError
+from cutline.kafka_config import redacted
+from cutline.kafka_errors import describe
 from cutline.parser import build_parser
-from cutline.settings import resolve_bootstrap, validate_source
+from cutline.settings import (
+    ENV_TOPIC_TEMPLATE,
+    resolve_kafka,
+    validate_source,
+    validate_topic_template,
+)
+
+
+def _kafka(args: argparse.Namespace) -> str:
+    """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
+    target = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    logging.getLogger("cutline.kafka").info(
+        "Kafka at %s with client settings %s", target, redacted(target.properties)
+    )
+    return target
 
 
 def _log_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _install_stop_signals() -> threading.Event:
+def _install_stop_signals(say=_log_progress) -> threading.Event:
     stop = threading.Event()
 
     def handler(signum, _frame) -> None:
-        _log_progress(f"received {signal.Signals(signum).name}, finishing current work...")
+        say(f"received {signal.Signals(signum).name}, finishing current work...")
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -57,10 +75,12 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from cutline.broker import local
+    from cutline.broker import local, secure
 
+    if args.secure:
+        return secure.kafka_command(args.kafka_command, progress=_log_progress)
     if args.kafka_command == "start":
-        info = local.start_local_cluster(args.brokers, progress=_log_progress)
+        info = local.start_local_cluster(args.brokers, progress=_log_progress, fresh=args.fresh)
         print(info.bootstrap_servers)
         return 0
     if not local.stop_local_cluster(progress=_log_progress):
@@ -69,6 +89,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from cutline.metrics import NO_METRICS
+    from cutline.metrics_server import serve_metrics
     from producers.capture import Capture, CaptureConfig
 
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
@@ -77,20 +99,30 @@ def cmd_capture(args: argparse.Namespace) -> int:
     config = CaptureConfig(
         db_path=str(args.db),
         tables=tables,
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
         digest_every=args.digest_every,
     )
-    capture = Capture(config, progress=_log_progress)
-    stop = _install_stop_signals()
+    holder: list[Capture] = []
+    metrics, server = serve_metrics(
+        args.metrics_address,
+        config.source,
+        lambda: holder[0].ready() if holder else (False, "starting"),
+        logs.progress,
+    )
+    capture = Capture(config, progress=logs.progress, metrics=metrics or NO_METRICS)
+    holder.append(capture)
+    stop = _install_stop_signals(logs.progress)
     try:
         capture.open()
         stats = capture.run(stop)
     finally:
         capture.close()
-    _log_progress(capture.status_line())
+        if server is not None:
+            server.close()
+    logs.progress(capture.status_line())
     return 0 if stats is not None else 1
 
 
@@ -107,11 +139,26 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from producers.schema_changes import migrate
+    from producers.sqlite_changelog import connect
+
+    conn = connect(args.db)
+    try:
+        summary = migrate(conn, args.sql)
+    finally:
+        conn.close()
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
+    from cutline.metrics import NO_METRICS
+    from cutline.metrics_server import serve_metrics
 
     config = ReplicateConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -121,11 +168,23 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         full_every=args.full_every,
         digest_timeout_s=args.digest_timeout,
     )
-    replicator = Replicator(config, progress=_log_progress)
-    stop = _install_stop_signals()
-    replicator.open()
-    replicator.run(stop)
-    _log_progress(replicator.status_line())
+    holder: list[Replicator] = []
+    metrics, server = serve_metrics(
+        args.metrics_address,
+        config.source,
+        lambda: holder[0].ready() if holder else (False, "starting"),
+        logs.progress,
+    )
+    replicator = Replicator(config, progress=logs.progress, metrics=metrics or NO_METRICS)
+    holder.append(replicator)
+    stop = _install_stop_signals(logs.progress)
+    try:
+        replicator.open()
+        replicator.run(stop)
+    finally:
+        if server is not None:
+            server.close()
+    logs.progress(replicator.status_line())
     return 0
 
 
@@ -136,7 +195,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from cutline.progress import Progress
 
     config = ReplayConfig(
-        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        bootstrap=_kafka(args),
         replica_dir=args.replica,
         backups_dir=args.backups,
         source=validate_source(args.source),
@@ -147,8 +206,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         digest_timeout_s=args.digest_timeout,
     )
-    progress = Progress(sys.stderr, label="replay", width=shutil.get_terminal_size().columns - 1)
-    stop = _install_stop_signals()
+    # a live line on a terminal; elsewhere, and in JSON, progress lines are log lines
+    live = sys.stderr.isatty() and args.log_format == "text"
+    stream = sys.stderr if live else logs.LogStream()
+    progress = Progress(stream, label="replay", width=shutil.get_terminal_size().columns - 1)
+    stop = _install_stop_signals(logs.progress)
     try:
         report = run_replay(
             config,
@@ -306,15 +368,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cutline.demo import run_demo
+    from cutline.demo import named_cluster, run_demo
 
-    return run_demo(args.workdir, markers=args.markers, bootstrap=args.bootstrap_servers)
+    bootstrap = named_cluster(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
+    return run_demo(
+        args.workdir,
+        markers=args.markers,
+        bootstrap=bootstrap,
+        log_args=("--log-format", args.log_format, "--log-level", args.log_level),
+    )
 
 
 COMMANDS = {
     "kafka": cmd_kafka,
     "capture": cmd_capture,
     "mark": cmd_mark,
+    "migrate": cmd_migrate,
     "replicate": cmd_replicate,
     "replay": cmd_replay,
     "backups": cmd_backups,
@@ -324,7 +393,24 @@ COMMANDS = {
     "verify": cmd_verify,
     "prune": cmd_prune,
     "demo": cmd_demo,
+    "status": lambda args: _run("cutline.status", "cmd_status", args),
+    "dlq": lambda args: _run("cutline.dlq", "cmd_dlq", args),
 }
+
+
+def _run(module: str, name: str, args: argparse.Namespace) -> int:
+    """A command that lives in its own module (imported only when it runs)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(args)
+
+
+def _say_error(args: argparse.Namespace, text: str) -> None:
+    """The one error line: a log line in --log-format json, so a log shipper sees it."""
+    if getattr(args, "log_format", "text") == "json":
+        logs.error(text)
+    else:
+        print(text, file=sys.stderr)
 
 
 # Commands that only look at existing backups: a --backups that is not there is a typo.
@@ -341,26 +427,38 @@ def _check_backups_exist(args: argparse.Namespace) -> None:
         raise ConfigError(f"--backups {path} is not a directory: pass the backups directory")
 
 
+def _use_topic_template(args: argparse.Namespace) -> None:
+    """--topic-template reaches every ``Topics`` (and child processes) via the environment."""
+    template = getattr(args, "topic_template", None)
+    if template:
+        os.environ[ENV_TOPIC_TEMPLATE] = validate_topic_template(template)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # long-running commands log at --log-level (info); the others only warnings
+    logs.setup_logging(
+        getattr(args, "log_format", "text"),
+        getattr(args, "log_level", "warning"),
+        verbose=args.verbose,
     )
+    # cutline reports client errors itself, in one line (kafka_errors); librdkafka's own
+    # log (even its FATAL lines) is for --verbose
     logging.getLogger("cutline.kafka.librdkafka").setLevel(
-        logging.DEBUG if args.verbose else logging.CRITICAL
+        logging.DEBUG if args.verbose else logging.CRITICAL + 1
     )
     try:
+        _use_topic_template(args)
         _check_backups_exist(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         parser.exit(exc.exit_code, f"cutline {args.command}: error: {exc}\n")
     except CutlineError as exc:
-        print(f"cutline {args.command}: {exc}", file=sys.stderr)
+        _say_error(args, f"cutline {args.command}: {exc}")
         return exc.exit_code
     except KafkaException as exc:
-        print(f"cutline {args.command}: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        _say_error(args, f"cutline {args.command}: Kafka error: {describe(exc.args[0])}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ them, diffs two, follows the history with ``query --all`` and restores the oldes
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from consumers.catalog import list_backups
 from consumers.query import run_query
 from cutline.broker.provision import provide_cluster
 from cutline.errors import CutlineError, DeadlineExceeded
+from cutline.kafka_config import env_for_children, resolve_client_settings
+from cutline.settings import ENV_BOOTSTRAP, resolve_kafka
 from producers.markers import request_marker
 from producers.sqlite_changelog import connect
 
@@ -74,11 +78,23 @@ def _transfers(db: Path, stop: threading.Event, counter: list[int]) -> None:
     conn.close()
 
 
+def named_cluster(
+    bootstrap: str | None, config_file: Path | None, options: Sequence[str]
+) -> str | None:
+    """The cluster the user named (with its client settings), or None to provide one."""
+    client = resolve_client_settings(config_file, options)
+    if bootstrap or client.properties.get("bootstrap.servers") or os.environ.get(ENV_BOOTSTRAP):
+        return resolve_kafka(bootstrap, config_file, options)
+    return None
+
+
 class _Processes:
     """The demo's cutline processes; always stopped, with a deadline, on the way out."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, client: Mapping[str, str]):
         self.workdir = workdir
+        # the children get the estate's client settings through the environment
+        self.env = {**os.environ, **env_for_children(client)}
         self.running: list[tuple[str, subprocess.Popen, Path]] = []
 
     def start(self, name: str, *args: str) -> None:
@@ -88,6 +104,7 @@ class _Processes:
                 [sys.executable, "-m", "cutline.cli", *args],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
+                env=self.env,
             )
         self.running.append((name, popen, log))
         _say(f"  started {name}: cutline {' '.join(args)}  (log: {log})")
@@ -119,7 +136,13 @@ def _table(columns: list[str], rows: list[tuple]) -> None:
         _say("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -> int:
+def run_demo(
+    workdir: Path,
+    *,
+    markers: int = 4,
+    bootstrap: str | None = None,
+    log_args: tuple[str, ...] = (),  # --log-format/--log-level for capture and replicate
+) -> int:
     workdir = Path(workdir).resolve()
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     source = f"demo-{run}"
@@ -132,7 +155,7 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
     cluster = provide_cluster(bootstrap, progress=lambda m: _say(f"  {m}"))
     servers = cluster.bootstrap_servers
     _say(f"  using the {cluster.kind} cluster at {servers}")
-    processes = _Processes(workdir)
+    processes = _Processes(workdir, getattr(servers, "properties", {}))
     stop_writes = threading.Event()
     try:
         _say("\n== 2. A live primary: SQLite bank with accounts and transfers")
@@ -140,7 +163,7 @@ def run_demo(workdir: Path, *, markers: int = 4, bootstrap: str | None = None) -
         _say(f"  {db}: {ACCOUNTS} accounts, {ACCOUNTS * OPENING_BALANCE} in total")
 
         _say("\n== 3. Capture and two replication workers (a consumer group)")
-        kafka = ["--bootstrap-servers", servers, "--source", source]
+        kafka = ["--bootstrap-servers", servers, "--source", source, *log_args]
         processes.start(
             "capture",
             "capture", "--db", str(db), "--tables", "accounts,transfers", "--partitions", "4",

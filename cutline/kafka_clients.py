@@ -8,15 +8,19 @@ connection errors on stderr.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cutline.errors import BrokerError, DeadlineExceeded
+from cutline.kafka_config import KafkaTarget, client_properties
+from cutline.kafka_errors import TLS, classify, describe, is_authorization
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.kafka")
@@ -30,29 +34,49 @@ PRODUCER_MAX_BYTES = TOPIC_MAX_MESSAGE_BYTES
 _client_log = logging.getLogger("cutline.kafka.librdkafka")
 
 
-def _base(bootstrap: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _client_log}
-    if extra:
-        config.update(extra)
+# The latest connection problem librdkafka reported for each bootstrap address (error_cb):
+# a bounded wait reads it to say *why* a cluster does not answer.
+_last_problem: dict[str, KafkaError] = {}
+
+
+def _error_cb(bootstrap: str):
+    def record(error: KafkaError) -> None:
+        _last_problem[str(bootstrap)] = error
+        log.debug("Kafka client error: %s", error.str())
+
+    return record
+
+
+def _base(
+    bootstrap: str, defaults: dict[str, Any] | None, required: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A client config: cutline's tunable defaults < the estate's settings < what it requires.
+
+    The estate's settings come from ``bootstrap`` when it is a ``KafkaTarget`` (the
+    command's --kafka-config/-X/environment), else from the environment alone.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": str(bootstrap),
+        "logger": _client_log,
+        "error_cb": _error_cb(bootstrap),
+    }
+    config.update(defaults or {})
+    config.update(client_properties(bootstrap))
+    config.update(required or {})
     return config
 
 
 def make_admin(bootstrap: str, **extra: Any) -> AdminClient:
-    return AdminClient(_base(bootstrap, extra))
+    return AdminClient(_base(bootstrap, {}, extra))
 
 
 def make_producer(bootstrap: str, **extra: Any) -> Producer:
     """An idempotent producer (acks=all): a retried send is never written twice."""
     config = _base(
         bootstrap,
-        {
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.max.bytes": PRODUCER_MAX_BYTES,
-        },
+        {"linger.ms": 5, "message.max.bytes": PRODUCER_MAX_BYTES},
+        {"enable.idempotence": True, "acks": "all", **extra},
     )
-    config.update(extra)
     return Producer(config)
 
 
@@ -60,35 +84,83 @@ def make_consumer(bootstrap: str, group_id: str, **extra: Any) -> Consumer:
     """A consumer that sees only committed transactions and never commits by itself."""
     config = _base(
         bootstrap,
+        {"auto.offset.reset": "earliest"},
         {
             "group.id": group_id,
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+            **extra,
         },
     )
-    config.update(extra)
     return Consumer(config)
 
 
+def _advice(bootstrap: str) -> str:
+    if isinstance(bootstrap, KafkaTarget) and not bootstrap.named:
+        return (
+            "the local broker recorded by `cutline kafka start` does not answer: run "
+            "`cutline kafka start` again"
+        )
+    return "check the address, the client settings and that the cluster runs"
+
+
+def tls_verify_problem(bootstrap: str, timeout_s: float = 5.0) -> str | None:
+    """Why the first broker's certificate fails verification, checked with Python's ssl and
+    the same CA file: "Hostname mismatch, ..." or "unable to get local issuer certificate".
+    None when it verifies (or the probe itself cannot connect)."""
+    settings = client_properties(bootstrap)
+    host, _, port = str(bootstrap).split(",")[0].strip().split("://")[-1].rpartition(":")
+    context = ssl.create_default_context(cafile=settings.get("ssl.ca.location"))
+    if settings.get("ssl.endpoint.identification.algorithm", "https") == "none":
+        context.check_hostname = False
+    try:
+        address = (host.strip("[]"), int(port))
+        with (
+            socket.create_connection(address, timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=address[0]),
+        ):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return str(exc.verify_message)
+    except (OSError, ValueError):
+        return None
+
+
 def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
-    """Block until the cluster answers a metadata request; return its broker count."""
+    """Block until the cluster answers a metadata request; return its broker count.
+
+    A problem retrying cannot fix (failed authentication or TLS handshake, an unknown host)
+    is reported as soon as the client reports it, not at the deadline.
+    """
+    _last_problem.pop(str(bootstrap), None)
     admin = make_admin(bootstrap)
     end = time.monotonic() + deadline_s
-    last: Exception | None = None
+    reported: KafkaError | None = None  # from error_cb: says why (preferred)
+    failed: KafkaError | None = None  # from the request: often only "transport failure"
     while time.monotonic() < end:
         try:
             metadata = admin.list_topics(timeout=min(2.0, max(0.1, end - time.monotonic())))
             if metadata.brokers:
                 return len(metadata.brokers)
         except KafkaException as exc:
-            last = exc
+            failed = exc.args[0]
+        admin.poll(0)
+        reported = _last_problem.pop(str(bootstrap), None) or reported
+        if reported is not None and classify(reported).final:
+            detail = tls_verify_problem(bootstrap) if classify(reported).kind == TLS else None
+            raise BrokerError(f"Kafka at {bootstrap}: {describe(reported, detail=detail)}")
         time.sleep(0.2)
-    detail = f" (last error: {last})" if last else ""
+    last = reported or failed
+    if last is not None and (not isinstance(bootstrap, KafkaTarget) or bootstrap.named):
+        advice = describe(last)
+    elif last is not None:
+        advice = f"{describe(last)}; {_advice(bootstrap)}"
+    else:
+        advice = _advice(bootstrap)
     raise BrokerError(
-        f"Kafka at {bootstrap} did not answer a metadata request within {deadline_s:.0f} s"
-        f"{detail}: check the address, or start a local broker with `cutline kafka start`"
+        f"Kafka at {bootstrap} did not answer a metadata request within {deadline_s:.0f} s: "
+        f"{advice}"
     )
 
 
@@ -116,7 +188,8 @@ def wait_for_topic(bootstrap: str, topic: str, deadline_s: float, hint: str, pro
     end = time.monotonic() + deadline_s
     told = False
     while True:
-        found = admin.list_topics(timeout=10).topics.get(topic)
+        found = admin.list_topics(topic, timeout=10).topics.get(topic)
+        refuse_unauthorized(found, topic, "Read")
         if (
             found is not None
             and found.error is None
@@ -132,6 +205,18 @@ def wait_for_topic(bootstrap: str, topic: str, deadline_s: float, hint: str, pro
             progress(f"waiting up to {deadline_s:.0f} s for topic {topic} ({hint})")
             told = True
         time.sleep(0.5)
+
+
+def refuse_unauthorized(found: Any, topic: str, operation: str) -> None:
+    """Raise the ACL to add when metadata says the principal may not describe ``topic``.
+
+    Metadata asks for Describe, which Kafka implies from Read and Write: name the ACL the
+    README lists for this use (``operation``), not the Describe no one grants on its own.
+    """
+    error = getattr(found, "error", None)
+    if error is not None and is_authorization(error):
+        reason = describe(error, resource=topic, operation=operation)
+        raise BrokerError(f"topic {topic}: {reason} (Describe was refused; {operation} implies it)")
 
 
 def default_replication(broker_count: int) -> tuple[int, str]:
@@ -169,7 +254,8 @@ def ensure_topics(
                 future.result(timeout=deadline_s)
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                    raise BrokerError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+                    reason = describe(exc.args[0], resource=name, operation="Create")
+                    raise BrokerError(f"cannot create topic {name}: {reason}") from exc
     end = time.monotonic() + deadline_s
     while True:
         topics = admin.list_topics(timeout=10).topics
@@ -183,6 +269,10 @@ def ensure_topics(
         }
         if len(counts) == len(specs):
             return counts
+        for name in (s.name for s in specs if s.name not in topics):
+            # metadata of all topics leaves out those the principal may not describe
+            found = admin.list_topics(name, timeout=10).topics.get(name)
+            refuse_unauthorized(found, name, "Write")
         if time.monotonic() > end:
             raise DeadlineExceeded(
                 f"topics {[s.name for s in specs if s.name not in counts]} have no leader for "

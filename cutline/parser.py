@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cutline.digest_options import add_digest_every, add_digest_timeout
+from cutline.parser_observe import add_log_options, add_metrics_address, add_observe_commands
 
 DESCRIPTION = """\
 cutline: backups that are exactly the primary's state at one instant.
@@ -31,7 +32,8 @@ Quick start (a local broker, then four terminals' worth of commands):
   cutline restore --backups ./backups --as-of 2026-11-25T10:15:00Z --to restored.sqlite
 
 Kafka: --bootstrap-servers, else $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by
-`cutline kafka start`.
+`cutline kafka start`. A secured cluster: --kafka-config client.properties, -X key=value,
+or CUTLINE_KAFKA_<KEY> variables (-X > environment > file).
 """
 
 
@@ -39,8 +41,34 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help="Kafka to use (default: $KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by "
-        "`cutline kafka start`)",
+        help="Kafka to use (default: bootstrap.servers of the client settings, else "
+        "$KAFKA_BOOTSTRAP_SERVERS, else the broker recorded by `cutline kafka start`)",
+    )
+    p.add_argument(
+        "--kafka-config",
+        type=Path,
+        metavar="FILE",
+        help="the estate's client.properties (Java style, as for the Kafka CLIs' "
+        "--command-config or kcat -F): security.protocol, sasl.*, ssl.* ... "
+        "(default: $CUTLINE_KAFKA_CONFIG)",
+    )
+    p.add_argument(
+        "-X",
+        dest="kafka_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one librdkafka client setting, repeatable; it wins over $CUTLINE_KAFKA_<KEY> "
+        "(e.g. CUTLINE_KAFKA_SASL_PASSWORD), which wins over --kafka-config. A value @PATH "
+        "is read from that file, so secrets stay off the command line",
+    )
+    p.add_argument(
+        "--topic-template",
+        metavar="TEMPLATE",
+        help="how the source's topics, group ids and transactional id are named, with "
+        "{source} and {kind} (ops, capture, control, dlq, replicate, replay); give every "
+        "command of a source the same one (default: $CUTLINE_TOPIC_TEMPLATE, else "
+        "cutline.{source}.{kind})",
     )
 
 
@@ -95,7 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--brokers", type=int, choices=(1, 3), default=1, help="1 broker, or a 3-broker cluster"
     )
-    ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    start.add_argument(
+        "--fresh",
+        action="store_true",
+        help="DELETE the local cluster's data (every topic and offset) and start a new cluster; "
+        "without it, a cluster that died is restarted on its data",
+    )
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="a separate single-node cluster as estates run them: SASL_SSL (SCRAM-SHA-512) "
+        "and mutual-TLS listeners, ACLs enforced; prints the path of an admin "
+        "client.properties to pass as --kafka-config",
+    )
+    stop = ksub.add_parser("stop", help="stop the local broker started by `cutline kafka start`")
+    stop.add_argument("--secure", action="store_true", help="stop the secured cluster instead")
 
     capture = sub.add_parser(
         "capture",
@@ -122,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_digest_every(capture)
     _add_kafka(capture)
     _add_source(capture)
+    add_metrics_address(capture)
+    add_log_options(capture)
 
     mark = sub.add_parser(
         "mark",
@@ -132,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mark.add_argument("--db", required=True, type=Path, help="the SQLite primary")
     add_digest_every(mark)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="change the schema of a captured primary (e.g. DROP COLUMN); capture follows",
+        description="Run SQL (one or more statements, typically ALTER TABLE) on the primary in "
+        "ONE write transaction: capture's triggers on the captured tables it names are "
+        "dropped first (SQLite refuses DROP COLUMN while a trigger reads the column), the "
+        "statements run, and capture is re-installed for every changed table, whose new "
+        "definition and content then flow to the replicas. All or nothing. Any DDL may run "
+        "this way; ADD/RENAME COLUMN and migrations also work when run by the application.",
+    )
+    migrate.add_argument("--db", required=True, type=Path, help="the SQLite primary")
+    migrate.epilog = (
+        'Prints {"reinstalled": [tables], "no_longer_captured": [tables]}. A captured table the '
+        "SQL names that no longer exists afterwards (e.g. 'DROP TABLE IF EXISTS t') is no "
+        "longer captured."
+    )
+    migrate.add_argument("sql", help='e.g. "ALTER TABLE accounts DROP COLUMN avatar"')
 
     replicate = sub.add_parser(
         "replicate",
@@ -180,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_digest_timeout(replicate)
     _add_kafka(replicate)
     _add_source(replicate)
+    add_metrics_address(replicate)
+    add_log_options(replicate)
 
     replay = sub.add_parser(
         "replay",
@@ -236,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_digest_timeout(replay)
     _add_kafka(replay)
     _add_source(replay)
+    add_log_options(replay)
 
     backups = sub.add_parser("backups", help="list backups, each as the primary at its T1")
     backups.add_argument("--backups", required=True, type=Path, help="backups directory")
@@ -301,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(diff)
 
     _add_retention_commands(sub)
+    add_observe_commands(sub, _add_kafka, _add_source)
 
     demo = sub.add_parser(
         "demo",
@@ -309,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where to put files")
     demo.add_argument("--markers", type=_positive_int, default=4, help="markers to cut")
     _add_kafka(demo)
+    add_log_options(demo)
     return parser
 
 

@@ -1,8 +1,9 @@
 """Where cutline keeps its state, how it names topics, and how it finds Kafka.
 
 Every command resolves bootstrap servers the same way, in this order:
-``--bootstrap-servers``, then ``KAFKA_BOOTSTRAP_SERVERS``, then the broker recorded by
-``cutline kafka start``. Nothing here opens a socket.
+``--bootstrap-servers``, then ``bootstrap.servers`` of the client settings, then
+``KAFKA_BOOTSTRAP_SERVERS``, then the broker recorded by ``cutline kafka start``. Nothing
+here opens a socket.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cutline.errors import ConfigError
+from cutline.kafka_config import KafkaTarget, resolve_client_settings
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 ENV_HOME = "CUTLINE_HOME"
@@ -77,9 +80,31 @@ def resolve_bootstrap(explicit: str | None) -> str:
     if recorded:
         return recorded
     raise ConfigError(
-        "no Kafka cluster to talk to: pass --bootstrap-servers HOST:PORT, "
+        "no Kafka cluster to talk to: pass --bootstrap-servers HOST:PORT (or a --kafka-config "
+        "with bootstrap.servers), "
         f"set {ENV_BOOTSTRAP}, or start a local broker with `cutline kafka start`"
     )
+
+
+def resolve_kafka(
+    explicit: str | None, config_file: Path | None = None, options: Sequence[str] = ()
+) -> KafkaTarget:
+    """Bootstrap servers plus the estate's client settings (see ``cutline.kafka_config``).
+
+    Bootstrap order: ``--bootstrap-servers``; ``bootstrap.servers`` of the client settings
+    (a client.properties usually has it: a file named on the command line beats an ambient
+    variable); ``KAFKA_BOOTSTRAP_SERVERS``; the recorded local broker.
+    """
+    client = resolve_client_settings(config_file, options)
+    from_properties = client.properties.pop("bootstrap.servers", None)
+    if explicit or not from_properties:
+        return KafkaTarget(
+            resolve_bootstrap(explicit),
+            client.properties,
+            named=bool(explicit or os.environ.get(ENV_BOOTSTRAP)),
+        )
+    origin = f"{client.origins['bootstrap.servers']} bootstrap.servers"
+    return KafkaTarget(validate_bootstrap(from_properties, origin), client.properties)
 
 
 def validate_source(name: str) -> str:
@@ -92,32 +117,72 @@ def validate_source(name: str) -> str:
     return name
 
 
+ENV_TOPIC_TEMPLATE = "CUTLINE_TOPIC_TEMPLATE"
+DEFAULT_TOPIC_TEMPLATE = "cutline.{source}.{kind}"
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def validate_topic_template(template: str, origin: str = "--topic-template") -> str:
+    """A name template must hold {source} and {kind} (and nothing else in braces)."""
+    fields = set(_TEMPLATE_FIELD.findall(template))
+    if fields != {"source", "kind"}:
+        raise ConfigError(
+            f"{origin} {template!r}: use exactly the fields {{source}} and {{kind}}, e.g. "
+            "'acme.backup.{source}.{kind}' (kinds: ops, capture, control, dlq, replicate, replay)"
+        )
+    example = template.format(source="s", kind="ops")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", example):
+        raise ConfigError(
+            f"{origin} {template!r}: Kafka names take letters, digits, '.', '_' and '-' only"
+        )
+    return template
+
+
+def topic_template() -> str:
+    """The estate's naming rule: ``--topic-template`` (set into the environment by the
+    command, so child processes inherit it), else ``$CUTLINE_TOPIC_TEMPLATE``, else cutline's."""
+    value = os.environ.get(ENV_TOPIC_TEMPLATE)
+    return validate_topic_template(value, ENV_TOPIC_TEMPLATE) if value else DEFAULT_TOPIC_TEMPLATE
+
+
 @dataclass(frozen=True)
 class Topics:
-    """The topics of one source. The ops topic carries operations, schemas and markers."""
+    """The Kafka names of one source: topics, group ids and the transactional id.
+
+    Named by a template (default ``cutline.{source}.{kind}``) so estates with naming rules
+    (a prefix per team, a suffix per environment) can fit cutline in.
+    """
 
     source: str
+    template: str = field(default_factory=topic_template)
+
+    def name(self, kind: str) -> str:
+        return self.template.format(source=self.source, kind=kind)
 
     @property
     def ops(self) -> str:
-        return f"cutline.{self.source}.ops"
+        return self.name("ops")
 
     @property
     def control(self) -> str:
-        return f"cutline.{self.source}.control"
+        return self.name("control")
 
     @property
     def dead_letter(self) -> str:
-        return f"cutline.{self.source}.dlq"
+        return self.name("dlq")
 
     @property
     def capture_position(self) -> str:
-        return f"cutline.{self.source}.capture"
+        return self.name("capture")
 
     @property
     def replication_group(self) -> str:
-        return f"cutline.{self.source}.replicate"
+        return self.name("replicate")
 
     @property
     def capture_transactional_id(self) -> str:
-        return f"cutline.{self.source}.capture"
+        return self.name("capture")
+
+    @property
+    def replay_group_prefix(self) -> str:
+        return self.name("replay") + "."

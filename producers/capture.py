@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -46,18 +46,28 @@ from cutline.kafka_clients import (
     topic_config,
     wait_for_cluster,
 )
+from cutline.kafka_errors import describe, is_authorization
+from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from producers.background_marks import BackgroundMarks
+from producers.backlog import capture_backlog
 from producers.digest_records import digest_record
 from producers.operations import TableLayout, partition_for, to_operations
+from producers.schema_changes import (
+    follow_schema_changes,
+    layouts_at,
+    reinstalled_definition,
+    schema_moved,
+)
 from producers.sqlite_changelog import (
     KIND_DIGEST,
     KIND_MARKER,
+    KIND_SCHEMA,
+    ChangeRow,
     connect,
     describe_table,
     forget_changes,
     install,
-    installed_tables,
     read_changes,
 )
 from schemas.codec import CodecError, decode, encode
@@ -112,8 +122,16 @@ class CaptureStats:
 class Capture:
     """One capture process for one source. ``open()`` then ``run()`` or ``step()``."""
 
-    def __init__(self, config: CaptureConfig, *, progress: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: CaptureConfig,
+        *,
+        progress: Callable[[str], None] | None = None,
+        metrics: Metrics = NO_METRICS,
+    ):
         self.config = config
+        self.metrics = metrics
+        self._status_mark = (time.monotonic(), 0)  # for the current rate of status lines
         self.topics = Topics(config.source)
         self.progress = progress or log.info
         self.stats = CaptureStats()
@@ -137,11 +155,8 @@ class Capture:
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
         wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        install(conn, cfg.source, cfg.tables)
+        install(conn, cfg.source, cfg.tables)  # also follows schema changes made meanwhile
         self._conn = conn
-        self._layouts = {
-            t: TableLayout.of(describe_table(conn, cfg.source, t)) for t in installed_tables(conn)
-        }
         counts = ensure_topics(
             cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
         )
@@ -154,7 +169,9 @@ class Capture:
         self._max_record = self._record_limit()
         self._producer = self._new_producer()
         self._recover_position()
+        self._layouts = self._layouts_at_position()
         self._broadcast_definitions()
+        self.metrics.captured(0, 0, self._seq)
         self.progress(
             f"capturing {', '.join(sorted(self._layouts))} from {cfg.db_path} into "
             f"{self.topics.ops} ({self.partitions} partitions), resuming after change {self._seq}"
@@ -181,8 +198,13 @@ class Capture:
                 return producer
             except KafkaException as exc:
                 if not exc.args[0].retriable() or time.monotonic() >= end:
+                    reason = describe(
+                        exc.args[0],
+                        resource=self.topics.capture_transactional_id,
+                        operation="Write",
+                    )
                     raise BrokerError(
-                        f"cannot start a Kafka transaction for capture: {exc.args[0].str()}"
+                        f"cannot start a Kafka transaction for capture: {reason}"
                     ) from exc
                 time.sleep(0.5)
 
@@ -227,11 +249,16 @@ class Capture:
 
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> CaptureStats:
         """Publish changes until ``stop`` is set; the current transaction finishes first."""
-        last_status = time.monotonic()
+        last_status, last_backlog = time.monotonic(), 0.0
         marks = BackgroundMarks(self.config.db_path, self.config.digest_every)
         try:
             while not stop.is_set():
+                self.metrics.beat()
                 marks.raise_failure()
+                if self.metrics is not NO_METRICS and time.monotonic() - last_backlog >= 1.0:
+                    last_backlog = time.monotonic()
+                    backlog = capture_backlog(self._conn, self._seq)
+                    self.metrics.capture_backlog(backlog.changes, backlog.age_s())
                 due = bool(self.config.mark_every_s) and (
                     time.monotonic() - self._last_mark >= (self.config.mark_every_s or 0.0)
                 )
@@ -249,7 +276,11 @@ class Capture:
 
     def status_line(self) -> str:
         s = self.stats
-        rate = s.operations / max(1e-9, time.monotonic() - s.started)
+        # the current rate: since the previous status line, not a cumulative average
+        now = time.monotonic()
+        since, before = self._status_mark
+        rate = max(0, s.operations - before) / max(1e-9, now - since)
+        self._status_mark = (now, s.operations)
         return (
             f"captured {s.changes} changes as {s.operations} operations ({rate:,.0f} ops/s), "
             f"{s.markers} markers, last change {s.last_seq}"
@@ -264,11 +295,11 @@ class Capture:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)
                 return 0
-        rows = read_changes(self._conn, self._seq, self.config.batch_size)
+        rows = self._read_batch()
         if not rows:
             return 0
         saved = (self._marker_id, list(self._counts))
-        known_tables = set(self._layouts)
+        saved_layouts = dict(self._layouts)
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
@@ -276,6 +307,8 @@ class Capture:
                 if row.kind == KIND_MARKER:
                     self._produce_marker(row.marker_id or 0, row.at_us, row.seq)
                     produced["markers"] += 1
+                elif row.kind == KIND_SCHEMA:
+                    self._produce_schema_change(row)
                 elif row.kind == KIND_DIGEST:
                     self._produce(self.topics.control, *digest_record(self.config.source, row))
                 else:
@@ -285,11 +318,12 @@ class Capture:
         try:
             self._transaction(body, position=True, last_seq=rows[-1].seq)
         except BaseException as exc:
-            for table in set(self._layouts) - known_tables:  # their definitions were aborted
-                del self._layouts[table]
+            self._layouts = saved_layouts  # definitions sent in the aborted batch are void
             if isinstance(exc, TransactionFailed):
                 if not exc.position_reloaded:
                     self._marker_id, self._counts = saved
+                else:
+                    self._layouts = self._layouts_at_position()
                 self._retry_later(exc)
                 return 0
             self._marker_id, self._counts = saved
@@ -302,7 +336,59 @@ class Capture:
         self.stats.operations += produced["ops"]
         self.stats.markers += produced["markers"]
         self.stats.last_seq = self._seq
+        self.metrics.captured(produced["ops"], produced["markers"], self._seq)
         return len(rows)
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: opened, Kafka answers, and takes its transactions (none failing now).
+
+        Called from the metrics server's thread: librdkafka handles are thread-safe, and an
+        idle capture produces nothing, so Kafka is asked for the ops topic's metadata.
+        """
+        producer = self._producer
+        if producer is None or self._conn is None:
+            return False, "not connected to Kafka and the primary"
+        if self._failing_since is not None:
+            failing = time.monotonic() - self._failing_since
+            return False, f"Kafka has refused transactions for {failing:.0f} s"
+        try:
+            producer.list_topics(self.topics.ops, timeout=2.0)
+        except KafkaException as exc:
+            return False, f"Kafka did not answer a metadata request: {exc.args[0].str()}"
+        return True, f"ready: published up to change {self._seq}"
+
+    def _read_batch(self) -> list[ChangeRow]:
+        """The next batch, read in one read transaction that also checks schema_version.
+
+        A DDL on the primary since the last check is followed first (ensure_schema in a
+        write transaction: it may re-install tables, or raise ConfigError and stop capture),
+        so no batch holding changes committed after a DDL is published before its fix-up.
+        """
+        conn = self._conn
+        while True:
+            conn.execute("BEGIN")
+            try:
+                if not schema_moved(conn):
+                    return read_changes(conn, self._seq, self.config.batch_size)
+            finally:
+                conn.execute("COMMIT")
+            reinstalled = follow_schema_changes(conn)
+            if reinstalled:
+                self.progress(f"schema change followed: re-installed {', '.join(reinstalled)}")
+
+    def _layouts_at_position(self) -> dict[str, TableLayout]:
+        """Each table's layout as of the position: change rows after it are in that layout."""
+        definitions = layouts_at(self._conn, self.config.source, self._seq)
+        return {table: TableLayout.of(d) for table, d in definitions.items()}
+
+    def _produce_schema_change(self, row: ChangeRow) -> None:
+        """A re-installed table: its new definition to every partition, in commit order."""
+        definition = reinstalled_definition(row.table or "", row.after, self.config.source)
+        self._produce_definitions([definition])
+        if row.after is None:  # no longer captured: later markers do not list it
+            self._layouts.pop(definition.table, None)
+        else:
+            self._layouts[definition.table] = TableLayout.of(replace(definition, reinstalled=False))
 
     def _retry_later(self, exc: TransactionFailed) -> None:
         """Note a failed transaction; give up once Kafka has refused them for too long."""
@@ -321,8 +407,9 @@ class Capture:
 
     def _produce_change(self, row) -> int:
         layout = self._layouts.get(row.table)
-        if layout is None:
-            definition = describe_table(self._conn, self.config.source, row.table)
+        if layout is None:  # installed after this process started: its layout at this row
+            definition = layouts_at(self._conn, self.config.source, row.seq - 1).get(row.table)
+            definition = definition or describe_table(self._conn, self.config.source, row.table)
             layout = self._layouts[row.table] = TableLayout.of(definition)
             self._produce_definitions([definition])
         pairs = to_operations(row, layout, self.config.source)
@@ -407,6 +494,12 @@ class Capture:
                     f"capture for source {self.config.source!r} was fenced or failed fatally "
                     f"({error.str()}); another capture process may have taken over"
                 ) from exc
+            if is_authorization(error):  # waiting cannot help: name the ACL to add
+                self._abort_quietly()
+                written = f"{self.topics.ops} and {self.topics.capture_position}"
+                raise BrokerError(
+                    f"capture cannot write: {describe(error, resource=written, operation='Write')}"
+                ) from exc
             if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 self._abort_quietly()
                 raise RecordTooLarge(
@@ -459,7 +552,10 @@ class Capture:
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout_s)
+            try:  # a producer in a fatal state raises here; the cause was already raised
+                self._producer.flush(timeout_s)
+            except KafkaException as exc:
+                log.info("flushing the producer on close: %s", exc)
             self._producer = None
         if self._conn is not None:
             self._conn.close()
@@ -520,6 +616,9 @@ def _last_position_between(
                 return last
             continue
         if message.error():
+            if is_authorization(message.error()):
+                reason = describe(message.error(), resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}")
             continue
         if message.offset() >= stop:
             return last
@@ -546,7 +645,8 @@ def _watermarks(consumer, tp: TopicPartition, deadline_s: float) -> tuple[int, i
                 KafkaError.LEADER_NOT_AVAILABLE,
                 KafkaError._TRANSPORT,
             ):
-                raise BrokerError(f"cannot read {tp.topic}: {exc.args[0].str()}") from exc
+                reason = describe(exc.args[0], resource=tp.topic, operation="Read")
+                raise BrokerError(f"cannot read {tp.topic}: {reason}") from exc
             if time.monotonic() > end:
                 raise DeadlineExceeded(
                     f"no leader answered for {tp.topic} within {deadline_s:.0f} s"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from producers.digest import TableDigest, digest_tables
@@ -58,9 +59,13 @@ def wants_digest(marker_id: int, digest_every: int) -> bool:
     return digest_every <= 1 or marker_id % digest_every == 0
 
 
-def compute_payload(conn: sqlite3.Connection, marker_id: int) -> DigestPayload:
-    """Digests of every captured table as ``conn``'s open transaction sees them."""
-    return DigestPayload(marker_id, False, tuple(digest_tables(conn, installed_tables(conn))))
+def compute_payload(
+    conn: sqlite3.Connection, marker_id: int, tables: Sequence[str] | None = None
+) -> DigestPayload:
+    """Digests of ``tables`` (default: every captured table) as ``conn``'s open
+    transaction sees them, each in its layout there."""
+    chosen = installed_tables(conn) if tables is None else tables
+    return DigestPayload(marker_id, False, tuple(digest_tables(conn, chosen)))
 
 
 def skipped_payload(marker_id: int, note: str) -> DigestPayload:
@@ -125,10 +130,10 @@ class PinnedSnapshot:
             raise
         return cls(reader)
 
-    def payload(self, marker_id: int) -> DigestPayload:
-        """The digests as of the pinned snapshot; ends the read transaction."""
+    def payload(self, marker_id: int, tables: Sequence[str]) -> DigestPayload:
+        """The digests of ``tables`` as of the pinned snapshot; ends the read transaction."""
         try:
-            return compute_payload(self.reader, marker_id)
+            return compute_payload(self.reader, marker_id, tables)
         finally:
             self.close()
 
@@ -150,6 +155,11 @@ class MarkerProof:
     :meth:`stage` computes the digest inside the transaction; a marker whose digest is not
     wanted gets its "skipped" row there too. Only a pinned, wanted digest is computed after
     the commit, while writers go on.
+
+    The tables digested are the captured tables as the marker's own transaction sees them
+    after ``ensure_schema`` (the ones capture lists in the marker); each is read in its
+    layout in the pinned snapshot, which is the layout at T1: no DDL can commit while the
+    marker's writer holds the lock, and ``ensure_schema`` changes no captured row.
     """
 
     def __init__(self, conn: sqlite3.Connection, digest_every: int = 1, *, digest: bool = True):
@@ -158,6 +168,7 @@ class MarkerProof:
         self.digest = digest
         self._pinned: PinnedSnapshot | None = None
         self._marker_id: int | None = None
+        self._tables: list[str] = []
 
     def pin(self) -> None:
         self._pinned = PinnedSnapshot.open(self.conn)
@@ -171,13 +182,14 @@ class MarkerProof:
             insert_digest_row(self.conn, skipped_payload(marker_id, every_note(self.digest_every)))
         elif self._pinned is None:
             insert_digest_row(self.conn, compute_payload(self.conn, marker_id))
-        else:
-            self._marker_id = marker_id  # computed from the pinned snapshot after the commit
+        else:  # computed from the pinned snapshot after the commit
+            self._marker_id = marker_id
+            self._tables = installed_tables(self.conn)  # as of the marker's transaction
 
     def finish(self) -> None:
         if self._pinned is not None and self._marker_id is not None:
             pinned, self._pinned = self._pinned, None
-            write_digest_row(self.conn, pinned.payload(self._marker_id))
+            write_digest_row(self.conn, pinned.payload(self._marker_id, self._tables))
         self.abandon()
 
     def abandon(self) -> None:

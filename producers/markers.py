@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from cutline.errors import ConfigError
 from producers.marker_digest import MarkerProof
+from producers.schema_changes import ensure_schema
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
 
 
@@ -45,11 +46,13 @@ def request_marker_in_transaction(
     """Write a marker request inside the caller's open write transaction.
 
     T1 is read after the write lock is held, so every transaction that committed before
-    this one has a commit time at or before T1. The caller commits. Unless ``proof``
+    this one has a commit time at or before T1. Schema changes are followed first, in
+    the same transaction (``schema_changes.py``). The caller commits. Unless ``proof``
     (from ``request_marker``) pinned a snapshot, the primary's digest (``marker_digest``)
     is computed here, inside that transaction (writers wait for it), so the caller must
     write nothing after the marker in it.
     """
+    ensure_schema(conn)  # a marker never falls between a DDL and its fix-up
     t1 = now_us()
     cursor = conn.execute(f"INSERT INTO {MARKERS}(t1_us, note) VALUES (?, ?)", (t1, note))
     marker_id = int(cursor.lastrowid or 0)

@@ -34,6 +34,7 @@ INTERNAL_PREFIX = "_cutline_"
 ROWID = "rowid"
 
 KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
+KIND_SCHEMA = "S"  # a captured table was re-installed for a new layout (schema_changes.py)
 KIND_DIGEST = "G"  # the primary's table digests at a marker (producers/marker_digest.py)
 TEXT_AS_HEX = "T"  # prefix of the literal T'<hex>' for TEXT that quote() would cut at a NUL
 
@@ -207,27 +208,36 @@ def value_sql(expression: str) -> str:
     )
 
 
-def _image_sql(definition: TableDefinition, alias: str) -> str:
+def image_sql(definition: TableDefinition, alias: str) -> str:
     parts = [value_sql(f"{alias}.{quote_identifier(c)}") for c in definition.column_names]
     if definition.key_columns == (ROWID,):
         parts.append(f"quote({alias}.rowid)")
     return " || ',' || ".join(parts)
 
 
-def _trigger_sql(definition: TableDefinition) -> list[str]:
-    table = quote_identifier(definition.table)
-    literal = quote_text(definition.table)
-    new, old = _image_sql(definition, "NEW"), _image_sql(definition, "OLD")
-    insert = f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) VALUES"
-    name = definition.table
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ai_' + name)} "
-        f"AFTER INSERT ON {table} BEGIN {insert} ('I', {literal}, NULL, {new}, {_NOW_US}); END",
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_au_' + name)} "
-        f"AFTER UPDATE ON {table} BEGIN {insert} ('U', {literal}, {old}, {new}, {_NOW_US}); END",
-        f"CREATE TRIGGER IF NOT EXISTS {quote_identifier('_cutline_ad_' + name)} "
-        f"AFTER DELETE ON {table} BEGIN {insert} ('D', {literal}, {old}, NULL, {_NOW_US}); END",
-    ]
+def create_triggers(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """(Re)create capture's triggers on one table, for its current layout, firing first."""
+    from producers.triggers import trigger_statements  # it builds on this module's SQL
+
+    for statement in trigger_statements(conn, definition):
+        conn.execute(statement)
+
+
+def trigger_sql(conn: sqlite3.Connection, definition: TableDefinition) -> list[str]:
+    """The CREATE TRIGGER statements capture needs on this table, as SQLite stores them."""
+    from producers.triggers import trigger_statements
+
+    return [s for s in trigger_statements(conn, definition) if s.startswith("CREATE TRIGGER ")]
+
+
+def copy_rows(conn: sqlite3.Connection, definition: TableDefinition) -> None:
+    """Write the table's whole current content to the change log as INSERTs."""
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
+        f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ? "
+        f"FROM {quote_identifier(definition.table)} AS t",
+        (definition.table, now_us()),
+    )
 
 
 def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[TableDefinition]:
@@ -252,26 +262,17 @@ def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[Ta
             columns = ",".join(definition.column_names)
             known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
             if known is not None:
-                if known[0] != columns:
-                    raise ConfigError(
-                        f"table {table!r} changed columns since capture was installed "
-                        f"({known[0]} -> {columns}); schema changes are not captured yet: "
-                        "start a new source (--source) for the new layout"
-                    )
-                continue
-            for statement in _trigger_sql(definition):
-                conn.execute(statement)
-            conn.execute(
-                f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
-                f"SELECT 'I', ?, NULL, {_image_sql(definition, 't')}, ? "
-                f"FROM {quote_identifier(table)} AS t",
-                (table, now_us()),
-            )
+                continue  # changed layouts, missing or outdated triggers: ensure_schema, below
+            create_triggers(conn, definition)
+            copy_rows(conn, definition)
             conn.execute(
                 f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) "
                 "VALUES (?, ?, ?, ?)",
                 (table, columns, ",".join(definition.key_columns), now_us()),
             )
+        from producers.schema_changes import ensure_schema  # it builds on this module
+
+        ensure_schema(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -360,4 +361,7 @@ def raw_text_value(value: Value) -> Value:
 
 def forget_changes(conn: sqlite3.Connection, up_to_seq: int) -> None:
     """Drop change-log rows that Kafka holds durably (a short write on the primary)."""
+    from producers.triggers import forget_pending  # it builds on this module's SQL
+
     conn.execute(f"DELETE FROM {CHANGES} WHERE seq <= ?", (up_to_seq,))
+    forget_pending(conn)

@@ -75,6 +75,7 @@ class _Binding:
     header: bytes
     to_datum: Callable[[Any], dict[str, Any]]
     from_datum: Callable[[dict[str, Any]], Record]
+    reader: Any = None  # for an older schema: the current one, read by schema resolution
 
 
 def _operation_datum(r: Operation) -> dict[str, Any]:
@@ -113,6 +114,7 @@ def _table_datum(r: TableDefinition) -> dict[str, Any]:
             for c in r.columns
         ],
         "key_columns": list(r.key_columns),
+        "reinstalled": r.reinstalled,
     }
 
 
@@ -123,6 +125,7 @@ def _table(d: dict[str, Any]) -> TableDefinition:
         ddl=d["ddl"],
         columns=tuple(Column(c["name"], c["declared_type"], c["not_null"]) for c in d["columns"]),
         key_columns=tuple(d["key_columns"]),
+        reinstalled=d["reinstalled"],
     )
 
 
@@ -233,6 +236,11 @@ SCHEMA_FILES: dict[type, str] = {
     MarkerDigest: "marker_digest.avsc",
 }
 
+# Older versions of a schema, still decoded (resolved to the current schema of the type).
+OLD_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
+    TableDefinition: ("table_definition.v1.avsc",),
+}
+
 _CONVERTERS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[..., Record]]] = {
     Operation: (_operation_datum, _operation),
     TableDefinition: (_table_datum, _table),
@@ -253,6 +261,16 @@ def _bind() -> tuple[dict[type, _Binding], dict[bytes, _Binding]]:
         binding = _Binding(record_type, fastavro.parse_schema(schema), header, to_datum, from_datum)
         by_type[record_type] = binding
         by_header[header] = binding
+        for old_file in OLD_SCHEMA_FILES.get(record_type, ()):
+            old = load_schema(old_file)
+            by_header[MAGIC + schema_fingerprint(old)] = _Binding(
+                record_type,
+                fastavro.parse_schema(old),
+                MAGIC + schema_fingerprint(old),
+                to_datum,
+                from_datum,
+                reader=binding.parsed,
+            )
     return by_type, by_header
 
 
@@ -289,7 +307,7 @@ def decode(data: bytes | None) -> Record:
     stream = io.BytesIO(data)
     stream.seek(HEADER_SIZE)
     try:
-        datum = fastavro.schemaless_reader(stream, binding.parsed, None)
+        datum = fastavro.schemaless_reader(stream, binding.parsed, binding.reader)
     except (EOFError, ValueError, IndexError, KeyError, UnicodeDecodeError, TypeError) as exc:
         raise MalformedDatum(f"cannot read {binding.record_type.__name__}: {exc}") from exc
     if stream.tell() != len(data):

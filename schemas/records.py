@@ -53,6 +53,7 @@ class TableDefinition:
     ddl: str
     columns: tuple[Column, ...]
     key_columns: tuple[str, ...]
+    reinstalled: bool = False  # sent after a schema change: replicas rebuild the table
 
     @property
     def column_names(self) -> tuple[str, ...]:

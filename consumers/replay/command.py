@@ -9,6 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consumers.digest_proof import ControlTopicDigests
+from consumers.history import (
+    HistoryGone,
+    PartitionHistory,
+    TopicIdentity,
+    check_history,
+    ops_topic_id_path,
+)
 from consumers.replay.config import ReplayConfig, ReplayError, replay_group
 from consumers.replay.engine import ReplayEngine
 from consumers.replay.feed import KafkaFeed
@@ -19,6 +26,11 @@ from cutline.kafka_clients import make_admin, wait_for_cluster
 from cutline.settings import Topics
 
 log = logging.getLogger("cutline.replay")
+
+REPLAY_REMEDY = (
+    "replay needs the topic kept forever (retention.ms=-1, as cutline creates it); capture "
+    "into a new --source to start a history that is whole"
+)
 
 
 def ops_partitions(bootstrap: str, topic: str, source: str) -> int:
@@ -33,21 +45,20 @@ def ops_partitions(bootstrap: str, topic: str, source: str) -> int:
 
 
 def check_whole_history(bounds: dict[int, tuple[int, int]], topic: str) -> None:
-    """Refuse a topic whose history no longer starts at offset 0.
+    """Refuse a topic whose history no longer starts at offset 0 (every replay shard is new).
 
     Records deleted from the start of a partition (by ``retention.ms``, ``retention.bytes``
     or DeleteRecords) took rows with them: a replica rebuilt without them would be short,
     and every backup written from it wrong even where the marker counts match.
     """
-    cut = {p: start for p, (start, _) in sorted(bounds.items()) if start > 0}
-    if cut:
-        where = ", ".join(f"partition {p} starts at offset {start:,}" for p, start in cut.items())
+    histories = [PartitionHistory(p, start, end, 0) for p, (start, end) in sorted(bounds.items())]
+    try:
+        check_history(histories, topic, REPLAY_REMEDY)
+    except HistoryGone as exc:
         raise ReplayError(
-            f"{topic} no longer holds its whole history ({where}): records were deleted "
-            "(retention or DeleteRecords), so the replica cannot be rebuilt exactly and no "
-            "backup was written. Replay needs the topic kept forever (retention.ms=-1, as "
-            "cutline creates it)"
-        )
+            f"{topic} no longer holds its whole history, so the replica cannot be rebuilt "
+            f"exactly and no backup was written:\n{exc}"
+        ) from None
 
 
 def run_replay(
@@ -84,6 +95,11 @@ def run_replay(
         bounds = feed.bounds()
         check_whole_history(bounds, topics.ops)  # before --force deletes anything
         prepare_replica(config.replica_dir, config.source, force=config.force, progress=say)
+        identity = TopicIdentity(
+            config.bootstrap, topics.ops, ops_topic_id_path(config.replica_dir, config.source)
+        )
+        if (topic_id := identity.current()) is not None:
+            identity.record(topic_id)  # the rebuilt shards' offsets refer to this topic
         total = sum(max(0, end - start) for start, end in bounds.values())
         say(
             f"replaying {topics.ops} ({partitions} partitions, {total:,} records up to the "

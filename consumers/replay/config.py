@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import CutlineError
+from cutline.settings import Topics
 
 
 class ReplayError(CutlineError):
@@ -18,7 +19,7 @@ class ReplayError(CutlineError):
 
 def replay_group(source: str) -> str:
     """A group id of replay's own: never the replicate group, so no offset of it moves."""
-    return f"cutline.{source}.replay.{uuid.uuid4().hex[:12]}"
+    return f"{Topics(source).replay_group_prefix}{uuid.uuid4().hex[:12]}"
 
 
 @dataclass

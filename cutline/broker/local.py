@@ -526,15 +526,29 @@ def recorded_cluster(*, probe_s: float = REUSE_PROBE_S) -> ClusterInfo | None:
 
 
 def start_local_cluster(
-    brokers: int = 1, *, progress: Progress = print, deadline_s: float = 120
+    brokers: int = 1, *, progress: Progress = print, deadline_s: float = 120, fresh: bool = False
 ) -> ClusterInfo:
-    """Start (or reuse) the local KRaft cluster of ``brokers`` nodes and wait until it serves."""
+    """Start (or reuse) the local KRaft cluster of ``brokers`` nodes and wait until it serves.
+
+    A recorded cluster whose nodes died (JVM killed, machine rebooted) is started again on
+    its own data: its topics hold the history replicas and replay need. Only ``fresh``
+    deletes that data and formats a new cluster.
+    """
     if brokers < 1:
         raise ConfigError(f"a Kafka cluster needs at least one broker, not {brokers}")
     # Whoever holds the lock may first be fetching the jars with Maven.
     with _lock(deadline_s + MAVEN_TIMEOUT_S + 60):
         record = read_state()
         verdict = assess_record(record, _node_alive)
+        if fresh:
+            if record is not None:
+                progress(
+                    f"--fresh: stopping the recorded local Kafka cluster and deleting its data "
+                    f"under {record.get('data_dir')} (every topic and offset in it)"
+                )
+                _terminate(record.get("nodes", []), 10)
+                _clear_state()
+            return _start_new(brokers, progress, deadline_s)
         if verdict == "alive" and record is not None:
             bootstrap = record["bootstrap_servers"]
             if cluster_answers(bootstrap):
@@ -549,11 +563,14 @@ def start_local_cluster(
                 )
                 return info_from_record(record, reused=True)
             progress(
-                f"the recorded local Kafka cluster at {bootstrap} does not answer; replacing it"
+                f"the recorded local Kafka cluster at {bootstrap} does not answer; restarting it "
+                "on its data"
             )
-        elif verdict == "stale" and record is not None:
-            progress("cleaning up a stale local Kafka cluster record (its processes are gone)")
+            _terminate(record.get("nodes", []), 10)
+        if record is not None and has_data(record):
+            return restart_on_data(record, brokers, progress, deadline_s)
         if record is not None:
+            progress("the recorded local Kafka cluster has no data left; starting a new one")
             _terminate(record.get("nodes", []), 10)
             _clear_state()
         return _start_new(brokers, progress, deadline_s)
@@ -612,6 +629,128 @@ def _start_new(brokers: int, progress: Progress, deadline_s: float) -> ClusterIn
         _clear_state()
         raise
     progress(f"Kafka is up at {bootstrap} ({time.monotonic() - started:.1f} s)")
+    return info_from_record(record)
+
+
+def has_data(record: Record) -> bool:
+    """Whether any node of the recorded cluster has a formatted log directory to keep."""
+    return any(
+        (Path(node.get("log_dir", "")) / "meta.properties").is_file()
+        for node in record.get("nodes", [])
+    )
+
+
+def port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` now (as Kafka does, with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def move_ports(record: Record, ports: Sequence[int]) -> list[NodeSpec]:
+    """Give every node of a stopped cluster new ports: its properties and the record.
+
+    The data stays where it is; node ids and the cluster id do not change, and the static
+    controller quorum is read from the rewritten properties on start.
+    """
+    nodes = plan_nodes(Path(record["data_dir"]), ports)
+    for spec, node in zip(nodes, record["nodes"], strict=True):
+        spec.props_file.write_text(render_server_properties(spec, nodes))
+        node.update(port=spec.port, controller_port=spec.controller_port)
+    record["bootstrap_servers"] = bootstrap_of(nodes)
+    return nodes
+
+
+def restart_on_data(
+    record: Record, brokers: int, progress: Progress, deadline_s: float
+) -> ClusterInfo:
+    """Start the recorded cluster's stopped nodes again on their own data and wait for all.
+
+    Why: the data holds the source topics' whole history, which new replica shards and
+    ``cutline replay`` need; a new cluster would silently start every topic from offset 0.
+    """
+    data_dir = record.get("data_dir")
+    if int(record.get("brokers", 0)) != brokers:
+        raise BrokerError(
+            f"the local Kafka cluster whose data is under {data_dir} has {record.get('brokers')} "
+            f"broker(s): start it with --brokers {record.get('brokers')}, or pass --fresh to "
+            f"delete its data and start a cluster of {brokers}"
+        )
+    nodes: list[Record] = record["nodes"]
+    lost = [n["node_id"] for n in nodes if not (Path(n["log_dir"]) / "meta.properties").is_file()]
+    if lost:
+        raise BrokerError(
+            f"node(s) {lost} of the local Kafka cluster under {data_dir} lost their data: "
+            "`cutline kafka start --fresh` deletes the rest and starts a new cluster"
+        )
+    stopped = [n for n in nodes if not _node_alive(n)]
+    taken = [p for n in stopped for p in (n["port"], n["controller_port"]) if not port_free(p)]
+    if taken and len(stopped) < len(nodes):
+        raise BrokerError(
+            f"ports {taken} of the local Kafka cluster are taken by another process while "
+            "some of its nodes run: free them and start again"
+        )
+    if taken:
+        was = record["bootstrap_servers"]
+        move_ports(record, free_ports(2 * len(nodes)))
+        progress(
+            f"ports {taken} of the local Kafka cluster at {was} are taken by another process; "
+            f"it moves to {record['bootstrap_servers']}"
+        )
+    lib_dir = resolve_kafka_jars(progress=progress)
+    require_tool("java")
+    record["lib_dir"] = str(lib_dir)
+    log4j = Path(record["data_dir"]) / "log4j2.properties"
+    if not log4j.is_file():
+        log4j.write_bytes(resources.files(__package__).joinpath("log4j2.properties").read_bytes())
+    bootstrap = record["bootstrap_servers"]
+    progress(
+        f"restarting the local Kafka cluster at {bootstrap} on its data under {data_dir} "
+        f"(node(s) {[n['node_id'] for n in stopped]}); `cutline kafka start --fresh` would "
+        "delete that data instead"
+    )
+    started = time.monotonic()
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for node in stopped:
+            spec = NodeSpec(
+                node["node_id"],
+                node["port"],
+                node["controller_port"],
+                Path(node["props_file"]).parent,
+            )
+            procs[spec.node_id] = _launch(spec, lib_dir, log4j)
+            node["pid"] = procs[spec.node_id].pid
+        _refresh_pids(record)
+        record["restarted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        write_state(record)  # before waiting, so `cutline kafka stop` can clean up after a crash
+        _await_brokers(
+            bootstrap,
+            {n["node_id"] for n in nodes},
+            procs,
+            {n["node_id"]: n["log_file"] for n in nodes},
+            started + deadline_s,
+            deadline_s,
+        )
+    except BaseException as exc:
+        for node_id, proc in procs.items():
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+            next(n for n in nodes if n["node_id"] == node_id)["pid"] = None
+        _refresh_pids(record)
+        write_state(record)
+        if isinstance(exc, BrokerError):
+            raise BrokerError(
+                f"{exc}\nThe cluster's data is kept under {data_dir}: fix the cause and run "
+                "`cutline kafka start` again, or `cutline kafka start --fresh` to delete it"
+            ) from None
+        raise
+    progress(f"Kafka is up again at {bootstrap} ({time.monotonic() - started:.1f} s)")
     return info_from_record(record)
 
 

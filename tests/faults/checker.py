@@ -34,7 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from consumers.alignment import Alignment, CutStatus
 from consumers.catalog import Backup, list_backups
 from consumers.durable import sha256_of
-from consumers.replica import open_readonly, read_state, shard_path
+from consumers.replica import STATE, ShardState, open_readonly, read_state, shard_path
 from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode
@@ -163,22 +163,36 @@ def diff_rows(expected: Rows, observed: Rows) -> tuple[int, int]:
     return lost, extra
 
 
+def shard_state(replica: Path, source: str, partition: int) -> ShardState | None:
+    """A shard's state, or None while the shard is absent or still being created.
+
+    A replication process creates a shard in steps (the file, WAL mode, then its tables),
+    so a reader polling meanwhile can open a file without ``_cutline_state``; on a loaded
+    machine that window is wide enough to hit. That is "no state yet", not an error. A
+    shard being written may be locked for a moment, too; anything else is raised.
+    """
+    path = shard_path(replica, source, partition)
+    if not path.is_file():
+        return None
+    try:
+        conn = open_readonly(path)
+        try:
+            created = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (STATE,)
+            ).fetchone()
+            return read_state(conn, partition) if created else None
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "unable to open" in str(exc):
+            return None
+        raise
+
+
 def shards_settled(replica: Path, source: str, partitions: int, marker_id: int) -> bool:
     """True once every shard has passed ``marker_id`` and holds no marker."""
     for p in range(partitions):
-        path = shard_path(replica, source, p)
-        if not path.is_file():
-            return False
-        try:
-            conn = open_readonly(path)
-        except sqlite3.Error:
-            return False
-        try:
-            state = read_state(conn, p)
-        except sqlite3.Error:
-            return False
-        finally:
-            conn.close()
+        state = shard_state(replica, source, p)
         if state is None or state.marker_id < marker_id or state.held:
             return False
     return True

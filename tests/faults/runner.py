@@ -33,10 +33,13 @@ from tests.faults.checker import (
     shards_settled,
     verify_run,
 )
+from tests.faults.statements import kinds_named
 from tests.faults.workload import Workload
 from tests.integration.pipeline import CUTLINE, TABLES, Pipeline, Process, primary_columns
 
 KILLED = -signal.SIGKILL
+
+STATEMENTS_ENV = "FAULTS_STATEMENTS"  # comma-separated extra statement kinds for every run
 
 
 class FaultPipeline(Pipeline):
@@ -117,6 +120,10 @@ class RunConfig:
     alignment_timeout_s: float = 6.0
     session_timeout_s: float = 6.0
     arms: dict[str, str] = field(default_factory=dict)  # process name -> failpoint spec
+    # extra statement kinds (tests/faults/statements.py EXTRA_KINDS) beside the default mix
+    statements: tuple[str, ...] = field(
+        default_factory=lambda: tuple(n for n in os.environ.get(STATEMENTS_ENV, "").split(",") if n)
+    )
 
 
 @dataclass
@@ -170,7 +177,9 @@ class FaultRun:
         for i in range(self.config.processes):
             name = f"replicate-{i}"
             self.start_replicator(name, self.config.arms.get(name))
-        self.workload = Workload(self.pipeline, self.config.seed)
+        self.workload = Workload(
+            self.pipeline, self.config.seed, kinds_named(self.config.statements)
+        )
         self.watch = OffsetWatch(
             self.pipeline.bootstrap, self.pipeline.source, self.config.partitions
         )

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from consumers.alignment import CutStatus
 from consumers.catalog import has_backup
-from consumers.replica import open_readonly, read_state, shard_path
+from tests.faults.checker import shard_state
 from tests.faults.runner import FaultRun, RunConfig, RunReport
+from tests.faults.statements import EXTRA_KINDS
 
 Scenario = Callable[[str, Path, int], RunReport]
 
@@ -29,19 +30,12 @@ def _finish(run: FaultRun) -> RunReport:
 
 
 def _any_held(run: FaultRun) -> bool:
+    """Whether a shard is seen held at a marker; a shard still being created is not."""
     p = run.pipeline
-    for partition in range(run.config.partitions):
-        path = shard_path(p.replica, p.source, partition)
-        if not path.is_file():
-            continue
-        conn = open_readonly(path)
-        try:
-            state = read_state(conn, partition)
-        finally:
-            conn.close()
-        if state is not None and state.held:
-            return True
-    return False
+    return any(
+        (state := shard_state(p.replica, p.source, partition)) is not None and state.held
+        for partition in range(run.config.partitions)
+    )
 
 
 def kill_mid_apply(bootstrap: str, root: Path, seed: int) -> RunReport:
@@ -206,6 +200,20 @@ def zombie_process(bootstrap: str, root: Path, seed: int) -> RunReport:
         return _finish(run)
 
 
+def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """Every extra statement form (upserts, INSERT OR IGNORE, ...) in the mix, with SIGKILLs."""
+    config = RunConfig(seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS))
+    with FaultRun(bootstrap, root, "statement-forms", config) as run:
+        run.start()
+        run.write_for(8, chaos=0.15)
+        report = _finish(run)
+        assert run.workload is not None
+        unused = [n for n in EXTRA_KINDS if not run.workload.stats.kinds[n]]
+        if unused:
+            report.verdict.problem(f"statement kinds never run: {unused}", mismatch=False)
+        return report
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill-mid-apply": kill_mid_apply,
     "kill-while-held": kill_while_held,
@@ -216,4 +224,5 @@ SCENARIOS: dict[str, Scenario] = {
     "idle-partitions": idle_partitions,
     "three-processes": three_processes,
     "zombie-process": zombie_process,
+    "statement-forms": statement_forms,
 }

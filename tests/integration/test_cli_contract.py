@@ -89,8 +89,8 @@ def test_kafka_start_reuses_the_running_local_broker(cluster: Provided) -> None:
 
 def test_help_teaches_every_command() -> None:
     for command in [
-        "kafka", "capture", "mark", "replicate", "replay", "backups", "query", "restore",
-        "diff", "verify", "prune", "demo",
+        "kafka", "capture", "mark", "migrate", "replicate", "replay", "backups", "query",
+        "restore", "diff", "verify", "prune", "demo", "status", "dlq",
     ]:  # fmt: skip
         result = subprocess.run(
             [sys.executable, "-m", "cutline.cli", command, "--help"],

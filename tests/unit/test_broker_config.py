@@ -323,3 +323,84 @@ def test_log_tail_keeps_the_first_error_and_drops_stack_frames(tmp_path: Path) -
     assert not any("Frame.java" in line for line in tail)
     assert tail[-1] == "[t] ERROR follow-up 49 (z)"
     assert local.log_tail(tmp_path / "missing.log").startswith("(no log:")
+
+
+# --- a cluster that died keeps its data --------------------------------------------------
+
+
+def with_data(record: dict) -> dict:
+    """Give every node of ``record`` a formatted log directory, as Kafka's StorageTool does."""
+    for node in record["nodes"]:
+        Path(node["log_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(node["log_dir"]) / "meta.properties").write_text(
+            "cluster.id=AAAAAAAAAAAAAAAAAAAAAA\n"
+        )
+    return record
+
+
+@pytest.fixture
+def restarts(fake_cluster: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Restarting on data is recorded, not done."""
+
+    def restart(record: dict, brokers: int, progress: object, deadline_s: float):
+        fake_cluster.setdefault("restarted", []).append(record["bootstrap_servers"])
+        return local.info_from_record(record)
+
+    monkeypatch.setattr(local, "restart_on_data", restart)
+    return fake_cluster
+
+
+def test_a_dead_cluster_with_data_is_restarted_not_replaced(restarts: dict, scratch_home: Path):
+    local.write_state(with_data(make_record(scratch_home, [555])))
+    info = local.start_local_cluster(1, progress=lambda _: None)
+    assert restarts["restarted"] == ["127.0.0.1:7000"] and restarts["started"] == []
+    assert info.bootstrap_servers == "127.0.0.1:7000"
+    assert all(Path(n["log_dir"]).is_dir() for n in local.read_state()["nodes"])
+
+
+def test_a_silent_cluster_with_data_is_restarted_on_it(restarts: dict, scratch_home: Path):
+    local.write_state(with_data(make_record(scratch_home, [101])))
+    restarts["answers"] = False
+    local.start_local_cluster(1, progress=lambda _: None)
+    assert restarts["restarted"] == ["127.0.0.1:7000"] and restarts["started"] == []
+
+
+def test_fresh_says_it_deletes_data_and_starts_new(restarts: dict, scratch_home: Path):
+    local.write_state(with_data(make_record(scratch_home, [101])))
+    said: list[str] = []
+    local.start_local_cluster(1, progress=said.append, fresh=True)
+    assert restarts["started"] == [1] and "restarted" not in restarts
+    assert len(restarts["terminated"]) == 1 and local.read_state() is None
+    assert "--fresh" in said[0] and "deleting its data" in said[0]
+
+
+def test_restart_on_data_of_another_size_is_refused(fake_cluster: dict, scratch_home: Path):
+    local.write_state(with_data(make_record(scratch_home, [555])))
+    with pytest.raises(BrokerError, match=r"--brokers 1, or pass --fresh"):
+        local.start_local_cluster(3, progress=lambda _: None)
+    assert fake_cluster["started"] == [] and local.read_state() is not None
+
+
+def test_restart_with_a_node_that_lost_its_data_is_refused(fake_cluster: dict, scratch_home: Path):
+    record = with_data(make_record(scratch_home, [555, 556, 557]))
+    (Path(record["nodes"][1]["log_dir"]) / "meta.properties").unlink()
+    local.write_state(record)
+    with pytest.raises(BrokerError, match=r"node\(s\) \[2\] .* lost their data: .*--fresh"):
+        local.start_local_cluster(3, progress=lambda _: None)
+    assert fake_cluster["started"] == []
+
+
+def test_move_ports_rewrites_every_node_and_the_record(scratch_home: Path) -> None:
+    record = make_record(scratch_home, [None, None, None])
+    for node in record["nodes"]:
+        Path(node["props_file"]).parent.mkdir(parents=True, exist_ok=True)
+    local.move_ports(record, [9000, 9001, 9002, 9003, 9004, 9005])
+    assert record["bootstrap_servers"] == "127.0.0.1:9000,127.0.0.1:9002,127.0.0.1:9004"
+    assert [(n["port"], n["controller_port"]) for n in record["nodes"]] == [
+        (9000, 9001),
+        (9002, 9003),
+        (9004, 9005),
+    ]
+    props = Path(record["nodes"][1]["props_file"]).read_text()
+    assert "controller.quorum.voters=1@127.0.0.1:9001,2@127.0.0.1:9003,3@127.0.0.1:9005" in props
+    assert f"log.dirs={record['nodes'][1]['log_dir']}" in props

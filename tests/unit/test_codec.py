@@ -10,6 +10,7 @@ from importlib import resources
 
 import avro.io
 import avro.schema
+import fastavro
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
@@ -363,3 +364,26 @@ def test_hand_written_operation_encoder_matches_fastavro_byte_for_byte():
 def test_operation_encoder_refuses_values_avro_cannot_hold():
     with pytest.raises(ValueError, match="Avro long"):
         encode(Operation("s", 1, "t", OpType.INSERT, {"id": 2**63}, None, None, 0))
+
+
+def test_table_definitions_written_before_reinstalled_existed_still_decode():
+    """Records on topics written by an older cutline use table_definition.v1.avsc."""
+    old = load_schema("table_definition.v1.avsc")
+    header = codec.MAGIC + codec.schema_fingerprint(old)
+    assert header[2:].hex() == "8a468b9c7badbd7d"
+    datum = {
+        "source": "shop",
+        "table": "t",
+        "ddl": "CREATE TABLE t(id INTEGER PRIMARY KEY)",
+        "columns": [{"name": "id", "declared_type": "INTEGER", "not_null": False}],
+        "key_columns": ["id"],
+    }
+    out = io.BytesIO()
+    out.write(header)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(old), datum)
+    decoded = decode(out.getvalue())
+    assert decoded == TableDefinition(
+        "shop", "t", datum["ddl"], (Column("id", "INTEGER"),), ("id",), reinstalled=False
+    )
+    new = TableDefinition("shop", "t", datum["ddl"], (Column("id", "INTEGER"),), ("id",), True)
+    assert decode(encode(new)) == new

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import hashlib
 import json
 import os
@@ -217,17 +218,42 @@ def test_rowid_and_composite_key_tables(tmp_path):
         s.close()
 
 
-def test_define_is_idempotent_and_refuses_column_changes(shard):
+def test_define_again_is_a_no_op_and_a_new_layout_recreates_the_table(shard):
+    shard.begin()
     shard.define(ACCOUNTS)
+    shard.apply(insert("accounts", {"id": 1}, {"id": 1, "owner": "a", "balance": 0.5}))
+    shard.commit(0)
+    # capture sends every definition at each start (any source name): nothing changes
+    shard.begin()
+    shard.define(ACCOUNTS)
+    shard.define(dataclasses.replace(ACCOUNTS, source="other"))
+    shard.commit(1)
+    assert shard.conn.execute("SELECT * FROM accounts").fetchall() == [(1, "a", 0.5)]
+    # a re-installed table (schema change on the primary): dropped and created anew;
+    # its content follows as INSERTs, which use the new layout
     changed = TableDefinition(
         SOURCE,
         "accounts",
-        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, owner TEXT)",
-        (Column("id", "INTEGER"), Column("owner", "TEXT")),
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, owner TEXT, email TEXT)",
+        (Column("id", "INTEGER"), Column("owner", "TEXT"), Column("email", "TEXT")),
         ("id",),
     )
-    with pytest.raises(ApplyError, match="changed columns"):
-        shard.define(changed)
+    with pytest.raises(ApplyError, match="not marked as re-installed"):
+        shard.define(changed)  # never silently: only capture's re-install changes a layout
+    shard.begin()
+    shard.define(dataclasses.replace(changed, reinstalled=True))
+    shard.apply(insert("accounts", {"id": 1}, {"id": 1, "owner": "a", "email": "a@x"}))
+    shard.commit(2)
+    assert shard.conn.execute("SELECT * FROM accounts").fetchall() == [(1, "a", "a@x")]
+    assert shard.definitions() == [dataclasses.replace(changed, source="")]
+    # a rolled-back re-definition leaves the old layout and its statements in place
+    shard.begin()
+    shard.define(dataclasses.replace(ACCOUNTS, reinstalled=True))
+    shard.rollback()
+    shard.begin()
+    shard.apply(insert("accounts", {"id": 2}, {"id": 2, "owner": "b", "email": None}))
+    shard.commit(3)
+    assert len(shard.conn.execute("SELECT * FROM accounts").fetchall()) == 2
     with pytest.raises(ApplyError, match="cannot create table"):
         shard.define(TableDefinition(SOURCE, "bad", "CREATE TABLE (", (), ("rowid",)))
 

@@ -1,0 +1,167 @@
+"""The kinds of change the fault workload makes, each a named, weighted statement form.
+
+Why a catalogue: the workload must grow with every statement form capture learns
+(REPLACE, upserts, cascades, key changes, schema changes, ...). A new form is one
+:class:`StatementKind` here: add it to :data:`DEFAULT_KINDS` once capture handles it on
+main, or to :data:`EXTRA_KINDS` to run it only where asked (``RunConfig.statements``,
+``FAULTS_STATEMENTS``). Each kind runs inside the workload's open write transaction.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from tests.integration.workload import transfer
+
+
+def real(rng: random.Random, scale: float = 1.0) -> float:
+    """A REAL at full precision (16-17 significant digits), as applications write them."""
+    return rng.random() * scale
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a statement kind may use: the open transaction, the seeded rng, the account ids
+    at the transaction's start, and a source of ids never used before."""
+
+    conn: sqlite3.Connection
+    rng: random.Random
+    ids: list[int]
+    new_id: Callable[[], int]
+
+
+@dataclass(frozen=True)
+class StatementKind:
+    name: str
+    weight: float  # share of the workload's transactions (relative to the other kinds)
+    run: Callable[[Change], None]
+    min_accounts: int = 0  # skipped (the next kind runs) while fewer accounts exist
+
+
+def _new_account(c: Change) -> None:
+    new = c.new_id()
+    c.conn.execute(
+        "INSERT INTO accounts VALUES (?, ?, 0, ?, NULL)", (new, f"new-{new}", real(c.rng))
+    )
+    c.conn.execute("INSERT INTO tags VALUES (?, 'new')", (new,))
+
+
+def _delete_transfers(c: Change) -> None:
+    c.conn.execute(
+        "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers ORDER BY random() LIMIT 2)"
+    )
+
+
+def _account_key_change(c: Change) -> None:
+    """The row moves to another key, and most likely to another partition."""
+    c.conn.execute("UPDATE accounts SET id = ? WHERE id = ?", (c.new_id(), c.rng.choice(c.ids)))
+
+
+def _tag_key_change(c: Change) -> None:
+    """A key change in a WITHOUT ROWID table with a composite key."""
+    c.conn.execute(
+        "UPDATE tags SET tag = tag || '+' WHERE (account, tag) IN "
+        "(SELECT account, tag FROM tags ORDER BY random() LIMIT 1)"
+    )
+
+
+def _insert_event(c: Change) -> None:
+    c.conn.execute(
+        "INSERT INTO events (kind, payload) VALUES (?, ?)",
+        ("tick", c.rng.randbytes(c.rng.randint(0, 8))),
+    )
+
+
+def _delete_events(c: Change) -> None:
+    c.conn.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY random() LIMIT 3)"
+    )
+
+
+def _bulk_update(c: Change) -> None:
+    """Many partitions in one transaction."""
+    for account in c.rng.sample(c.ids, min(6, len(c.ids))):
+        c.conn.execute("UPDATE accounts SET rate = ? WHERE id = ?", (real(c.rng), account))
+
+
+def _update_account(c: Change) -> None:
+    c.conn.execute(
+        "UPDATE accounts SET rate = ?, avatar = ? WHERE id = ?",
+        (real(c.rng, 1e6), c.rng.randbytes(4), c.rng.choice(c.ids)),
+    )
+
+
+def _upsert_tag(c: Change) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE: an insert, or an update of the existing row."""
+    c.conn.execute(
+        "INSERT INTO tags VALUES (?, 'vip') ON CONFLICT (account, tag) DO UPDATE "
+        "SET tag = excluded.tag || '!'",
+        (c.rng.choice(c.ids),),
+    )
+
+
+def _upsert_account(c: Change) -> None:
+    """An upsert on an INTEGER PRIMARY KEY, hitting an existing row or inserting a new one."""
+    target = c.rng.choice(c.ids) if c.rng.random() < 0.7 else c.new_id()
+    c.conn.execute(
+        "INSERT INTO accounts VALUES (?, 'upserted', 1, ?, NULL) ON CONFLICT (id) DO UPDATE "
+        "SET balance = balance + excluded.balance, rate = excluded.rate",
+        (target, real(c.rng)),
+    )
+
+
+def _insert_or_ignore(c: Change) -> None:
+    """INSERT OR IGNORE on an existing key: no change at all, so nothing may be captured."""
+    c.conn.execute("INSERT OR IGNORE INTO tags VALUES (?, 'new')", (c.rng.choice(c.ids),))
+
+
+# the mix the fault scenarios have always run, in this order (a seed replays the same run)
+DEFAULT_KINDS: tuple[StatementKind, ...] = (
+    StatementKind("transfer", 0.40, lambda c: transfer(c.conn, c.rng, c.ids), min_accounts=2),
+    StatementKind("new-account", 0.10, _new_account),
+    StatementKind("delete-transfers", 0.07, _delete_transfers),
+    StatementKind("account-key-change", 0.06, _account_key_change, min_accounts=1),
+    StatementKind("tag-key-change", 0.04, _tag_key_change),
+    StatementKind("insert-event", 0.13, _insert_event),
+    StatementKind("delete-events", 0.05, _delete_events),
+    StatementKind("bulk-update", 0.07, _bulk_update, min_accounts=1),
+    StatementKind("update-account", 0.08, _update_account, min_accounts=1),
+)
+
+# forms that work on main but are not in the default mix (a seed's run stays the same)
+EXTRA_KINDS: dict[str, StatementKind] = {
+    kind.name: kind
+    for kind in (
+        StatementKind("upsert-tag", 0.06, _upsert_tag, min_accounts=1),
+        StatementKind("upsert-account", 0.06, _upsert_account, min_accounts=1),
+        StatementKind("insert-or-ignore", 0.04, _insert_or_ignore, min_accounts=1),
+    )
+}
+
+
+def kinds_named(names: Iterable[str]) -> tuple[StatementKind, ...]:
+    """The default mix plus the extra kinds named; an unknown name lists the known ones."""
+    names = list(names)
+    unknown = [n for n in names if n not in EXTRA_KINDS]
+    if unknown:
+        raise ValueError(f"unknown statement kinds {unknown}; choose from {sorted(EXTRA_KINDS)}")
+    return DEFAULT_KINDS + tuple(EXTRA_KINDS[n] for n in names)
+
+
+def pick_and_run(kinds: Sequence[StatementKind], change: Change) -> str | None:
+    """Run one kind, drawn by weight; a kind that needs more accounts passes to the next.
+
+    One draw of ``rng.random()`` scaled to the total weight: with the default mix (total
+    1.0) a seed draws exactly as the workload always did.
+    """
+    choice = change.rng.random() * sum(k.weight for k in kinds)
+    bound = 0.0
+    for kind in kinds:
+        bound += kind.weight
+        if choice < bound and len(change.ids) >= kind.min_accounts:
+            kind.run(change)
+            return kind.name
+    return None
