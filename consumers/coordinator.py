@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
@@ -54,6 +54,9 @@ from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, MarkerDigest
+
+if TYPE_CHECKING:
+    from consumers.retention import RetentionPolicy
 
 log = logging.getLogger("cutline.coordinator")
 
@@ -129,6 +132,7 @@ class CutCoordinator:
         snapshot_deadline_s: float = 600.0,
         full_every: int = 1,
         digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S,
+        retention: RetentionPolicy | None = None,
         progress: Callable[[str], None] | None = None,
         metrics: Metrics = NO_METRICS,
     ):
@@ -144,6 +148,7 @@ class CutCoordinator:
         self.full_every = full_every  # passed to write_backup: a full backup every N
         self.digests = DigestBook(source)  # the primary's digests, from the control topic
         self.digest_timeout_s = digest_timeout_s
+        self.retention = retention  # applied after each backup this process publishes
         self.progress = progress or log.info
         self.metrics = metrics
         self._newest_published = 0  # marker id, for the last-backup gauges
@@ -448,6 +453,10 @@ class CutCoordinator:
                 proof=self.digests.source_for(self.digest_timeout_s, self._stop),
             )
             failpoints.hit("snapshot.after_publish")
+            if self.retention is not None:  # still under the writer lock: chains stay whole
+                from consumers.retention import apply_retention  # retention imports WriterLock
+
+                apply_retention(self.backups_dir, self.source, self.retention, self.progress)
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return
