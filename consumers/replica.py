@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from consumers.bulk_apply import BulkApplier
 from cutline.errors import CutlineError
 from cutline.stopping import interruptible
 from producers.sqlite_changelog import ROWID, quote_identifier
@@ -99,6 +100,7 @@ class Shard:
         self._definitions = {d.table: d for d in self.definitions()}
         self._in_batch = False
         self._batch_applied = 0
+        self._bulk = BulkApplier(self)
 
     def _add_owner_columns(self) -> None:
         """Shards written before fencing existed get the owner columns (idempotent)."""
@@ -254,6 +256,7 @@ class Shard:
                 return  # closed under a stuck thread: SQLite rolled back on close
             self._definitions = {d.table: d for d in self.definitions()}
             self._statements = {}  # a rolled-back define may have changed a layout
+            self._bulk.forget()
 
     def define(self, definition: TableDefinition) -> None:
         """Create a captured table from the primary's own DDL (native format).
@@ -275,6 +278,7 @@ class Shard:
                 )
             return
         self._statements = {k: v for k, v in self._statements.items() if k[0] != definition.table}
+        self._bulk.forget()  # its key checks and parameter orders were for the old layout
         try:
             if known is not None:
                 self.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
@@ -322,6 +326,23 @@ class Shard:
                 f"{op.op} on {op.table!r} matched {cursor.rowcount} rows for key {op.key!r}"
             )
         self._batch_applied += 1
+
+    def apply_all(self, ops: list[Operation]) -> list[tuple[int, ApplyError]]:
+        """Apply ``ops`` in order inside the open batch, in bulk where that is exact (see
+        ``consumers.bulk_apply``); return the (index, error) of those that could not be."""
+        return self._bulk.apply(ops)
+
+    def definition(self, table: str) -> TableDefinition | None:
+        return self._definitions.get(table)
+
+    def count_applied(self, n: int) -> None:
+        """``n`` operations were applied in the open batch by other means than ``apply``."""
+        self._batch_applied += n
+
+    def statement(
+        self, definition: TableDefinition, kind: OpType, image: dict
+    ) -> tuple[str, tuple[str, ...]]:
+        return self._statement(definition, kind, image)
 
     def _statement(
         self, definition: TableDefinition, kind: OpType, image: dict

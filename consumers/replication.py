@@ -223,6 +223,24 @@ class ReplicationThread(threading.Thread):
         done_up_to = max(shard.begin(), lane.applied_offset)
         last: int | None = None
         applied = dead = 0
+        # consecutive operations wait here and go to the shard together, in bulk; anything
+        # else (a definition, a marker, a dead letter) first flushes them, so the order of
+        # every effect stays the order of the partition
+        pending: list[Operation] = []
+        pending_messages: list[Message] = []
+
+        def flush() -> None:
+            nonlocal applied, dead
+            if not pending:
+                return
+            failures = shard.apply_all(pending)
+            for i, exc in failures:
+                self.dead_letters.send(pending_messages[i], f"cannot apply operation: {exc}")
+            applied += len(pending) - len(failures)
+            dead += len(failures)
+            pending.clear()
+            pending_messages.clear()
+
         for index, message in enumerate(batch):
             offset = message.offset()
             if offset <= done_up_to:
@@ -230,24 +248,23 @@ class ReplicationThread(threading.Thread):
             try:
                 record = decode(message.value())
             except CodecError as exc:
+                flush()
                 self.dead_letters.send(message, f"{exc.reason}: {exc}")
                 dead, last = dead + 1, offset
                 continue
+            if type(record) is Operation and record.source == self.source:
+                pending.append(record)
+                pending_messages.append(message)
+                last = offset
+                continue
+            flush()
             if getattr(record, "source", self.source) != self.source:
                 self.dead_letters.send(
                     message, f"record of source {record.source!r} on source {self.source!r}'s topic"
                 )
                 dead, last = dead + 1, offset
                 continue
-            if isinstance(record, Operation):
-                try:
-                    shard.apply(record)
-                    applied += 1
-                except ApplyError as exc:
-                    self.dead_letters.send(message, f"cannot apply operation: {exc}")
-                    dead += 1
-                last = offset
-            elif isinstance(record, TableDefinition):
+            if isinstance(record, TableDefinition):
                 try:
                     shard.define(record)
                 except ApplyError as exc:
@@ -271,6 +288,7 @@ class ReplicationThread(threading.Thread):
                     message, f"a {type(record).__name__} record does not belong on the ops topic"
                 )
                 dead, last = dead + 1, offset
+        flush()
         self._finish_batch(lane, last, dead)
         lane.stats.applied += applied
         self.metrics.applied(lane.partition, applied)

@@ -71,7 +71,8 @@ from producers.sqlite_changelog import (
     install,
     read_changes,
 )
-from schemas.codec import CodecError, decode, encode
+from schemas.codec import OPERATION_HEADER, CodecError, decode, encode
+from schemas.operation_codec import encode_operation
 from schemas.records import CapturePosition, ConsistencyMarker, TableDefinition
 
 log = logging.getLogger("cutline.capture")
@@ -419,10 +420,13 @@ class Capture:
             layout = self._layouts[row.table] = TableLayout.of(definition)
             self._produce_definitions([definition])
         pairs = to_operations(row, layout, self.config.source)
+        # the per-operation path, with every lookup hoisted: it runs once per captured row
+        produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
+        partitions, limit = self.partitions, self._max_record
         for key, operation in pairs:
-            p = partition_for(key, self.partitions)
-            value = encode(operation)
-            if len(value) + len(key) > self._max_record:
+            p = partition_for(key, partitions)
+            value = encode_operation(operation, OPERATION_HEADER)
+            if len(value) + len(key) > limit:
                 raise RecordTooLarge(
                     f"change {row.seq} ({operation.op} on table {row.table!r}, key "
                     f"{_short(operation.key)}) is a {len(value) + len(key):,}-byte record, over "
@@ -431,8 +435,11 @@ class Capture:
                     "captured tables), or raise the topic's max.message.bytes if it is below "
                     f"{MAX_RECORD_BYTES:,}"
                 )
-            self._produce(self.topics.ops, value, key, p)
-            self._counts[p] += 1
+            try:
+                produce(topic, value, key, p)
+            except BufferError:
+                self._produce(topic, value, key, p)  # waits for room in the queue
+            counts[p] += 1
         return len(pairs)
 
     def _produce_marker(self, marker_id: int, t1_us: int, seq: int) -> None:

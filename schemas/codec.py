@@ -20,7 +20,7 @@ import fastavro
 from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas.operation_codec import encode_operation
+from schemas.operation_codec import NotFastPath, decode_operation, encode_operation
 from schemas.records import (
     CapturePosition,
     Column,
@@ -277,7 +277,8 @@ def _bind() -> tuple[dict[type, _Binding], dict[bytes, _Binding]]:
 _BY_TYPE, _BY_HEADER = _bind()
 
 
-_OPERATION_HEADER = _BY_TYPE[Operation].header
+OPERATION_HEADER = _BY_TYPE[Operation].header  # for callers that encode Operations directly
+_OPERATION_HEADER = OPERATION_HEADER
 
 
 def encode(record: Record) -> bytes:
@@ -299,6 +300,11 @@ def decode(data: bytes | None) -> Record:
             if data is None or data[:2] != MAGIC
             else f"value is {len(data)} bytes, shorter than the 10-byte single-object header"
         )
+    if type(data) is bytes and data[:HEADER_SIZE] == _OPERATION_HEADER:
+        try:
+            return decode_operation(data, HEADER_SIZE)
+        except NotFastPath:
+            pass  # not in the encoder's own form: fastavro decides, and names any error
     binding = _BY_HEADER.get(bytes(data[:HEADER_SIZE]))
     if binding is None:
         raise UnknownSchema(

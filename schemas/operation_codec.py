@@ -4,18 +4,26 @@ Why: fastavro's writer spends ~25 µs per call on a 100-byte record (per-call se
 dominates), which made encoding the largest cost of capture. The Operation schema is
 fixed, so its Avro binary form is written here directly, following the specification
 (zig-zag varints, length-prefixed strings and bytes, map blocks, union branch indexes):
-~9 µs. Unit tests check it byte for byte against fastavro on random records. Decoding
-stays with fastavro, whose Cython reader measured faster than a pure-Python one.
+~9 µs. Unit tests check it byte for byte against fastavro on random records.
+
+The decoder (:func:`decode_operation`) reads the same form back. It is a *fast path*
+only: whatever it does not recognise as exactly what the encoder writes (a map in several
+blocks, a varint over 64 bits, an unknown branch, a truncated datum, invalid UTF-8, trailing
+bytes) makes it raise :class:`NotFastPath`, and the caller decodes the value with fastavro
+instead, so any datum fastavro rejects is still rejected with the same error, and any
+unusual datum fastavro accepts decodes to the same record. Why: fastavro's
+``schemaless_reader`` has a per-call set-up cost that made decoding replication's top cost.
 """
 
 from __future__ import annotations
 
 import struct
 
-from schemas.records import Operation, OpType, RowImage, Value
+from schemas.records import Operation, OpType, RowImage
 
 _DOUBLE = struct.Struct("<d")
 _pack_double = _DOUBLE.pack
+_unpack_double = _DOUBLE.unpack_from
 _OP_INDEX = {OpType.INSERT: 0, OpType.UPDATE: 2, OpType.DELETE: 4}  # zig-zag of 0, 1, 2
 # value union ["null", "long", "double", "string", "bytes"]: branch index, zig-zag encoded
 _NULL, _LONG, _DOUBLE_BRANCH, _STRING, _BYTES = 0, 2, 4, 6, 8
@@ -57,35 +65,58 @@ def _write_string(s: str, out: bytearray) -> None:
     out += b
 
 
-def _write_value(v: Value, out: bytearray) -> None:
-    t = type(v)
-    if v is None:
-        out.append(_NULL)
-    elif t is int:
-        if not -(2**63) <= v < 2**63:
-            raise ValueError(f"integer {v} does not fit an Avro long")
-        out.append(_LONG)
-        _write_long(v, out)
-    elif t is float:
-        out.append(_DOUBLE_BRANCH)
-        out += _pack_double(v)
-    elif t is str:
-        out.append(_STRING)
-        _write_string(v, out)
-    elif t is bytes:
-        out.append(_BYTES)
-        _write_long(len(v), out)
-        out += v
-    else:
-        raise TypeError(f"value of type {t.__name__} is not a SQLite storage class")
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    _write_long(n, out)
+    return bytes(out)
+
+
+_SMALL = 1 << 13  # longs in [-8192, 8192): their value-union encoding, precomputed
+_SMALL_LONGS = tuple(bytes([_LONG]) + _varint(n) for n in range(-_SMALL, _SMALL))
+_COUNTS = tuple(_varint(n) for n in range(256))  # map block counts
 
 
 def _write_map(m: RowImage, out: bytearray) -> None:
-    if m:
-        _write_long(len(m), out)
-        for key, value in m.items():
-            out += _name(key)
-            _write_value(value, out)
+    """One map block and its end. The value union is written inline: this loop is where an
+    Operation's encoding spends its time."""
+    size = len(m)
+    if not size:
+        out.append(0)
+        return
+    out += _COUNTS[size] if size < 256 else _varint(size)
+    names, small, pack = _NAMES, _SMALL_LONGS, _pack_double
+    for key, v in m.items():
+        encoded = names.get(key)
+        out += encoded if encoded is not None else _name(key)
+        t = type(v)
+        if t is int:
+            if -_SMALL <= v < _SMALL:
+                out += small[v + _SMALL]
+                continue
+            if not -(2**63) <= v < 2**63:
+                raise ValueError(f"integer {v} does not fit an Avro long")
+            out.append(_LONG)
+            _write_long(v, out)
+        elif t is str:
+            b = v.encode("utf-8")
+            if len(b) < 64:
+                out.append(_STRING)
+                out.append(len(b) << 1)
+            else:
+                out.append(_STRING)
+                _write_long(len(b), out)
+            out += b
+        elif t is float:
+            out.append(_DOUBLE_BRANCH)
+            out += pack(v)
+        elif v is None:
+            out.append(_NULL)
+        elif t is bytes:
+            out.append(_BYTES)
+            _write_long(len(v), out)
+            out += v
+        else:
+            raise TypeError(f"value of type {t.__name__} is not a SQLite storage class")
     out.append(0)
 
 
@@ -96,11 +127,169 @@ def encode_operation(op: Operation, header: bytes) -> bytes:
     out += _name(op.table)
     out.append(_OP_INDEX[op.op])
     _write_map(op.key, out)
-    for image in (op.before, op.after):
-        if image is None:
-            out.append(0)
-        else:
-            out.append(2)
-            _write_map(image, out)
+    before, after = op.before, op.after
+    if before is None:
+        out.append(0)
+    else:
+        out.append(2)
+        _write_map(before, out)
+    if after is None:
+        out.append(0)
+    else:
+        out.append(2)
+        _write_map(after, out)
     _write_long(op.commit_time_us, out)
     return bytes(out)
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+class NotFastPath(Exception):
+    """The datum is not in the encoder's own form: decode it with fastavro instead."""
+
+
+_OPS = (OpType.INSERT, OpType.UPDATE, OpType.DELETE)
+_LONG_MAX_BYTES = 10  # an Avro long's zig-zag varint: at most 64 bits in 10 bytes
+_STRINGS: dict[bytes, str] = {}  # repeating names (source, table, columns), decoded once
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    b = data[pos]
+    if b < 0x80:
+        return (b >> 1) ^ -(b & 1), pos + 1
+    z = b & 0x7F
+    shift = 7
+    start = pos
+    while True:
+        pos += 1
+        b = data[pos]
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+    if pos - start >= _LONG_MAX_BYTES - 1 and (pos - start >= _LONG_MAX_BYTES or z >> 64):
+        raise NotFastPath  # over 64 bits: leave the overflow rules to fastavro
+    return (z >> 1) ^ -(z & 1), pos + 1
+
+
+def _read_name(data: bytes, pos: int) -> tuple[str, int]:
+    """A string that tends to repeat (names): decoded through a cache."""
+    size = data[pos]
+    if size < 0x80 and not size & 1:
+        size >>= 1  # one byte: a length below 64 (an odd byte is a negative length)
+        pos += 1
+    else:
+        size, pos = _read_long(data, pos)
+    end = pos + size
+    if size < 0 or end > len(data):
+        raise NotFastPath
+    raw = data[pos:end]
+    text = _STRINGS.get(raw)
+    if text is None:
+        text = raw.decode("utf-8")
+        if len(_STRINGS) < 100_000 and size <= 64:
+            _STRINGS[raw] = text
+    return text, end
+
+
+def _read_map(data: bytes, pos: int) -> tuple[RowImage, int]:
+    count = data[pos]
+    if count == 0:
+        return {}, pos + 1
+    if count < 0x80 and not count & 1:
+        count >>= 1
+        pos += 1
+    else:
+        count, pos = _read_long(data, pos)
+        if count <= 0:
+            raise NotFastPath  # a negative count carries a block size: fastavro's case
+    out: RowImage = {}
+    end = len(data)
+    strings = _STRINGS
+    for _ in range(count):
+        # a column name: one length byte and a cached string, or _read_name's general case
+        size = data[pos]
+        stop = pos + 1 + (size >> 1)
+        name = strings.get(data[pos + 1 : stop]) if not size & 1 and stop <= end else None
+        if name is None or size >= 0x80:
+            name, stop = _read_name(data, pos)
+        pos = stop
+        branch = data[pos]
+        pos += 1
+        if branch == _STRING:
+            size = data[pos]
+            if size < 0x80 and not size & 1:
+                size >>= 1
+                pos += 1
+            else:
+                size, pos = _read_long(data, pos)
+                if size < 0:
+                    raise NotFastPath
+            stop = pos + size
+            if stop > end:
+                raise NotFastPath
+            out[name] = data[pos:stop].decode("utf-8")
+            pos = stop
+        elif branch == _LONG:
+            b = data[pos]
+            if b < 0x80:
+                out[name] = (b >> 1) ^ -(b & 1)
+                pos += 1
+            else:
+                out[name], pos = _read_long(data, pos)
+        elif branch == _NULL:
+            out[name] = None
+        elif branch == _DOUBLE_BRANCH:
+            if pos + 8 > end:
+                raise NotFastPath
+            (out[name],) = _unpack_double(data, pos)
+            pos += 8
+        elif branch == _BYTES:
+            size, pos = _read_long(data, pos)
+            stop = pos + size
+            if size < 0 or stop > end:
+                raise NotFastPath
+            out[name] = data[pos:stop]
+            pos = stop
+        else:
+            raise NotFastPath
+    if data[pos] != 0:
+        raise NotFastPath  # a second block: fastavro's case
+    return out, pos + 1
+
+
+def _read_optional_map(data: bytes, pos: int) -> tuple[RowImage | None, int]:
+    branch = data[pos]
+    if branch == 0:
+        return None, pos + 1
+    if branch == 2:
+        return _read_map(data, pos + 1)
+    raise NotFastPath
+
+
+def decode_operation(data: bytes, pos: int) -> Operation:
+    """The Operation whose Avro datum starts at ``pos`` and ends exactly at the end of ``data``.
+
+    Raises :class:`NotFastPath` for anything not in the encoder's own form (see the module
+    docstring); the caller then decodes with fastavro.
+    """
+    try:
+        source, pos = _read_name(data, pos)
+        seq, pos = _read_long(data, pos)
+        table, pos = _read_name(data, pos)
+        kind = data[pos]
+        if kind not in _OP_CODES:
+            raise NotFastPath
+        key, pos = _read_map(data, pos + 1)
+        before, pos = _read_optional_map(data, pos)
+        after, pos = _read_optional_map(data, pos)
+        commit_time_us, pos = _read_long(data, pos)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise NotFastPath from exc
+    if pos != len(data):
+        raise NotFastPath
+    return Operation(source, seq, table, _OPS[kind >> 1], key, before, after, commit_time_us)
+
+
+_OP_CODES = frozenset(_OP_INDEX.values())
