@@ -20,7 +20,8 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from cutline.kafka_config import client_properties
-from producers.sqlite_changelog import connect, install
+from producers.sources import Start, StartPlan, install_source
+from producers.sqlite_changelog import connect
 
 TABLE = "accounts"
 DDL = f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, owner TEXT, balance REAL)"
@@ -218,7 +219,7 @@ def build_primary(path: Path, source: str, operations: int, seed: int = 11) -> W
     """A primary whose change log already holds exactly ``operations`` changes.
 
     Capture is installed here, before the updates, so the timed capture phase reads a full
-    change log: ``accounts`` rows (captured as INSERTs by ``install``) plus updates.
+    change log: ``accounts`` rows (captured as INSERTs by ``install_source``) plus updates.
     """
     accounts = max(10, min(operations // 20, 50_000))
     if operations <= accounts:
@@ -230,7 +231,9 @@ def build_primary(path: Path, source: str, operations: int, seed: int = 11) -> W
     plain.close()
     conn = connect(path)
     try:
-        install(conn, source, [TABLE])
+        conn.execute("BEGIN IMMEDIATE")  # installed for this source, as capture would
+        install_source(conn, source, [TABLE], StartPlan(Start.FRESH, 0), last_marker=0)
+        conn.execute("COMMIT")
         rng = random.Random(seed)
         left = operations - accounts
         while left:

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from consumers.bulk_apply import BulkApplier
+from consumers.incarnations import enter_incarnation
 from cutline.errors import CutlineError
 from cutline.stopping import interruptible
 from producers.sqlite_changelog import ROWID, quote_identifier
@@ -265,8 +266,15 @@ class Shard:
         marked ``reinstalled`` follows a schema change on the primary: the table is dropped
         and created from the new DDL, and the primary's whole content follows as INSERTs
         (``producers/schema_changes.py``); with no DDL, the table is no longer captured
-        and is dropped.
+        and is dropped. One with a higher ``incarnation`` than the shard holds (a restored
+        primary, ``consumers/incarnations.py``) empties the table first.
         """
+        if enter_incarnation(self.conn, definition):  # a restored primary: rows start over
+            self._definitions.pop(definition.table, None)
+            self._statements = {
+                k: v for k, v in self._statements.items() if k[0] != definition.table
+            }
+            self._bulk.forget()
         known = self._definitions.get(definition.table)
         if known is not None and not definition.reinstalled:
             if known.column_names != definition.column_names:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -115,6 +116,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         mark_every_s=args.mark_every,
         digest_every=args.digest_every,
+        new_incarnation=args.new_incarnation,
+        lock_timeout_s=args.lock_timeout,
     )
     holder: list[Capture] = []
     metrics, server = serve_metrics(
@@ -148,11 +151,22 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
     conn = connect(args.db)
     try:
-        ticket = request_marker(conn, note="cutline mark", digest_every=args.digest_every)
+        ticket = request_marker(
+            conn,
+            note="cutline mark",
+            digest_every=args.digest_every,
+            lock_timeout_s=args.lock_timeout,
+        )
     finally:
         conn.close()
     print(json.dumps(ticket.as_json()))
     return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from producers.sources_command import run_sources
+
+    return run_sources(args.db, drop=args.drop, as_json=args.json, lock_timeout_s=args.lock_timeout)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -422,6 +436,7 @@ COMMANDS = {
     "kafka": cmd_kafka,
     "capture": cmd_capture,
     "mark": cmd_mark,
+    "sources": cmd_sources,
     "migrate": cmd_migrate,
     "replicate": cmd_replicate,
     "replay": cmd_replay,
@@ -503,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KafkaException as exc:
         _say_error(args, f"cutline {args.command}: Kafka error: {describe(exc.args[0])}")
+        return 1
+    except sqlite3.Error as exc:
+        print(f"cutline {args.command}: SQLite error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -83,6 +83,17 @@ def _add_source(p: argparse.ArgumentParser, *, reads_backups: bool = False) -> N
     )
 
 
+def _add_lock_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lock-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for an application's write transaction on the primary to end "
+        "before giving up (default: %(default)s)",
+    )
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -190,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="commit a marker request on the primary this often",
     )
     add_digest_every(capture)
+    capture.add_argument(
+        "--new-incarnation",
+        action="store_true",
+        help="this database is the source's primary restored from a backup: capture it as "
+        "the source's next incarnation (its content replaces the replica's; marker ids go on "
+        "after the last one published)",
+    )
+    _add_lock_timeout(capture)
     _add_kafka(capture)
     _add_source(capture)
     add_metrics_address(capture)
@@ -204,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mark.add_argument("--db", required=True, type=Path, help="the SQLite primary")
     add_digest_every(mark)
+    _add_lock_timeout(mark)
+
+    sources = sub.add_parser(
+        "sources",
+        help="list the sources capturing a SQLite primary, or drop one for good",
+        description="Several sources may capture one database, each with its own cursor; the "
+        "change log is trimmed only past what every source has published. A source that is "
+        "gone for good holds the log back: drop it with --drop SOURCE.",
+    )
+    sources.add_argument("--db", required=True, type=Path, help="the SQLite primary")
+    sources.add_argument("--drop", metavar="SOURCE", help="forget this source on the database")
+    sources.add_argument("--json", action="store_true", help="print JSON")
+    _add_lock_timeout(sources)
 
     migrate = sub.add_parser(
         "migrate",

@@ -55,10 +55,20 @@ from producers.backlog import capture_backlog
 from producers.digest_records import digest_record
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.schema_changes import (
-    follow_schema_changes,
+    ensure_schema,
     layouts_at,
     reinstalled_definition,
     schema_moved,
+)
+from producers.sources import (
+    SourceRecord,
+    Start,
+    database_id,
+    install_source,
+    plan_start,
+    read_registered_changes,
+    read_view,
+    save_cursor,
 )
 from producers.sqlite_changelog import (
     KIND_DIGEST,
@@ -67,9 +77,13 @@ from producers.sqlite_changelog import (
     ChangeRow,
     connect,
     describe_table,
-    forget_changes,
-    install,
-    read_changes,
+)
+from producers.triggers import forget_pending
+from producers.write_lock import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    begin_write,
+    try_begin_write,
+    use_wal,
 )
 from schemas.codec import OPERATION_HEADER, CodecError, decode, encode
 from schemas.operation_codec import encode_operation
@@ -96,6 +110,8 @@ class CaptureConfig:
     transaction_timeout_s: float = 30.0
     retry_deadline_s: float = 120.0  # give up after Kafka refused transactions this long
     digest_every: int = 1  # markers of --mark-every: the primary's digest on every N-th
+    new_incarnation: bool = False  # this database is the source's primary restored from a backup
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # install's wait for the primary's write lock
 
 
 class RecordTooLarge(CutlineError):
@@ -147,19 +163,26 @@ class Capture:
         self._last_mark = time.monotonic()
         self._max_record = MAX_RECORD_BYTES
         self._failing_since: float | None = None
+        self._database_id = ""
+        self._incarnation = 0
+        self._saved_cursor = 0  # the cursor last recorded in the primary's _cutline_sources
+        self._lock_waiting_since: float | None = None
+        self._lock_noted = 0.0
+        self._table_starts: dict[str, int] = {}
+        self._tables: tuple[str, ...] = ()  # this source's tables (others may capture more)
 
     # -- set-up ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Validate inputs, reach Kafka, install capture, fence old instances, recover."""
+        """Validate inputs, reach Kafka, fence old instances, check the database is the
+        source's own (``producers.sources``), install capture, recover."""
         cfg = self.config
         conn = connect(cfg.db_path)
+        self._conn = conn
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
         with interruptible():  # start-up waits (only these) end at once on SIGINT/SIGTERM
             wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        install(conn, cfg.source, cfg.tables)  # also follows schema changes made meanwhile
-        self._conn = conn
         with interruptible():
             counts = ensure_topics(
                 cfg.bootstrap,
@@ -174,8 +197,9 @@ class Capture:
         self._max_record = self._record_limit()
         with interruptible():  # fencing the old capture, reading the position back
             self._producer = self._new_producer()
-            self._recover_position()
-        self._layouts = self._layouts_at_position()
+            position = self._recover_position()
+        with interruptible():  # the write-lock wait; the install rolls back if interrupted
+            self._install(position)
         self._broadcast_definitions()
         self.metrics.captured(0, 0, self._seq)
         self.progress(
@@ -225,12 +249,55 @@ class Capture:
             return MAX_RECORD_BYTES
         return min(MAX_RECORD_BYTES, configured - 1024)  # room for the batch header
 
-    def _recover_position(self) -> None:
+    def _install(self, position: CapturePosition | None) -> None:
+        """Install capture for this source in one write transaction, as the plan says."""
+        cfg, conn = self.config, self._conn
+        plan_start(  # refuse another database before changing anything in it
+            cfg.source,
+            position,
+            read_view(conn, cfg.source),
+            new_incarnation=cfg.new_incarnation,
+            db_path=cfg.db_path,
+        )
+        use_wal(conn, cfg.lock_timeout_s, self.progress)
+        begin_write(conn, "installing capture", cfg.lock_timeout_s, self.progress)
+        try:
+            plan = plan_start(  # again, under the lock: nothing changed in between
+                cfg.source,
+                position,
+                read_view(conn, cfg.source),
+                new_incarnation=cfg.new_incarnation,
+                db_path=cfg.db_path,
+            )
+            last_marker = position.marker_id if position else 0
+            record, _ = install_source(conn, cfg.source, cfg.tables, plan, last_marker)
+            database = database_id(conn) or ""
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if plan.start is not Start.RESUME:
+            self.progress(
+                f"source {cfg.source!r} on {cfg.db_path}: {plan.start.value} (incarnation "
+                f"{plan.incarnation}), starting after change {record.cursor_seq}"
+            )
+        self._database_id = database
+        self.use_source(record)
+
+    def use_source(self, record: SourceRecord) -> None:
+        """Capture what the source's record says: its tables, from its cursor."""
+        self._incarnation = record.incarnation
+        self._seq = self._saved_cursor = record.cursor_seq
+        self._tables = record.tables
+        self._table_starts = dict(record.table_starts)
+        self._layouts = self._layouts_at_position()
+
+    def _recover_position(self) -> CapturePosition | None:
         position = read_last_position(self.config.bootstrap, self.topics)
         if position is None:
             self._seq, self._marker_id = 0, 0
             self._counts = [0] * self.partitions
-            return
+            return None
         if position.partitions != self.partitions:
             raise ConfigError(
                 f"{self.topics.ops} had {position.partitions} partitions when capture last ran "
@@ -239,6 +306,7 @@ class Capture:
             )
         self._seq, self._marker_id = position.seq, position.marker_id
         self._counts = list(position.counts)
+        return position
 
     def _broadcast_definitions(self) -> None:
         """Send every table definition to every partition, before any of its operations."""
@@ -256,7 +324,12 @@ class Capture:
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> CaptureStats:
         """Publish changes until ``stop`` is set; the current transaction finishes first."""
         last_status, last_backlog = time.monotonic(), 0.0
-        marks = BackgroundMarks(self.config.db_path, self.config.digest_every)
+        marks = BackgroundMarks(
+            self.config.db_path,
+            self.config.digest_every,
+            lock_timeout_s=self.config.lock_timeout_s,
+            on_locked=self._note_lock_wait,
+        )
         try:
             while not stop.is_set():
                 self.metrics.beat()
@@ -304,6 +377,8 @@ class Capture:
                 return 0
         rows = self._read_batch()
         if not rows:
+            if self._saved_cursor < self._seq:
+                self._save_cursor()
             return 0
         saved = (self._marker_id, list(self._counts))
         saved_layouts = dict(self._layouts)
@@ -338,7 +413,7 @@ class Capture:
         self._failing_since = None
         failpoints.hit("capture.after_commit")
         self._seq = rows[-1].seq
-        forget_changes(self._conn, self._seq)
+        self._save_cursor()
         self.stats.changes += len(rows)
         self.stats.operations += produced["ops"]
         self.stats.markers += produced["markers"]
@@ -364,33 +439,97 @@ class Capture:
             return False, f"Kafka did not answer a metadata request: {exc.args[0].str()}"
         return True, f"ready: published up to change {self._seq}"
 
+    def _save_cursor(self) -> None:
+        """Record this source's cursor on the primary and trim the change log.
+
+        Never waits for the write lock: while an application holds it, nothing new can be
+        committed to the change log either, so the trim is only put off (and logged) and
+        capture goes on publishing; the next step tries again. Kafka's position stays the
+        truth: at start-up the cursor is set from it.
+        """
+        if not try_begin_write(self._conn):
+            self._note_lock_wait("recording this source's cursor; capture goes on publishing")
+            return
+        try:
+            save_cursor(self._conn, self.config.source, self._seq)
+            forget_pending(self._conn)  # no application statement is mid-way: we hold the lock
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._saved_cursor = self._seq
+        self._lock_waiting_since = None
+
+    def _note_lock_wait(self, what: str) -> None:
+        now = time.monotonic()
+        if self._lock_waiting_since is None:
+            self._lock_waiting_since, self._lock_noted = now, 0.0
+        if now - self._lock_noted >= 10.0:
+            self._lock_noted = now
+            self.progress(
+                "waiting for the primary's write lock held by another connection "
+                f"({what}; {now - self._lock_waiting_since:.0f} s so far)"
+            )
+
     def _read_batch(self) -> list[ChangeRow]:
         """The next batch, read in one read transaction that also checks schema_version.
 
         A DDL on the primary since the last check is followed first (ensure_schema in a
         write transaction: it may re-install tables, or raise ConfigError and stop capture),
         so no batch holding changes committed after a DDL is published before its fix-up.
+        While another connection holds the write lock, nothing is published (logged).
         """
         conn = self._conn
         while True:
             conn.execute("BEGIN")
             try:
                 if not schema_moved(conn):
-                    return read_changes(conn, self._seq, self.config.batch_size)
+                    return read_registered_changes(
+                        conn, self.config.source, self._seq, self.config.batch_size
+                    )
             finally:
                 conn.execute("COMMIT")
-            reinstalled = follow_schema_changes(conn)
+            if not try_begin_write(conn):
+                self._note_lock_wait("following a schema change before publishing on")
+                return []
+            try:
+                reinstalled = ensure_schema(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             if reinstalled:
                 self.progress(f"schema change followed: re-installed {', '.join(reinstalled)}")
 
     def _layouts_at_position(self) -> dict[str, TableLayout]:
-        """Each table's layout as of the position: change rows after it are in that layout."""
-        definitions = layouts_at(self._conn, self.config.source, self._seq)
-        return {table: TableLayout.of(d) for table, d in definitions.items()}
+        """This source's tables' layouts as of the position: change rows after it are in
+        that layout; a table added later, as of its own snapshot (``table_starts``)."""
+        source = self.config.source
+        at_position = layouts_at(self._conn, source, self._seq)
+        out: dict[str, TableLayout] = {}
+        for table in self._tables:
+            start = self._table_starts.get(table, 0)
+            if start > self._seq:
+                definition = layouts_at(self._conn, source, start).get(table)
+            else:
+                definition = at_position.get(table)
+            if definition is not None:  # None: let go, and its 'S' row already published
+                out[table] = TableLayout.of(replace(definition, incarnation=self._incarnation))
+        return out
 
     def _produce_schema_change(self, row: ChangeRow) -> None:
-        """A re-installed table: its new definition to every partition, in commit order."""
-        definition = reinstalled_definition(row.table or "", row.after, self.config.source)
+        """A re-installed table: its new definition to every partition, in commit order.
+
+        Only for this source's tables, and not before its own snapshot of a table it added
+        later (that snapshot is in the new layout already).
+        """
+        table = row.table or ""
+        if table not in self._layouts or row.seq <= self._table_starts.get(table, 0):
+            return
+        definition = replace(
+            reinstalled_definition(table, row.after, self.config.source),
+            incarnation=self._incarnation,
+        )
         self._produce_definitions([definition])
         if row.after is None:  # no longer captured: later markers do not list it
             self._layouts.pop(definition.table, None)
@@ -414,11 +553,10 @@ class Capture:
 
     def _produce_change(self, row) -> int:
         layout = self._layouts.get(row.table)
-        if layout is None:  # installed after this process started: its layout at this row
-            definition = layouts_at(self._conn, self.config.source, row.seq - 1).get(row.table)
-            definition = definition or describe_table(self._conn, self.config.source, row.table)
-            layout = self._layouts[row.table] = TableLayout.of(definition)
-            self._produce_definitions([definition])
+        if layout is None:
+            return 0  # a table another source on this database captures, not this one
+        if row.seq <= self._table_starts.get(row.table, 0):
+            return 0  # before this source's own snapshot of a table it added later
         pairs = to_operations(row, layout, self.config.source)
         # the per-operation path, with every lookup hoisted: it runs once per captured row
         produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
@@ -488,6 +626,8 @@ class Capture:
                     marker_id=self._marker_id,
                     partitions=self.partitions,
                     counts=tuple(self._counts),
+                    database_id=self._database_id,
+                    incarnation=self._incarnation,
                 )
                 self._produce(self.topics.capture_position, encode(record), POSITION_KEY, 0)
             failpoints.hit("capture.before_commit")

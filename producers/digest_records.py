@@ -11,7 +11,8 @@ CONTROL_PARTITION = 0  # the control topic has one partition: one total order
 
 
 def to_marker_digest(source: str, row: ChangeRow) -> MarkerDigest:
-    payload = DigestPayload.from_json(row.marker_id or 0, row.after or "")
+    # the G row is for every source of the database: this source's own tables only
+    payload = DigestPayload.from_json(row.marker_id or 0, row.after or "").for_source(source)
     return MarkerDigest(
         source=source,
         marker_id=payload.marker_id,

@@ -9,6 +9,11 @@ while writers go on (WAL readers block nobody), and the result is written to the
 log in a short write transaction as a row of kind ``G``, so capture carries it after the
 marker, in order, to the control topic (``MarkerDigest``).
 
+Several sources may capture one database (``producers/sources.py``) and a marker cuts
+them all: the ``G`` row (for every source) holds the digest of every captured table and,
+per source, the tables that source captured at T1; each source's capture publishes the
+digests of its own tables only (:meth:`DigestPayload.for_source`).
+
 A marker whose digest is not wanted (``--digest-every N``) still gets a ``G`` row saying
 "skipped", so the snapshotter never waits for one. A database not in WAL mode cannot
 have a reader beside a writer: there the digest is computed inside A's transaction (writers
@@ -24,6 +29,9 @@ from dataclasses import dataclass
 
 from producers.digest import TableDigest, digest_tables
 from producers.sqlite_changelog import CHANGES, KIND_DIGEST, connect, installed_tables, now_us
+from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write
+
+SourceTables = dict[str, tuple[str, ...]]  # source -> the tables it captured at T1
 
 
 @dataclass(frozen=True)
@@ -34,15 +42,32 @@ class DigestPayload:
     skipped: bool
     tables: tuple[TableDigest, ...] = ()
     note: str | None = None
+    sources: SourceTables | None = None  # None: written before sources had table sets
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "skipped": self.skipped,
-                "note": self.note,
-                "tables": [{"table": t.table, "rows": t.rows, "hash": t.hex} for t in self.tables],
-            },
-            sort_keys=True,
+        data: dict[str, object] = {
+            "skipped": self.skipped,
+            "note": self.note,
+            "tables": [{"table": t.table, "rows": t.rows, "hash": t.hex} for t in self.tables],
+        }
+        if self.sources is not None:
+            data["sources"] = {s: list(tables) for s, tables in self.sources.items()}
+        return json.dumps(data, sort_keys=True)
+
+    def for_source(self, source: str) -> DigestPayload:
+        """The digests of the tables ``source`` captured at T1 (its cut compares those).
+
+        A source the marker did not cut (registered after it) gets a skipped payload.
+        """
+        if self.sources is None or self.skipped:
+            return self
+        if source not in self.sources:
+            return DigestPayload(
+                self.marker_id, True, note=f"source {source!r} was not capturing at this marker"
+            )
+        own = set(self.sources[source])
+        return DigestPayload(
+            self.marker_id, False, tuple(t for t in self.tables if t.table in own), self.note
         )
 
     @classmethod
@@ -51,7 +76,10 @@ class DigestPayload:
         tables = tuple(
             TableDigest(t["table"], int(t["rows"]), int(t["hash"], 16)) for t in data["tables"]
         )
-        return cls(marker_id, bool(data["skipped"]), tables, data.get("note"))
+        sources = data.get("sources")
+        if sources is not None:
+            sources = {s: tuple(tables) for s, tables in sources.items()}
+        return cls(marker_id, bool(data["skipped"]), tables, data.get("note"), sources)
 
 
 def wants_digest(marker_id: int, digest_every: int) -> bool:
@@ -60,12 +88,31 @@ def wants_digest(marker_id: int, digest_every: int) -> bool:
 
 
 def compute_payload(
-    conn: sqlite3.Connection, marker_id: int, tables: Sequence[str] | None = None
+    conn: sqlite3.Connection,
+    marker_id: int,
+    tables: Sequence[str] | None = None,
+    sources: SourceTables | None = None,
 ) -> DigestPayload:
     """Digests of ``tables`` (default: every captured table) as ``conn``'s open
     transaction sees them, each in its layout there."""
     chosen = installed_tables(conn) if tables is None else tables
-    return DigestPayload(marker_id, False, tuple(digest_tables(conn, chosen)))
+    return DigestPayload(marker_id, False, tuple(digest_tables(conn, chosen)), sources=sources)
+
+
+def source_tables(conn: sqlite3.Connection) -> SourceTables | None:
+    """Each registered source's captured tables, as the caller's transaction sees them.
+
+    A table let go by ``cutline migrate`` may stay in a source's record until that source
+    has published its drop: only tables still captured count. None on a database whose
+    sources have no records yet (a single source, which captures every table).
+    """
+    from producers.sources import all_sources  # it builds on sqlite_changelog, like us
+
+    records = all_sources(conn)
+    if not records:
+        return None
+    captured = set(installed_tables(conn))
+    return {r.source: tuple(t for t in r.tables if t in captured) for r in records}
 
 
 def skipped_payload(marker_id: int, note: str) -> DigestPayload:
@@ -84,9 +131,11 @@ def insert_digest_row(conn: sqlite3.Connection, payload: DigestPayload) -> None:
     )
 
 
-def write_digest_row(conn: sqlite3.Connection, payload: DigestPayload) -> None:
-    """Append the ``G`` row in its own short write transaction."""
-    conn.execute("BEGIN IMMEDIATE")
+def write_digest_row(
+    conn: sqlite3.Connection, payload: DigestPayload, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> None:
+    """Append the ``G`` row in its own short write transaction (waiting out a long one)."""
+    begin_write(conn, f"writing the digest of marker {payload.marker_id}", lock_timeout_s)
     try:
         insert_digest_row(conn, payload)
         conn.execute("COMMIT")
@@ -130,10 +179,12 @@ class PinnedSnapshot:
             raise
         return cls(reader)
 
-    def payload(self, marker_id: int, tables: Sequence[str]) -> DigestPayload:
+    def payload(
+        self, marker_id: int, tables: Sequence[str], sources: SourceTables | None
+    ) -> DigestPayload:
         """The digests of ``tables`` as of the pinned snapshot; ends the read transaction."""
         try:
-            return compute_payload(self.reader, marker_id, tables)
+            return compute_payload(self.reader, marker_id, tables, sources)
         finally:
             self.close()
 
@@ -162,13 +213,22 @@ class MarkerProof:
     marker's writer holds the lock, and ``ensure_schema`` changes no captured row.
     """
 
-    def __init__(self, conn: sqlite3.Connection, digest_every: int = 1, *, digest: bool = True):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        digest_every: int = 1,
+        *,
+        digest: bool = True,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    ):
         self.conn = conn
         self.digest_every = digest_every
         self.digest = digest
+        self.lock_timeout_s = lock_timeout_s  # the G row's wait for the write lock
         self._pinned: PinnedSnapshot | None = None
         self._marker_id: int | None = None
         self._tables: list[str] = []
+        self._sources: SourceTables | None = None
 
     def pin(self) -> None:
         self._pinned = PinnedSnapshot.open(self.conn)
@@ -181,15 +241,18 @@ class MarkerProof:
             self.abandon()
             insert_digest_row(self.conn, skipped_payload(marker_id, every_note(self.digest_every)))
         elif self._pinned is None:
-            insert_digest_row(self.conn, compute_payload(self.conn, marker_id))
+            sources = source_tables(self.conn)
+            insert_digest_row(self.conn, compute_payload(self.conn, marker_id, None, sources))
         else:  # computed from the pinned snapshot after the commit
             self._marker_id = marker_id
             self._tables = installed_tables(self.conn)  # as of the marker's transaction
+            self._sources = source_tables(self.conn)
 
     def finish(self) -> None:
         if self._pinned is not None and self._marker_id is not None:
             pinned, self._pinned = self._pinned, None
-            write_digest_row(self.conn, pinned.payload(self._marker_id, self._tables))
+            payload = pinned.payload(self._marker_id, self._tables, self._sources)
+            write_digest_row(self.conn, payload, self.lock_timeout_s)
         self.abandon()
 
     def abandon(self) -> None:

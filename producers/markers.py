@@ -16,6 +16,7 @@ from cutline.errors import ConfigError
 from producers.marker_digest import MarkerProof
 from producers.schema_changes import ensure_schema
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
+from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,16 @@ def request_marker_in_transaction(
 
 
 def request_marker(
-    conn: sqlite3.Connection, note: str | None = None, *, digest_every: int = 1
+    conn: sqlite3.Connection,
+    note: str | None = None,
+    *,
+    digest_every: int = 1,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> MarkerTicket:
     """Commit one marker request on the primary and return its id and T1.
 
+    Waits up to ``lock_timeout_s`` for an application's write transaction to end (a
+    marker must sit at a commit boundary, so it needs the write lock), logging meanwhile.
     The primary's table digests at the marker follow it in a second short transaction,
     read from a snapshot pinned under the marker's write lock (see ``marker_digest``).
     """
@@ -77,8 +84,8 @@ def request_marker(
             "capture is not installed on this database: run `cutline capture --db PATH "
             "--tables ...` first, then cut markers"
         )
-    proof = MarkerProof(conn, digest_every)
-    conn.execute("BEGIN IMMEDIATE")
+    proof = MarkerProof(conn, digest_every, lock_timeout_s=lock_timeout_s)
+    begin_write(conn, "cutting a marker", lock_timeout_s)  # then pin, ensure_schema, marker
     try:
         proof.pin()
         ticket = request_marker_in_transaction(conn, note, proof=proof)

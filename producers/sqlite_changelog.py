@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cutline.errors import ConfigError
+from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write, use_wal
 from schemas.records import Column, TableDefinition, Value
 
 log = logging.getLogger("cutline.capture")
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS {CHANGES} (
     before TEXT,
     after TEXT,
     marker_id INTEGER,
-    at_us INTEGER NOT NULL
+    at_us INTEGER NOT NULL,
+    only_source TEXT
 );
 CREATE TABLE IF NOT EXISTS {MARKERS} (
     marker_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -144,6 +146,7 @@ class ChangeRow:
     marker_id: int | None
     at_us: int
     raw_text: bool = False  # holds TEXT that is not valid UTF-8 (read byte for byte)
+    only_source: str | None = None  # a snapshot row for that source only (None: for all)
 
 
 def describe_table(conn: sqlite3.Connection, source: str, table: str) -> TableDefinition:
@@ -231,53 +234,95 @@ def trigger_sql(conn: sqlite3.Connection, definition: TableDefinition) -> list[s
 
 
 def copy_rows(conn: sqlite3.Connection, definition: TableDefinition) -> None:
-    """Write the table's whole current content to the change log as INSERTs."""
-    conn.execute(
-        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us) "
-        f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ? "
-        f"FROM {quote_identifier(definition.table)} AS t",
-        (definition.table, now_us()),
-    )
+    """Write the table's whole current content to the change log as INSERTs.
+
+    For every source (``only_source`` NULL): a re-install's copy follows its 'S' row, and
+    every source capturing the table needs both; sources that do not capture it skip them.
+    """
+    snapshot_table(conn, definition, None)
 
 
-def install(conn: sqlite3.Connection, source: str, tables: list[str]) -> list[TableDefinition]:
+def install(
+    conn: sqlite3.Connection,
+    source: str,
+    tables: list[str],
+    *,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> list[TableDefinition]:
     """Install capture on ``tables`` (idempotent) and return their definitions.
 
     A table captured for the first time gets its existing rows written to the change log
     as INSERTs in the same transaction that creates its triggers, so the replica starts
     from exactly the primary's content at that commit and misses nothing after it.
+    Schema changes made meanwhile are followed first (``producers/schema_changes.py``).
     """
-    if not tables:
-        raise ConfigError("no tables to capture: pass --tables T1,T2")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("BEGIN IMMEDIATE")
+    use_wal(conn, lock_timeout_s)
+    begin_write(conn, "installing capture", lock_timeout_s)
     try:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        definitions = []
-        for table in tables:
-            definition = describe_table(conn, source, table)
-            definitions.append(definition)
-            columns = ",".join(definition.column_names)
-            known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
-            if known is not None:
-                continue  # changed layouts, missing or outdated triggers: ensure_schema, below
-            create_triggers(conn, definition)
-            copy_rows(conn, definition)
-            conn.execute(
-                f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) "
-                "VALUES (?, ?, ?, ?)",
-                (table, columns, ",".join(definition.key_columns), now_us()),
-            )
-        from producers.schema_changes import ensure_schema  # it builds on this module
-
-        ensure_schema(conn)
+        definitions, _ = install_in_transaction(conn, source, tables)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return definitions
+
+
+def ensure_changelog_tables(conn: sqlite3.Connection) -> None:
+    """Create cutline's tables, and add ``only_source`` to a change log that predates it."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({CHANGES})")}
+    if "only_source" not in columns:
+        conn.execute(f"ALTER TABLE {CHANGES} ADD COLUMN only_source TEXT")
+
+
+def install_in_transaction(
+    conn: sqlite3.Connection, source: str, tables: list[str], only_source: str | None = None
+) -> tuple[list[TableDefinition], set[str]]:
+    """Install inside the caller's write transaction; also return the tables snapshotted.
+
+    Schema changes of tables already captured are followed first (a re-install: 'S' row,
+    new triggers, content copied for every source), so snapshots taken here are in the
+    current layout and come after them. Snapshot rows are tagged ``only_source`` when
+    given (that source's own initial snapshot, which other sources capturing the database
+    skip).
+    """
+    from producers.schema_changes import ensure_schema  # it builds on this module
+
+    if not tables:
+        raise ConfigError("no tables to capture: pass --tables T1,T2")
+    ensure_changelog_tables(conn)
+    ensure_schema(conn)
+    definitions = []
+    snapshotted: set[str] = set()
+    for table in tables:
+        definition = describe_table(conn, source, table)
+        definitions.append(definition)
+        known = conn.execute(f"SELECT columns FROM {TABLES} WHERE tbl = ?", (table,)).fetchone()
+        if known is not None:
+            continue  # changed layouts, missing or outdated triggers: ensure_schema's job
+        create_triggers(conn, definition)
+        snapshot_table(conn, definition, only_source)
+        snapshotted.add(table)
+        conn.execute(
+            f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) VALUES (?, ?, ?, ?)",
+            (table, ",".join(definition.column_names), ",".join(definition.key_columns), now_us()),
+        )
+    ensure_schema(conn)  # records the new tables' definitions and the schema version
+    return definitions, snapshotted
+
+
+def snapshot_table(
+    conn: sqlite3.Connection, definition: TableDefinition, only_source: str | None
+) -> None:
+    """Write every row of a table to the change log as an INSERT (in the caller's transaction)."""
+    conn.execute(
+        f"INSERT INTO {CHANGES}(kind, tbl, before, after, at_us, only_source) "
+        f"SELECT 'I', ?, NULL, {image_sql(definition, 't')}, ?, ? "
+        f"FROM {quote_identifier(definition.table)} AS t",
+        (definition.table, now_us(), only_source),
+    )
 
 
 def installed_tables(conn: sqlite3.Connection) -> list[str]:
@@ -291,23 +336,30 @@ READ_BATCH_BYTES = 64 << 20  # a batch of change rows stops growing past this ma
 
 
 def read_changes(
-    conn: sqlite3.Connection, after_seq: int, limit: int, max_bytes: int = READ_BATCH_BYTES
+    conn: sqlite3.Connection,
+    after_seq: int,
+    limit: int,
+    max_bytes: int = READ_BATCH_BYTES,
+    *,
+    source: str | None = None,
 ) -> list[ChangeRow]:
     """Committed changes with ``seq > after_seq``, in commit order.
+
+    With ``source``, snapshot rows tagged for another source are left out.
 
     At most ``limit`` rows, and no more once their images add up to ``max_bytes`` (always
     at least one row), so a run of large rows never has to fit in memory at once. A batch
     holding TEXT that is not valid UTF-8 is read again byte for byte (``raw_text``).
     """
     try:
-        return _read_changes(conn, after_seq, limit, max_bytes)
+        return _read_changes(conn, after_seq, limit, max_bytes, source)
     except sqlite3.OperationalError as exc:
         if "decode" not in str(exc):
             raise
     previous = conn.text_factory
     conn.text_factory = _text_keeping_bytes
     try:
-        rows = _read_changes(conn, after_seq, limit, max_bytes)
+        rows = _read_changes(conn, after_seq, limit, max_bytes, source)
     finally:
         conn.text_factory = previous
     return [
@@ -317,18 +369,25 @@ def read_changes(
 
 
 def _read_changes(
-    conn: sqlite3.Connection, after_seq: int, limit: int, max_bytes: int
+    conn: sqlite3.Connection, after_seq: int, limit: int, max_bytes: int, source: str | None
 ) -> list[ChangeRow]:
-    cursor = conn.execute(
-        f"SELECT seq, kind, tbl, before, after, marker_id, at_us FROM {CHANGES} "
-        "WHERE seq > ? ORDER BY seq LIMIT ?",
-        (after_seq, limit),
-    )
+    columns = "seq, kind, tbl, before, after, marker_id, at_us"
+    if source is None:
+        cursor = conn.execute(
+            f"SELECT {columns} FROM {CHANGES} WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+    else:
+        cursor = conn.execute(
+            f"SELECT {columns}, only_source FROM {CHANGES} WHERE seq > ? "
+            "AND (only_source IS NULL OR only_source = ?) ORDER BY seq LIMIT ?",
+            (after_seq, source, limit),
+        )
     rows: list[ChangeRow] = []
     size = 0
     try:
         for r in cursor:
-            rows.append(ChangeRow(*r))
+            rows.append(ChangeRow(*r[:7], only_source=r[7] if len(r) > 7 else None))
             size += len(r[3] or "") + len(r[4] or "")
             if size >= max_bytes:
                 break

@@ -75,7 +75,7 @@ class _Binding:
     header: bytes
     to_datum: Callable[[Any], dict[str, Any]]
     from_datum: Callable[[dict[str, Any]], Record]
-    reader: Any = None  # for an older schema: the current one, read by schema resolution
+    reader: Any = None  # for an older writer schema: the current schema, to resolve to
 
 
 def _operation_datum(r: Operation) -> dict[str, Any]:
@@ -114,6 +114,7 @@ def _table_datum(r: TableDefinition) -> dict[str, Any]:
             for c in r.columns
         ],
         "key_columns": list(r.key_columns),
+        "incarnation": r.incarnation,
         "reinstalled": r.reinstalled,
     }
 
@@ -125,6 +126,7 @@ def _table(d: dict[str, Any]) -> TableDefinition:
         ddl=d["ddl"],
         columns=tuple(Column(c["name"], c["declared_type"], c["not_null"]) for c in d["columns"]),
         key_columns=tuple(d["key_columns"]),
+        incarnation=d["incarnation"],
         reinstalled=d["reinstalled"],
     )
 
@@ -192,6 +194,8 @@ def _position_datum(r: CapturePosition) -> dict[str, Any]:
         "marker_id": r.marker_id,
         "partitions": r.partitions,
         "counts": list(r.counts),
+        "database_id": r.database_id,
+        "incarnation": r.incarnation,
     }
 
 
@@ -202,6 +206,8 @@ def _position(d: dict[str, Any]) -> CapturePosition:
         marker_id=d["marker_id"],
         partitions=d["partitions"],
         counts=tuple(d["counts"]),
+        database_id=d["database_id"],
+        incarnation=d["incarnation"],
     )
 
 
@@ -236,9 +242,11 @@ SCHEMA_FILES: dict[type, str] = {
     MarkerDigest: "marker_digest.avsc",
 }
 
-# Older versions of a schema, still decoded (resolved to the current schema of the type).
-OLD_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
+# Earlier versions of a schema, still decoded (resolved to the current one, whose added
+# fields have defaults): records written before the change stay readable.
+OLDER_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
     TableDefinition: ("table_definition.v1.avsc",),
+    CapturePosition: ("capture_position.v1.avsc",),
 }
 
 _CONVERTERS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[..., Record]]] = {
@@ -261,12 +269,13 @@ def _bind() -> tuple[dict[type, _Binding], dict[bytes, _Binding]]:
         binding = _Binding(record_type, fastavro.parse_schema(schema), header, to_datum, from_datum)
         by_type[record_type] = binding
         by_header[header] = binding
-        for old_file in OLD_SCHEMA_FILES.get(record_type, ()):
+        for old_file in OLDER_SCHEMA_FILES.get(record_type, ()):
             old = load_schema(old_file)
-            by_header[MAGIC + schema_fingerprint(old)] = _Binding(
+            old_header = MAGIC + schema_fingerprint(old)
+            by_header[old_header] = _Binding(
                 record_type,
                 fastavro.parse_schema(old),
-                MAGIC + schema_fingerprint(old),
+                old_header,
                 to_datum,
                 from_datum,
                 reader=binding.parsed,

@@ -53,6 +53,7 @@ class TableDefinition:
     ddl: str
     columns: tuple[Column, ...]
     key_columns: tuple[str, ...]
+    incarnation: int = 0  # the source's incarnation; a higher one replaces the replica's rows
     reinstalled: bool = False  # sent after a schema change: replicas rebuild the table
 
     @property
@@ -93,6 +94,8 @@ class CapturePosition:
     marker_id: int
     partitions: int
     counts: tuple[int, ...]
+    database_id: str = ""  # the captured database's identity ("" before it was recorded)
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,7 @@ def test_kafka_start_reuses_the_running_local_broker(cluster: Provided) -> None:
 
 def test_help_teaches_every_command() -> None:
     for command in [
-        "kafka", "capture", "mark", "migrate", "replicate", "replay", "backups", "query",
+        "kafka", "capture", "mark", "sources", "migrate", "replicate", "replay", "backups", "query",
         "restore", "diff", "verify", "prune", "demo", "status", "dlq",
     ]:  # fmt: skip
         result = subprocess.run(

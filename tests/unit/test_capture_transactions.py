@@ -14,7 +14,8 @@ from cutline.errors import BrokerError
 from producers.capture import Capture, CaptureConfig, RecordTooLarge
 from producers.markers import request_marker
 from producers.operations import TableLayout
-from producers.sqlite_changelog import connect, describe_table, install, read_changes
+from producers.sources import Start, StartPlan, install_source
+from producers.sqlite_changelog import connect, describe_table, read_changes
 from schemas.codec import decode
 from schemas.records import CapturePosition, ConsistencyMarker, MarkerDigest, Operation
 
@@ -80,7 +81,9 @@ def make_capture(db: Path, producer: StandInProducer, **config) -> Capture:
         CaptureConfig(str(db), ["t"], "unused:9092", source="s", **config), progress=lambda m: None
     )
     conn = connect(db)
-    install(conn, "s", ["t"])
+    conn.execute("BEGIN IMMEDIATE")
+    install_source(conn, "s", ["t"], StartPlan(Start.FRESH, 0), last_marker=0)
+    conn.execute("COMMIT")
     capture._conn = conn
     capture._layouts = {"t": TableLayout.of(describe_table(conn, "s", "t"))}
     capture.partitions = PARTITIONS

@@ -253,7 +253,35 @@ def test_apache_avro_reads_the_datum(record):
             "marker_id": record.marker_id,
             "partitions": record.partitions,
             "counts": list(record.counts),
+            "database_id": record.database_id,
+            "incarnation": record.incarnation,
         }
+
+
+@pytest.mark.parametrize(
+    ("record", "old_file"),
+    [
+        (CapturePosition("shop", 10, 3, 2, (1, 2)), "capture_position.v1.avsc"),
+        (
+            TableDefinition(
+                "shop", "t", "CREATE TABLE t(a PRIMARY KEY)", (Column("a", ""),), ("a",)
+            ),
+            "table_definition.v1.avsc",
+        ),
+    ],
+)
+def test_records_written_with_the_previous_schema_still_decode(record, old_file) -> None:
+    """A topic written by the previous version stays readable: the new fields take defaults."""
+    old = codec.load_schema(old_file)
+    out = io.BytesIO()
+    out.write(codec.MAGIC + codec.schema_fingerprint(old))
+    datum = dict(codec._CONVERTERS[type(record)][0](record))
+    datum.pop("incarnation")
+    datum.pop("reinstalled", None)
+    datum.pop("database_id", None)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(old), datum)
+    assert out.getvalue()[:10] != encode(record)[:10], "the old schema has its own fingerprint"
+    assert decode(out.getvalue()) == record
 
 
 # -- errors
@@ -385,5 +413,7 @@ def test_table_definitions_written_before_reinstalled_existed_still_decode():
     assert decoded == TableDefinition(
         "shop", "t", datum["ddl"], (Column("id", "INTEGER"),), ("id",), reinstalled=False
     )
-    new = TableDefinition("shop", "t", datum["ddl"], (Column("id", "INTEGER"),), ("id",), True)
+    new = TableDefinition(
+        "shop", "t", datum["ddl"], (Column("id", "INTEGER"),), ("id",), reinstalled=True
+    )
     assert decode(encode(new)) == new
