@@ -8,13 +8,14 @@ source name unique to the run (runs never collide on a shared broker):
 3. markers: capture, a writer and the replicator run while markers are cut;
 4. backup: ``write_backup`` over held shards vs DuckDB loading an Arrow table;
 5. incremental: a full backup, 1 % of rows changed, then an incremental: size and time;
-6. scale (``bench.scale``): per size (default 100k and 1M rows), ``cutline capture`` and
+6. digest: the primary's and the replica's table digest, rows/s by table size;
+7. scale (``bench.scale``): per size (default 100k and 1M rows), ``cutline capture`` and
    ``cutline replicate`` as processes: initial load, pause per marker, backup seconds and
    bytes (full and incremental), peak RSS of replicate, ratios to DuckDB-from-Arrow;
-7. write cost (``bench.write_cost_phase``): the primary's update throughput with capture
+8. write cost (``bench.write_cost_phase``): the primary's update throughput with capture
    installed ÷ without, 1 and 100 updates per transaction.
 
-``--scale 100k,1M,10M`` runs phases 6 and 7 only, at those sizes.
+``--scale 100k,1M,10M`` runs phases 7 and 8 only, at those sizes.
 
 Kafka: ``--bootstrap-servers``, else ``$KAFKA_BOOTSTRAP_SERVERS``, else a cluster from
 ``cutline.broker.provision.provide_cluster`` (stopped at the end if this run started it).
@@ -41,6 +42,7 @@ from typing import Any
 from bench.backup_bench import backup_phase
 from bench.capture_bench import bare_producer_phase, capture_phase
 from bench.common import PARTITIONS, BenchError, build_primary, log, read_topic, timed
+from bench.digest_bench import SIZES_FULL, SIZES_QUICK, digest_phase
 from bench.incremental_bench import incremental_phase
 from bench.replication_bench import (
     bare_consumer_phase,
@@ -93,6 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"rows of the incremental phase (default {FULL['incremental_rows']})",
     )
     parser.add_argument(
+        "--digest-sizes",
+        help="comma-separated table sizes of the digest phase (default "
+        f"{','.join(map(str, SIZES_FULL))}; --quick: {','.join(map(str, SIZES_QUICK))})",
+    )
+    parser.add_argument(
         "--scale",
         type=parse_sizes,
         metavar="N[,N...]",
@@ -122,6 +129,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.digest_sizes is None:
+        args.digest_sizes = SIZES_QUICK if args.quick else SIZES_FULL
+    else:
+        try:
+            args.digest_sizes = tuple(int(n) for n in args.digest_sizes.split(",") if n.strip())
+        except ValueError:
+            parser.error(
+                "--digest-sizes takes whole numbers separated by commas, e.g. 10000,100000"
+            )
     if args.ops < 200 or args.markers < 1 or args.rows < 1 or args.incremental_rows < 100:
         parser.error(
             "--ops must be at least 200, --markers and --rows at least 1, "
@@ -182,7 +198,7 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path, source: str) ->
 def run_phases(
     args: argparse.Namespace, bootstrap: str, workdir: Path, source: str
 ) -> dict[str, Any]:
-    """Phases 1-5 (every run but ``--scale``)."""
+    """Phases 1-6 (every run but ``--scale``)."""
     topics = Topics(source)
     bare_topic = bench_topics(source)[-1]
     out: dict[str, Any] = {}
@@ -215,6 +231,8 @@ def run_phases(
     out["backup"] = backup_phase(workdir, source, args.rows)
     log(f"incremental backup of {args.incremental_rows} rows, 1 % changed")
     out["incremental"] = incremental_phase(workdir, source, args.incremental_rows)
+    log(f"digest of tables of {', '.join(map(str, args.digest_sizes))} rows")
+    out["digest"] = digest_phase(workdir, source, args.digest_sizes)
     return out
 
 

@@ -42,16 +42,18 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPar
 
 from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import backup_dir_name, has_backup, read_backup, source_dir
+from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline import failpoints
+from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_consumer
 from cutline.kafka_errors import NotAuthorized, describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
-from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
+from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, MarkerDigest
 
 if TYPE_CHECKING:
     from consumers.retention import RetentionPolicy
@@ -129,6 +131,7 @@ class CutCoordinator:
         alignment_timeout_s: float = 120.0,
         snapshot_deadline_s: float = 600.0,
         full_every: int = 1,
+        digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S,
         retention: RetentionPolicy | None = None,
         progress: Callable[[str], None] | None = None,
         metrics: Metrics = NO_METRICS,
@@ -143,6 +146,8 @@ class CutCoordinator:
         self.alignment = Alignment(alignment_timeout_s)
         self.snapshot_deadline_s = snapshot_deadline_s
         self.full_every = full_every  # passed to write_backup: a full backup every N
+        self.digests = DigestBook(source)  # the primary's digests, from the control topic
+        self.digest_timeout_s = digest_timeout_s
         self.retention = retention  # applied after each backup this process publishes
         self.progress = progress or log.info
         self.metrics = metrics
@@ -317,6 +322,9 @@ class CutCoordinator:
         except CodecError as exc:
             log.warning("ignoring a control record that is not a cutline event: %s", exc)
             return
+        if isinstance(event, MarkerDigest):
+            self.digests.add(event)
+            return
         if not isinstance(event, ControlEvent) or event.source != self.source:
             return
         with self._lock:
@@ -442,6 +450,7 @@ class CutCoordinator:
                 plan,
                 writer=self.member,
                 full_every=self.full_every,
+                proof=self.digests.source_for(self.digest_timeout_s, self._stop),
             )
             failpoints.hit("snapshot.after_publish")
             if self.retention is not None:  # still under the writer lock: chains stay whole
@@ -450,6 +459,8 @@ class CutCoordinator:
                 apply_retention(self.backups_dir, self.source, self.retention, self.progress)
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
+            return
+        except DigestWaitStopped:  # stopping: the cut stays READY for the next start
             return
         except Exception as exc:  # any other failure of the writer fails this cut loudly
             log.exception("snapshot of marker %s failed", plan.marker_id)

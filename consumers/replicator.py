@@ -44,6 +44,7 @@ from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
 from consumers.retention import RetentionPolicy
+from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.directories import writable_directory
 from cutline.errors import BrokerError, ConfigError
 from cutline.kafka_clients import (
@@ -78,6 +79,7 @@ class ReplicateConfig:
     topic_wait_s: float = 120.0
     session_timeout_s: float = 15.0  # how long the group waits for a silent process
     full_every: int = 1  # a full backup every N; incrementals in between
+    digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S  # wait for the primary's digest
     retention: RetentionPolicy | None = None  # pruned after each backup published here
     member: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -153,6 +155,7 @@ class Replicator:
             producer=self._producer,
             alignment_timeout_s=cfg.alignment_timeout_s,
             full_every=cfg.full_every,
+            digest_timeout_s=cfg.digest_timeout_s,
             retention=cfg.retention,
             progress=self.progress,
             metrics=self.metrics,

@@ -27,6 +27,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,24 @@ import duckdb
 
 from consumers import changed_keys
 from consumers.avro_blocks import ContainerWriter
+from consumers.backup_digest import restored_digest
 from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
 from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
 from consumers.column_types import (  # noqa: F401  (affinity, column_type: the typing API)
+    DOUBLE,
     TEXT_FALLBACK,
     ColumnType,
     affinity,
     column_type,
     column_types_of,
+)
+from consumers.digest_proof import (
+    DigestMismatch,
+    DigestMissing,
+    DigestWaitStopped,
+    ProofSource,
+    prove,
+    replica_digests,
 )
 from consumers.duckdb_format import writer_config, written_with
 from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
@@ -56,9 +67,10 @@ from consumers.incremental import (
     write_changes,
 )
 from consumers.keyed_changes import KeyedChanges, write_keyed_changes
-from consumers.replica import load_definitions, open_readonly, read_state, shard_path
+from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
 from consumers.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
 from cutline.errors import CutlineError
+from producers.digest import DigestAccumulator
 from producers.markers import format_time
 from producers.sqlite_changelog import quote_identifier, quote_text
 from schemas.records import TableDefinition
@@ -84,6 +96,46 @@ class CutPlan:
     offsets: dict[int, int]
     tables: tuple[str, ...]
     alignment_s: float | None = None
+
+
+def _table_proof(
+    connections: list[Any], definition: TableDefinition, types: list[ColumnType]
+) -> dict[str, Any]:
+    """The manifest's ``digest`` of a table, from the pinned shards' own (native) rows.
+
+    Read in a pass of its own, chunk by chunk (memory stays flat), because the backup's
+    batches hold converted values, and an incremental built from the recorded keys reads
+    no other row. Adds ``widened_columns`` (and ``restored_digest`` when a restore cannot
+    give every value back with its storage class) for columns the backup widened.
+    """
+    names = definition.column_names
+    digest = DigestAccumulator()
+    candidates = [i for i, t in enumerate(types) if t is TEXT_FALLBACK or t is DOUBLE]
+    widened: set[int] = {i for i in candidates if types[i] is TEXT_FALLBACK}
+    for conn in connections:
+        for chunk in iter_rows(conn, definition.table, names):
+            digest.add(chunk)
+            for i in candidates:
+                if i not in widened and any(type(row[i]) is int for row in chunk):
+                    widened.add(i)
+    result = digest.result(definition.table)
+    out: dict[str, Any] = {"digest": result.as_json()}
+    if widened:
+        out["widened_columns"] = [definition.columns[i].name for i in sorted(widened)]
+
+        def converted() -> Iterator[tuple]:
+            for conn in connections:
+                for chunk in iter_rows(conn, definition.table, names):
+                    for row in chunk:
+                        yield tuple(
+                            v if t.convert is None else t.convert(v)
+                            for v, t in zip(row, types, strict=True)
+                        )
+
+        restored = restored_digest(definition.table, definition.ddl, names, converted())
+        if (restored.rows, restored.hash) != (result.rows, result.hash):
+            out["restored_digest"] = restored.as_json()
+    return out
 
 
 _AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
@@ -158,12 +210,15 @@ def write_backup(
     avro_codec: str = "deflate",
     full_every: int = 1,
     on_batch: BatchObserver | None = None,
+    proof: ProofSource | None = None,
 ) -> Backup:
     """Write and publish backup ``plan.marker_id``; return it as catalogued.
 
     ``full_every`` N > 1 makes the backup an incremental (only what changed since the
     previous backup) while the chain since the last full is shorter than N; see
-    ``consumers.incremental``.
+    ``consumers.incremental``. ``proof`` gives the primary's digest of the marker: the
+    backup is published only if the replica rows have the same digests
+    (``consumers.digest_proof``).
     """
     started = time.monotonic()
     parent = source_dir(backups_dir, plan.source)
@@ -190,11 +245,16 @@ def write_backup(
             tables_meta = _write_files(
                 temp, connections, definitions, plan, t2_us, writer, avro_codec, choice, on_batch
             )
+        try:
+            checked = prove(plan.marker_id, replica_digests(tables_meta), proof)
+        except (DigestMismatch, DigestMissing) as exc:
+            raise SnapshotError(str(exc)) from exc
         manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
         manifest.update(choice.manifest_fields(plan.marker_id))
+        manifest["proof"] = checked
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         publish_directory(temp, final)
-    except SnapshotError:
+    except (SnapshotError, DigestWaitStopped):
         _discard(temp)
         raise
     except (OSError, duckdb.Error, sqlite3.Error, ValueError, CutlineError) as exc:
@@ -271,9 +331,11 @@ def _write_files(
             for definition, avro_base in zip(definitions, avro_files, strict=True):
                 avro_rel = f"{AVRO_DIR}/{avro_base}.avro"
                 if definition.table in keyed:
+                    changes = keyed[definition.table]
                     meta = _write_keyed_table(
-                        db, definition, keyed[definition.table], temp, avro_rel, plan, t2_us, codec
+                        db, definition, changes, temp, avro_rel, plan, t2_us, codec
                     )
+                    meta.update(_table_proof(connections, definition, changes.types))
                 else:
                     meta = _write_table(
                         db,
@@ -288,6 +350,7 @@ def _write_files(
                         parent,
                         on_batch,
                     )
+                    meta.update(_table_proof(connections, definition, types[definition.table]))
                     if parent is not None:
                         meta["changes_from"] = (
                             f"a diff of the whole table: {why_full_diff[definition.table]}"

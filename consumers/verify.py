@@ -12,7 +12,10 @@ it reads passed the earlier ones, so a damaged file is never opened by DuckDB):
    its chain, the full row count);
 4. each table's Avro file holds the same rows as its DuckDB table, compared by content,
    and its header names the manifest's source, marker and T1 (the manifest itself has
-   no checksum, so the checksummed files vouch for what it says the backup is).
+   no checksum, so the checksummed files vouch for what it says the backup is);
+5. each table's digest, recomputed from the DuckDB content (an incremental: resolved
+   through its chain), equals the one recorded at the cut, which the snapshotter proved
+   equal to the primary's at T1 (``consumers.backup_digest``).
 
 :func:`verify_catalog` also reports a backup directory whose manifest is missing,
 unreadable or incomplete: the catalog cannot list it, so nothing else would.
@@ -20,6 +23,7 @@ unreadable or incomplete: the catalog cannot list it, so nothing else would.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ import duckdb
 import fastavro
 import pyarrow as pa
 
+from consumers.backup_digest import digest_problems
 from consumers.catalog import Backup, damaged_backup_dirs, list_backups, marker_id_of_dir
 from consumers.chain import (
     DELETED_SCHEMA,
@@ -142,7 +147,7 @@ def verify_backup(backup: Backup) -> list[str]:
     chain_problems = verify_chain(backup)
     try:
         problems.extend(_verify_contents(backup, resolve=not chain_problems))
-    except (duckdb.Error, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+    except (duckdb.Error, sqlite3.Error, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
         problems.append(f"{_label(backup)}: cannot read the backup: {exc}")
     return chain_problems + problems
 
@@ -190,9 +195,12 @@ def _verify_contents(backup: Backup, *, resolve: bool) -> list[str]:
                 )
     finally:
         db.close()
+    if not incremental:
+        problems.extend(digest_problems(label, backup.duckdb_path, backup.tables))
     if incremental and resolve:
         try:
             with resolved_database(backup) as path:
+                problems.extend(digest_problems(label, path, backup.tables))
                 full = duckdb.connect(str(path), read_only=True)
                 try:
                     for table, info in backup.tables.items():

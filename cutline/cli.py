@@ -115,6 +115,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         source=validate_source(args.source),
         partitions=args.partitions,
         mark_every_s=args.mark_every,
+        digest_every=args.digest_every,
         new_incarnation=args.new_incarnation,
         lock_timeout_s=args.lock_timeout,
     )
@@ -150,7 +151,12 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
     conn = connect(args.db)
     try:
-        ticket = request_marker(conn, note="cutline mark", lock_timeout_s=args.lock_timeout)
+        ticket = request_marker(
+            conn,
+            note="cutline mark",
+            digest_every=args.digest_every,
+            lock_timeout_s=args.lock_timeout,
+        )
     finally:
         conn.close()
     print(json.dumps(ticket.as_json()))
@@ -191,6 +197,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         alignment_timeout_s=args.alignment_timeout,
         session_timeout_s=args.session_timeout,
         full_every=args.full_every,
+        digest_timeout_s=args.digest_timeout,
         retention=retention_policy(args.keep_last, args.keep_within),
     )
     holder: list[Replicator] = []
@@ -238,6 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         force=args.force,
         full_every=args.full_every,
         idle_timeout_s=args.idle_timeout,
+        digest_timeout_s=args.digest_timeout,
     )
     # a live line on a terminal; elsewhere, and in JSON, progress lines are log lines
     live = sys.stderr.isatty() and args.log_format == "text"

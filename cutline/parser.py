@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cutline.config_file import add_config_option
+from cutline.digest_options import add_digest_every, add_digest_timeout
 from cutline.parser_observe import add_log_options, add_metrics_address, add_observe_commands
 
 DESCRIPTION = """\
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="commit a marker request on the primary this often",
     )
+    add_digest_every(capture)
     capture.add_argument(
         "--new-incarnation",
         action="store_true",
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and none after. Needs a running `cutline capture` to reach Kafka.",
     )
     mark.add_argument("--db", required=True, type=Path, help="the SQLite primary")
+    add_digest_every(mark)
     _add_lock_timeout(mark)
 
     sources = sub.add_parser(
@@ -296,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A backup whose previous one has other tables or column types is written full "
         "(default: %(default)s, every backup full)",
     )
+    add_digest_timeout(replicate)
     _add_retention(replicate, "after each backup it publishes, keep")
     _add_kafka(replicate)
     _add_source(replicate)
@@ -354,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s, every backup full)",
     )
     replay.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_digest_timeout(replay)
     _add_kafka(replay)
     _add_source(replay)
     add_log_options(replay)

@@ -50,8 +50,9 @@ from cutline.kafka_errors import describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from cutline.stopping import interruptible
+from producers.background_marks import BackgroundMarks
 from producers.backlog import capture_backlog
-from producers.markers import request_marker
+from producers.digest_records import digest_record
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.schema_changes import (
     ensure_schema,
@@ -70,6 +71,7 @@ from producers.sources import (
     save_cursor,
 )
 from producers.sqlite_changelog import (
+    KIND_DIGEST,
     KIND_MARKER,
     KIND_SCHEMA,
     ChangeRow,
@@ -79,7 +81,6 @@ from producers.sqlite_changelog import (
 from producers.triggers import forget_pending
 from producers.write_lock import (
     DEFAULT_LOCK_TIMEOUT_S,
-    PrimaryLocked,
     begin_write,
     try_begin_write,
     use_wal,
@@ -108,6 +109,7 @@ class CaptureConfig:
     idle_sleep_s: float = 0.05
     transaction_timeout_s: float = 30.0
     retry_deadline_s: float = 120.0  # give up after Kafka refused transactions this long
+    digest_every: int = 1  # markers of --mark-every: the primary's digest on every N-th
     new_incarnation: bool = False  # this database is the source's primary restored from a backup
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # install's wait for the primary's write lock
 
@@ -322,27 +324,33 @@ class Capture:
     def run(self, stop: threading.Event, *, status_every_s: float = 10.0) -> CaptureStats:
         """Publish changes until ``stop`` is set; the current transaction finishes first."""
         last_status, last_backlog = time.monotonic(), 0.0
-        while not stop.is_set():
-            self.metrics.beat()
-            if self.metrics is not NO_METRICS and time.monotonic() - last_backlog >= 1.0:
-                last_backlog = time.monotonic()
-                backlog = capture_backlog(self._conn, self._seq)
-                self.metrics.capture_backlog(backlog.changes, backlog.age_s())
-            if self.config.mark_every_s and (
-                time.monotonic() - self._last_mark >= self.config.mark_every_s
-            ):
-                try:  # never blocks publishing: a locked primary just delays the marker
-                    ticket = request_marker(self._conn, note="mark-every", lock_timeout_s=0.05)
+        marks = BackgroundMarks(
+            self.config.db_path,
+            self.config.digest_every,
+            lock_timeout_s=self.config.lock_timeout_s,
+            on_locked=self._note_lock_wait,
+        )
+        try:
+            while not stop.is_set():
+                self.metrics.beat()
+                marks.raise_failure()
+                if self.metrics is not NO_METRICS and time.monotonic() - last_backlog >= 1.0:
+                    last_backlog = time.monotonic()
+                    backlog = capture_backlog(self._conn, self._seq)
+                    self.metrics.capture_backlog(backlog.changes, backlog.age_s())
+                due = bool(self.config.mark_every_s) and (
+                    time.monotonic() - self._last_mark >= (self.config.mark_every_s or 0.0)
+                )
+                if due and marks.start("mark-every"):  # the digest runs beside this loop
                     self._last_mark = time.monotonic()
-                    log.debug("requested marker %s", ticket.marker_id)
-                except PrimaryLocked:
-                    self._note_lock_wait("the next --mark-every marker")
-            handled = self.step()
-            if not handled:
-                stop.wait(self.config.idle_sleep_s)
-            if time.monotonic() - last_status >= status_every_s:
-                last_status = time.monotonic()
-                self.progress(self.status_line())
+                handled = self.step()
+                if not handled:
+                    stop.wait(self.config.idle_sleep_s)
+                if time.monotonic() - last_status >= status_every_s:
+                    last_status = time.monotonic()
+                    self.progress(self.status_line())
+        finally:
+            marks.join(self.config.transaction_timeout_s)
         return self.stats
 
     def status_line(self) -> str:
@@ -383,6 +391,8 @@ class Capture:
                     produced["markers"] += 1
                 elif row.kind == KIND_SCHEMA:
                     self._produce_schema_change(row)
+                elif row.kind == KIND_DIGEST:
+                    self._produce(self.topics.control, *digest_record(self.config.source, row))
                 else:
                     produced["ops"] += self._produce_change(row)
             failpoints.hit("capture.batch_produced")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cutline.errors import ConfigError
+from producers.marker_digest import MarkerProof
 from producers.schema_changes import ensure_schema
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
 from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, begin_write
@@ -37,13 +38,20 @@ def format_time(t_us: int) -> str:
 
 
 def request_marker_in_transaction(
-    conn: sqlite3.Connection, note: str | None = None
+    conn: sqlite3.Connection,
+    note: str | None = None,
+    *,
+    digest: bool = True,
+    proof: MarkerProof | None = None,
 ) -> MarkerTicket:
     """Write a marker request inside the caller's open write transaction.
 
     T1 is read after the write lock is held, so every transaction that committed before
     this one has a commit time at or before T1. Schema changes are followed first, in
-    the same transaction (``schema_changes.py``). The caller commits.
+    the same transaction (``schema_changes.py``). The caller commits. Unless ``proof``
+    (from ``request_marker``) pinned a snapshot, the primary's digest (``marker_digest``)
+    is computed here, inside that transaction (writers wait for it), so the caller must
+    write nothing after the marker in it.
     """
     ensure_schema(conn)  # a marker never falls between a DDL and its fix-up
     t1 = now_us()
@@ -53,6 +61,7 @@ def request_marker_in_transaction(
         f"INSERT INTO {CHANGES}(kind, marker_id, at_us) VALUES (?, ?, ?)",
         (KIND_MARKER, marker_id, t1),
     )
+    (proof or MarkerProof(conn, digest=digest)).stage(marker_id)
     return MarkerTicket(marker_id=marker_id, t1_us=t1)
 
 
@@ -60,23 +69,30 @@ def request_marker(
     conn: sqlite3.Connection,
     note: str | None = None,
     *,
+    digest_every: int = 1,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> MarkerTicket:
     """Commit one marker request on the primary and return its id and T1.
 
     Waits up to ``lock_timeout_s`` for an application's write transaction to end (a
     marker must sit at a commit boundary, so it needs the write lock), logging meanwhile.
+    The primary's table digests at the marker follow it in a second short transaction,
+    read from a snapshot pinned under the marker's write lock (see ``marker_digest``).
     """
     if not installed_tables(conn):
         raise ConfigError(
             "capture is not installed on this database: run `cutline capture --db PATH "
             "--tables ...` first, then cut markers"
         )
-    begin_write(conn, "cutting a marker", lock_timeout_s)
+    proof = MarkerProof(conn, digest_every, lock_timeout_s=lock_timeout_s)
+    begin_write(conn, "cutting a marker", lock_timeout_s)  # then pin, ensure_schema, marker
     try:
-        ticket = request_marker_in_transaction(conn, note)
+        proof.pin()
+        ticket = request_marker_in_transaction(conn, note, proof=proof)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
+        proof.abandon()
         raise
+    proof.finish()
     return ticket

@@ -36,6 +36,7 @@ ROWID = "rowid"
 
 KIND_INSERT, KIND_UPDATE, KIND_DELETE, KIND_MARKER = "I", "U", "D", "M"
 KIND_SCHEMA = "S"  # a captured table was re-installed for a new layout (schema_changes.py)
+KIND_DIGEST = "G"  # the primary's table digests at a marker (producers/marker_digest.py)
 TEXT_AS_HEX = "T"  # prefix of the literal T'<hex>' for TEXT that quote() would cut at a NUL
 
 _NOW_US = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"

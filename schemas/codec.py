@@ -27,6 +27,8 @@ from schemas.records import (
     ConsistencyMarker,
     ControlEvent,
     ControlKind,
+    DigestEntry,
+    MarkerDigest,
     Operation,
     OpType,
     Record,
@@ -209,12 +211,35 @@ def _position(d: dict[str, Any]) -> CapturePosition:
     )
 
 
+def _digest_datum(r: MarkerDigest) -> dict[str, Any]:
+    return {
+        "source": r.source,
+        "marker_id": r.marker_id,
+        "skipped": r.skipped,
+        "tables": [{"table": t.table, "rows": t.rows, "hash": t.hash} for t in r.tables],
+        "note": r.note,
+        "at_us": r.at_us,
+    }
+
+
+def _digest(d: dict[str, Any]) -> MarkerDigest:
+    return MarkerDigest(
+        source=d["source"],
+        marker_id=d["marker_id"],
+        skipped=d["skipped"],
+        tables=tuple(DigestEntry(t["table"], t["rows"], t["hash"]) for t in d["tables"]),
+        at_us=d["at_us"],
+        note=d["note"],
+    )
+
+
 SCHEMA_FILES: dict[type, str] = {
     Operation: "operation.avsc",
     TableDefinition: "table_definition.avsc",
     ConsistencyMarker: "marker.avsc",
     ControlEvent: "control_event.avsc",
     CapturePosition: "capture_position.avsc",
+    MarkerDigest: "marker_digest.avsc",
 }
 
 # Earlier versions of a schema, still decoded (resolved to the current one, whose added
@@ -230,6 +255,7 @@ _CONVERTERS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[..., Rec
     ConsistencyMarker: (_marker_datum, _marker),
     ControlEvent: (_control_datum, _control),
     CapturePosition: (_position_datum, _position),
+    MarkerDigest: (_digest_datum, _digest),
 }
 
 

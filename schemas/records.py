@@ -98,4 +98,23 @@ class CapturePosition:
     incarnation: int = 0
 
 
-Record = Operation | TableDefinition | ConsistencyMarker | ControlEvent | CapturePosition
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    table: str
+    rows: int
+    hash: str  # 16 lowercase hex digits (producers/digest.py)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerDigest:
+    source: str
+    marker_id: int
+    skipped: bool
+    tables: tuple[DigestEntry, ...]
+    at_us: int
+    note: str | None = None
+
+
+Record = (
+    Operation | TableDefinition | ConsistencyMarker | ControlEvent | CapturePosition | MarkerDigest
+)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from consumers.digest_proof import ControlTopicDigests
 from consumers.history import (
     HistoryGone,
     PartitionHistory,
@@ -109,7 +110,10 @@ def run_replay(
             f"{config.backups_dir}"
         )
         feed.start({p: start for p, (start, _) in bounds.items()})
-        engine = ReplayEngine(config, bounds=bounds, feed=feed, progress=say, on_status=on_status)
+        proof = ControlTopicDigests(config.bootstrap, config.source, config.digest_timeout_s, stop)
+        engine = ReplayEngine(
+            config, bounds=bounds, feed=feed, progress=say, on_status=on_status, proof=proof
+        )
         report = engine.run(stop)
     finally:
         feed.close()

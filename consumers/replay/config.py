@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import CutlineError
 from cutline.settings import Topics
 
@@ -32,6 +33,7 @@ class ReplayConfig:
     force: bool = False
     full_every: int = 1
     idle_timeout_s: float = 60.0
+    digest_timeout_s: float = DEFAULT_DIGEST_TIMEOUT_S  # wait for the primary's digest
     lock_deadline_s: float = 600.0
     queue_high: int = 20_000
     batch_size: int = 1000

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from consumers.catalog import has_backup, source_dir
 from consumers.coordinator import WriterLock
+from consumers.digest_proof import DigestWaitStopped, ProofSource
 from consumers.replay.config import ReplayConfig, ReplayError
 from consumers.replay.feed import Feed, FeedItem
 from consumers.replay.report import CutOutcome, ReplayReport, ReplayStatus
@@ -101,8 +102,10 @@ class ReplayEngine:
         clock: Callable[[], float] = time.monotonic,
         progress: Callable[[str], None] | None = None,
         on_status: Callable[[ReplayStatus], None] | None = None,
+        proof: ProofSource | None = None,
     ):
         self.config = config
+        self.proof = proof  # the primary's digests: each backup is checked against them
         self.feed = feed
         self.clock = clock
         self.progress = progress or log.info
@@ -408,7 +411,12 @@ class ReplayEngine:
             else:
                 extra = {"full_every": cfg.full_every} if cfg.full_every > 1 else {}
                 backup = write_backup(
-                    cfg.replica_dir, cfg.backups_dir, plan, writer=cfg.member, **extra
+                    cfg.replica_dir,
+                    cfg.backups_dir,
+                    plan,
+                    writer=cfg.member,
+                    proof=self.proof,
+                    **extra,
                 )
                 cut.outcome = CutOutcome.WRITTEN
                 self.report.written.append(marker.marker_id)
@@ -419,6 +427,10 @@ class ReplayEngine:
                 )
         except SnapshotError as exc:
             self._fail(cut, str(exc))
+            return
+        except DigestWaitStopped:  # interrupted while waiting for the primary's digest
+            self.report.interrupted = True
+            self._done = True
             return
         finally:
             lock.release()

@@ -255,6 +255,9 @@ def verify_run(
             )
         for text in check_backup_files(backup):
             verdict.problem(text)
+        proof = backup.manifest.get("proof") or {}
+        if proof.get("checked") is not True:  # every marker of the workload has a digest
+            verdict.problem(f"backup {marker_id} was not proven against the primary: {proof}")
         expected = oracle[marker_id]
         for label, rows in (("DuckDB", backup_rows(backup)), ("Avro", avro_rows(backup)[0])):
             lost, extra = diff_rows(expected, rows)

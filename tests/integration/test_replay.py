@@ -32,6 +32,7 @@ from schemas.records import (
     Column,
     ConsistencyMarker,
     ControlEvent,
+    MarkerDigest,
     Operation,
     OpType,
     TableDefinition,
@@ -170,6 +171,8 @@ def _control_members(bootstrap: str, topic: str, deadline_s: float = 20.0) -> se
                     return members
                 continue
             event = decode(message.value())
+            if isinstance(event, MarkerDigest):
+                continue  # the primary's digests, written by capture
             assert isinstance(event, ControlEvent)
             members.add(event.member)
     finally:

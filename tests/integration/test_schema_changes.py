@@ -199,6 +199,7 @@ def test_schema_changes_mid_run_give_exact_backups_in_each_layout(pipeline: Pipe
     assert sorted(again) == sorted(pipeline.oracle)
     for marker_id, backup in again.items():
         assert backup_rows(backup) == pipeline.oracle[marker_id], marker_id
+        assert backup.manifest["proof"]["checked"] is True, (marker_id, backup.manifest["proof"])
     app.close()
     oracle.close()
 
@@ -294,6 +295,8 @@ def test_dropping_a_captured_table_stops_capture_until_it_is_let_go(pipeline: Pi
     backup = pipeline.wait_for_backups([second])[second]
     assert sorted(backup.tables) == sorted(remaining)
     assert backup_rows(backup) == expected
+    # proven against the primary's digest, which covers the tables the marker lists
+    assert backup.manifest["proof"]["checked"] is True, backup.manifest["proof"]
     assert avro_rows(backup)[0] == expected
     target = pipeline.root / "restored.sqlite"
     restore(pipeline, second, target)

@@ -17,7 +17,7 @@ from producers.operations import TableLayout
 from producers.sources import Start, StartPlan, install_source
 from producers.sqlite_changelog import connect, describe_table, read_changes
 from schemas.codec import decode
-from schemas.records import CapturePosition, ConsistencyMarker, Operation
+from schemas.records import CapturePosition, ConsistencyMarker, MarkerDigest, Operation
 
 PARTITIONS = 3
 
@@ -106,14 +106,16 @@ def test_an_aborted_transaction_is_published_again_once(primary: Path) -> None:
     assert (capture._seq, capture._marker_id, capture._counts) == (0, 0, [0] * PARTITIONS)
     assert capture.stats.retried == 1
 
-    assert capture.step() == 21  # 20 rows and the marker, in one transaction
+    assert capture.step() == 22  # 20 rows, the marker and its digest, in one transaction
     records = published(producer)
     operations = [r for r in records if isinstance(r, Operation)]
     assert sorted(op.key["id"] for op in operations) == list(range(20)), "each row once"
     markers = [r for r in records if isinstance(r, ConsistencyMarker)]
     assert len(markers) == PARTITIONS and sum(markers[0].counts) == 20
+    (digest,) = [r for r in records if isinstance(r, MarkerDigest)]
+    assert digest.marker_id == markers[0].marker_id and not digest.skipped
     position = records[-1]
-    assert isinstance(position, CapturePosition) and position.seq == capture._seq == 21
+    assert isinstance(position, CapturePosition) and position.seq == capture._seq == 22
     assert capture.step() == 0 and len(producer.committed) == 1
     assert read_changes(capture._conn, 0, 100) == [], "forgotten only after the commit"
 
@@ -198,7 +200,7 @@ def test_a_producer_that_cannot_be_restarted_yet_is_restarted_by_the_next_step(
 
     assert capture.step() == 0, "the failed batch is not counted as published"
     assert capture._producer is None and not recovered
-    assert capture.step() == 21, "rebuilt, position read back, then the batch published"
+    assert capture.step() == 22, "rebuilt, position read back, then the batch published"
     assert capture._producer is second and recovered == [True] and len(builds) == 2
     operations = [r for r in published(second) if isinstance(r, Operation)]
     assert sorted(op.key["id"] for op in operations) == list(range(20)), "each row once"

@@ -30,6 +30,8 @@ from schemas.records import (
     ConsistencyMarker,
     ControlEvent,
     ControlKind,
+    DigestEntry,
+    MarkerDigest,
     Operation,
     OpType,
     TableDefinition,
@@ -116,6 +118,8 @@ OTHER_RECORDS = [
     ControlEvent(ControlKind.ABANDONED, "shop", 8, 3, "m", 7),
     ControlEvent(ControlKind.FAILED, "shop", 9, 3, "m", 8, tables=()),
     CapturePosition("shop", 10, 0, 4, (1, 2, 3, 4)),
+    MarkerDigest("shop", 7, False, (DigestEntry("a", 2**40, "ffffffffffffffff"),), 5, None),
+    MarkerDigest("shop", 8, True, (), 6, "--digest-every 2: this marker has no digest"),
 ]
 
 ALL_RECORDS = OPERATIONS + OTHER_RECORDS
@@ -233,6 +237,15 @@ def test_apache_avro_reads_the_datum(record):
         assert datum["tables"] == (None if record.tables is None else list(record.tables))
         assert datum["member"] == record.member
         assert datum["at_us"] == record.at_us
+    elif isinstance(record, MarkerDigest):
+        assert datum == {
+            "source": record.source,
+            "marker_id": record.marker_id,
+            "skipped": record.skipped,
+            "tables": [{"table": t.table, "rows": t.rows, "hash": t.hash} for t in record.tables],
+            "note": record.note,
+            "at_us": record.at_us,
+        }
     else:
         assert datum == {
             "source": record.source,

@@ -4,7 +4,9 @@ Each test runs the application's DDL and writes on a primary, cuts markers recor
 primary's content at each marker's commit (the oracle), and replays the change log the
 way capture and a replica shard do (``Mirror``: ``layouts_at`` at the position, 'S' rows
 as table definitions, the rest through ``to_operations`` into a real ``Shard``). The
-shard's content at each marker must equal the oracle, column names included.
+shard's content at each marker must equal the oracle, column names included, and the
+primary's digest of each marker (its 'G' row) must equal the shard's digest of the tables
+the marker lists, each in its layout at the marker.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from test_capture_transactions import (
 
 from consumers.replica import Shard
 from cutline.errors import ConfigError
+from producers.digest import digest_table, digest_tables
+from producers.marker_digest import DigestPayload
 from producers.markers import request_marker, request_marker_in_transaction
 from producers.operations import TableLayout, to_operations
 from producers.schema_changes import (
@@ -39,6 +43,7 @@ from producers.schema_changes import (
 )
 from producers.sqlite_changelog import (
     CHANGES,
+    KIND_DIGEST,
     KIND_MARKER,
     KIND_SCHEMA,
     connect,
@@ -47,7 +52,7 @@ from producers.sqlite_changelog import (
     quote_identifier,
     read_changes,
 )
-from schemas.records import ConsistencyMarker, Operation, TableDefinition
+from schemas.records import ConsistencyMarker, MarkerDigest, Operation, TableDefinition
 
 SOURCE = "shop"
 TABLES = ["accounts", "tags"]
@@ -73,6 +78,8 @@ class Mirror:
         self.seq = 0
         self.layouts: dict[str, TableLayout] = {}
         self.at_marker: dict[int, Content] = {}
+        self.digest_at_marker: dict[int, list] = {}  # the shard's, over the marker's tables
+        self.proven: list[int] = []  # markers whose 'G' row matched the shard
         self._start()
 
     def _start(self) -> None:
@@ -101,7 +108,16 @@ class Mirror:
             if row.kind == KIND_MARKER:
                 self.shard.commit(row.seq)
                 self.at_marker[row.marker_id or 0] = content(self.shard.conn, sorted(self.layouts))
+                self.digest_at_marker[row.marker_id or 0] = digest_tables(
+                    self.shard.conn, self.layouts
+                )
                 self.shard.begin()
+            elif row.kind == KIND_DIGEST:  # the primary's digest at that marker, as capture sends
+                payload = DigestPayload.from_json(row.marker_id or 0, row.after or "")
+                if not payload.skipped:
+                    expected = self.digest_at_marker[payload.marker_id]
+                    assert list(payload.tables) == expected, f"marker {payload.marker_id}"
+                    self.proven.append(payload.marker_id)
             elif row.kind == KIND_SCHEMA:
                 definition = reinstalled_definition(row.table or "", row.after, SOURCE)
                 self.shard.define(definition)
@@ -191,6 +207,7 @@ def assert_exact(mirror: Mirror, oracle: Oracle) -> None:
     assert set(mirror.at_marker) == set(oracle.expected)
     for marker_id, expected in oracle.expected.items():
         assert mirror.at_marker[marker_id] == expected, f"marker {marker_id} differs"
+    assert sorted(mirror.proven) == sorted(oracle.expected), "every marker's digest matched"
 
 
 def schema_rows(conn: sqlite3.Connection) -> list[str]:
@@ -495,7 +512,7 @@ def test_capture_publishes_the_new_definition_in_order_and_again_after_an_abort(
 
     assert capture.step() == 0, "the first transaction is aborted"
     assert capture._layouts["t"].columns == ("id", "v"), "the aborted definition is void"
-    assert capture.step() == 21 + 1 + 21 + 1
+    assert capture.step() == 21 + 1 + 21 + 1 + 1  # ..., the marker, then its digest
     records = published(producer)
     kinds = [type(r).__name__ for r in records]
     first_definition = kinds.index("TableDefinition")
@@ -510,6 +527,13 @@ def test_capture_publishes_the_new_definition_in_order_and_again_after_an_abort(
     assert sum(marker.counts) == 42 and marker.tables == ("t",)
     assert capture._layouts["t"].columns == ("id", "v", "w")
     assert not capture._layouts["t"].definition.reinstalled
+    (digest,) = [r for r in records if isinstance(r, MarkerDigest)]
+    assert kinds.index("MarkerDigest") > kinds.index("ConsistencyMarker")
+    check = sqlite3.connect(db)
+    primary = digest_table(check, "t")  # the new layout (id, v, w): the marker's
+    check.close()
+    assert digest.marker_id == marker.marker_id and not digest.skipped
+    assert [(e.table, e.rows, e.hash) for e in digest.tables] == [("t", 21, primary.hex)]
 
 
 def test_letting_a_table_go_leaves_the_triggers_of_a_table_whose_name_ends_like_it(conn, app):

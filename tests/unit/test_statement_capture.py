@@ -21,6 +21,7 @@ from cutline.errors import ConfigError
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.schema_changes import reinstalled_definition
 from producers.sqlite_changelog import (
+    KIND_DIGEST,
     KIND_MARKER,
     KIND_SCHEMA,
     connect,
@@ -137,7 +138,7 @@ class Replay:
         """Apply every new change; an operation the replica refuses fails the test."""
         for change in read_changes(self.capture, self.seq, 1_000_000):
             self.seq = change.seq
-            if change.kind == KIND_MARKER:
+            if change.kind in (KIND_MARKER, KIND_DIGEST):  # a marker and its digest
                 continue
             if change.kind == KIND_SCHEMA:  # a re-installed table: every shard rebuilds it
                 definition = reinstalled_definition(change.table or "", change.after, "src")
