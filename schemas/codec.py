@@ -214,6 +214,7 @@ SCHEMA_FILES: dict[type, str] = {
 # Older versions of a schema, still decoded (resolved to the current schema of the type).
 OLD_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
     TableDefinition: ("table_definition.v1.avsc",),
+    ControlEvent: ("control_event.v1.avsc",),  # before PINNED
 }
 
 _CONVERTERS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[..., Record]]] = {
