@@ -219,10 +219,11 @@ class CutCoordinator:
         )
 
     def resolution(self, marker_id: int) -> CutStatus | None:
-        """The cut's final status, or None while it is still open. Never blocks."""
+        """The status that releases partitions held at the cut (PINNED or final), or None
+        while they must stay held. Never blocks."""
         with self._lock:
             status = self.alignment.status(marker_id)
-        if status is not None and status.resolved:
+        if status is not None and status.releases:
             return status
         if has_backup(self.backups_dir, self.source, marker_id):
             return CutStatus.PUBLISHED
