@@ -43,7 +43,8 @@ replication writes during the backup, and is reused after the pin is closed (alw
 ``finally``). The write has the snapshot deadline: past it the pinned reads are
 interrupted, FAILED is said, and the backup is not published.
 
-Failpoints: ``snapshot.after_pin`` (PINNED said, nothing written), ``snapshot.mid_write``
+Failpoints: ``snapshot.before_pin`` (the writer has the lock, the partitions are still
+held), ``snapshot.after_pin`` (PINNED said, nothing written), ``snapshot.mid_write``
 (after each table is written, in ``consumers.snapshotter``), ``snapshot.after_publish``
 (the backup is visible, PUBLISHED not yet sent).
 """
@@ -497,6 +498,7 @@ class CutCoordinator:
         Called under the writer lock. The write has the snapshot deadline: past it the
         pinned reads are interrupted, FAILED is sent, and nothing is published after it.
         """
+        failpoints.hit("snapshot.before_pin")  # the lock is held, the partitions too
         try:
             pinned = pin_cut(self.replica_dir, plan)
         except SnapshotError as exc:
