@@ -100,7 +100,7 @@ class Alignment:
         if kind is ControlKind.PINNED:
             if cut.status is not CutStatus.READY:
                 return None
-            return self._move(cut, CutStatus.PINNED, event.detail)
+            return self._move(cut, CutStatus.PINNED, None)
         if kind is ControlKind.ABANDONED:
             if cut.status not in (CutStatus.ALIGNING, CutStatus.PINNED):
                 return None
