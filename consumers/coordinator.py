@@ -182,6 +182,8 @@ class CutCoordinator:
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
         self._replayed_ready: dict[int, CutPlan] = {}  # READY during the start-up replay
+        # set by the replicator: wakes its threads when a cut releases held partitions
+        self.on_release: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -357,6 +359,8 @@ class CutCoordinator:
             self.metrics.cuts_in_flight(len(self._open))
         if transition is None:
             return
+        if transition.status.releases and self.on_release is not None:
+            self.on_release()
         cut = transition.cut
         if transition.status is CutStatus.READY:
             plan = CutPlan(
