@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration lint bench faults kafka-start kafka-stop clean
+.PHONY: install demo test unit integration lint bench faults kafka-start kafka-stop clean duckdb-compat-env
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ faults: install
 
 bench: install
 	@$(BIN)/python -m bench
+
+# DuckDB 1.1.3 in its own venv under ~/.cache/cutline (or $$CUTLINE_CACHE): the tests open
+# backups with it. Built once; the tests build it too if it is missing.
+duckdb-compat-env: install
+	$(BIN)/python -m tests.integration.old_duckdb
 
 kafka-start: install
 	$(BIN)/cutline kafka start

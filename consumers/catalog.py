@@ -206,6 +206,33 @@ def parse_instant(text: str) -> int:
     return int(moment.timestamp() * 1_000_000)
 
 
+def sources_with_backups(backups: Path) -> list[str]:
+    """The sources that have at least one published backup under ``backups``."""
+    return sorted({b.source for b in list_backups(backups)})
+
+
+def default_source(backups: Path, source: str | None) -> str:
+    """``source`` if given, else the only source under ``backups``; an error lists several.
+
+    A reader should not need ``--source`` to read a backups directory of one source, and
+    must not guess in a directory of several.
+    """
+    if source:
+        return source
+    found = sources_with_backups(backups)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CatalogError(
+            f"no backups under {backups}: run `cutline replicate` and cut a marker with "
+            "`cutline mark`"
+        )
+    raise CatalogError(
+        f"{backups} holds backups of {len(found)} sources ({', '.join(found)}): pass --source "
+        "with one of them"
+    )
+
+
 def backups_of_source(backups: Path, source: str) -> list[Backup]:
     """Every backup of ``source``, oldest first; an error that says what to do if none."""
     found = list_backups(backups, source)

@@ -34,6 +34,7 @@ from typing import Any
 import duckdb
 
 from consumers.catalog import Backup, backup_dir_name, read_backup
+from consumers.duckdb_format import writer_config
 from cutline.errors import CutlineError
 from producers.sqlite_changelog import quote_identifier, quote_text
 
@@ -139,7 +140,7 @@ def build_resolved(backup: Backup, out: Path) -> None:
     """Write every table of ``backup`` in full (its chain applied in order) to ``out``."""
     chain = chain_of(backup)
     base = chain[0]
-    db = duckdb.connect(str(out))
+    db = duckdb.connect(str(out), config=writer_config())  # as readable as the backups
     try:
         for i, link in enumerate(chain):
             alias = f"link{i}"

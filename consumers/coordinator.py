@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
@@ -76,6 +76,9 @@ from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind
+
+if TYPE_CHECKING:
+    from consumers.retention import RetentionPolicy
 
 log = logging.getLogger("cutline.coordinator")
 
@@ -154,6 +157,7 @@ class CutCoordinator:
         alignment_timeout_s: float = 120.0,
         snapshot_deadline_s: float = 600.0,
         full_every: int = 1,
+        retention: RetentionPolicy | None = None,
         progress: Callable[[str], None] | None = None,
         metrics: Metrics = NO_METRICS,
     ):
@@ -167,6 +171,7 @@ class CutCoordinator:
         self.alignment = Alignment(alignment_timeout_s)
         self.snapshot_deadline_s = snapshot_deadline_s
         self.full_every = full_every  # passed to write_backup: a full backup every N
+        self.retention = retention  # applied after each backup this process publishes
         self.progress = progress or log.info
         self.metrics = metrics
         self._newest_published = 0  # marker id, for the last-backup gauges
@@ -478,6 +483,8 @@ class CutCoordinator:
             if status is not CutStatus.READY:
                 return
             backup = self._write(plan, started)
+            if backup is not None and self.retention is not None:
+                self._apply_retention(plan)  # still under the writer lock: chains stay whole
         finally:
             lock.release()
         if backup is None:
@@ -495,6 +502,17 @@ class CutCoordinator:
             f"{len(backup.tables)} tables, alignment "
             f"{(plan.alignment_s or 0) * 1000:.0f} ms, snapshot {elapsed * 1000:.0f} ms"
         )
+
+    def _apply_retention(self, plan: CutPlan) -> None:
+        """Prune after publishing backup M; M is published whatever happens here."""
+        from consumers.retention import apply_retention  # retention imports WriterLock
+
+        assert self.retention is not None
+        try:
+            apply_retention(self.backups_dir, self.source, self.retention, self.progress)
+        except Exception as exc:  # M stands; retention runs again after the next backup
+            log.exception("retention after backup %s failed", plan.marker_id)
+            self.progress(f"retention after backup {plan.marker_id} failed: {exc}")
 
     def _write(self, plan: CutPlan, started: float) -> Backup | None:
         """Pin, release, write, publish; return the backup, or None once FAILED was sent.

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cutline.errors import CutlineError
+from cutline.stopping import interruptible
 from producers.sqlite_changelog import ROWID, quote_identifier
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
 
@@ -132,7 +133,8 @@ class Shard:
         shard's write lock: the claim waits for it up to ``deadline_s``, then raises
         ShardLocked. The frozen batch then commits first, as it would have anyway.
         """
-        self._begin_claim(deadline_s)
+        with interruptible():  # the wait for a frozen writer may end on SIGINT/SIGTERM
+            self._begin_claim(deadline_s)
         try:
             self.conn.execute(
                 f"UPDATE {STATE} SET owner_epoch = owner_epoch + 1, owner = ? WHERE partition = ?",

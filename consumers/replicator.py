@@ -43,6 +43,7 @@ from consumers.history import (
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
+from consumers.retention import RetentionPolicy
 from cutline.directories import writable_directory
 from cutline.errors import BrokerError, ConfigError
 from cutline.kafka_clients import (
@@ -57,6 +58,7 @@ from cutline.kafka_clients import (
 from cutline.kafka_errors import describe_read_refused, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
+from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replicator")
 
@@ -76,6 +78,7 @@ class ReplicateConfig:
     topic_wait_s: float = 120.0
     session_timeout_s: float = 15.0  # how long the group waits for a silent process
     full_every: int = 1  # a full backup every N; incrementals in between
+    retention: RetentionPolicy | None = None  # pruned after each backup published here
     member: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     )
@@ -124,20 +127,21 @@ class Replicator:
         cfg = self.config
         for label, path in (("--replica", cfg.replica_dir), ("--backups", cfg.backups_dir)):
             writable_directory(label, path)
-        wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
-        wait_for_topic(
-            cfg.bootstrap,
-            self.topics.ops,
-            cfg.topic_wait_s,
-            f"start `cutline capture --source {cfg.source}` to create it",
-            self.progress,
-        )
-        # the single-partition topics replication writes to; capture creates the ops topic.
-        # Only once the ops topic exists: a typo'd --source leaves no topics behind.
-        mine = (self.topics.control, self.topics.dead_letter)
-        ensure_topics(
-            cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
-        )
+        with interruptible():  # start-up waits: SIGINT/SIGTERM ends them at once
+            wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+            wait_for_topic(
+                cfg.bootstrap,
+                self.topics.ops,
+                cfg.topic_wait_s,
+                f"start `cutline capture --source {cfg.source}` to create it",
+                self.progress,
+            )
+            # the single-partition topics replication writes to; capture creates the ops topic.
+            # Only once the ops topic exists: a typo'd --source leaves no topics behind.
+            mine = (self.topics.control, self.topics.dead_letter)
+            ensure_topics(
+                cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
+            )
         warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
         self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter, self.metrics)
@@ -150,6 +154,7 @@ class Replicator:
             producer=self._producer,
             alignment_timeout_s=cfg.alignment_timeout_s,
             full_every=cfg.full_every,
+            retention=cfg.retention,
             progress=self.progress,
             metrics=self.metrics,
         )
@@ -336,7 +341,9 @@ class Replicator:
         if self._refusal is not None:
             consumer.assign(partitions)  # the poll loop raises it and the process exits
             return
-        for tp in committed_within(consumer, partitions):
+        with interruptible():  # a read: SIGINT/SIGTERM may end this wait at once
+            committed = committed_within(consumer, partitions)
+        for tp in committed:
             if tp.offset >= 0:
                 known = self._committed.get(tp.partition, -1)
                 self._committed[tp.partition] = max(known, tp.offset)

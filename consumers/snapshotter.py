@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
 from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
+from consumers.duckdb_format import writer_config, written_with
 from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
 from consumers.incremental import (
     BLOCK_SIZE,
@@ -326,8 +327,8 @@ def _write_files(
     (temp / AVRO_DIR).mkdir()
     tables_meta: dict[str, dict[str, Any]] = {}
     # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
-    config = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
-    db = duckdb.connect(str(temp / DUCKDB_FILE), config=config)
+    blocks = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
+    db = duckdb.connect(str(temp / DUCKDB_FILE), config=writer_config(**blocks))
     try:
         with contextlib.ExitStack() as previous:
             parent = choice.parent if choice.kind == INCREMENTAL else None
@@ -563,6 +564,7 @@ def _manifest(
         "tables": tables_meta,
         "files": files,
         "writer": writer,
+        "written_with": written_with(),  # cutline and DuckDB versions, storage format
         "alignment_ms": None if plan.alignment_s is None else round(plan.alignment_s * 1000, 3),
         "snapshot_ms": round(snapshot_s * 1000, 3),
     }

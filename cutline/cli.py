@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from cutline import logs
+from cutline.config_file import apply_settings
 from cutline.errors import ConfigError, CutlineError
 from cutline.kafka_config import redacted
 from cutline.kafka_errors import describe
@@ -29,14 +29,16 @@ from cutline.settings import (
     validate_source,
     validate_topic_template,
 )
+from cutline.stopping import SIGNALS, Interrupted
 
 
 def _kafka(args: argparse.Namespace) -> str:
     """The command's cluster and client settings (a ``KafkaTarget``; see kafka_config)."""
     target = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
-    logging.getLogger("cutline.kafka").info(
-        "Kafka at %s with client settings %s", target, redacted(target.properties)
-    )
+    if args.verbose:  # secrets masked; a plain run stays quiet about its settings
+        logging.getLogger("cutline.kafka").info(
+            "Kafka at %s with client settings %s", target, redacted(target.properties)
+        )
     return target
 
 
@@ -45,15 +47,24 @@ def _log_progress(message: str) -> None:
 
 
 def _install_stop_signals(say=_log_progress) -> threading.Event:
-    stop = threading.Event()
+    """The stop event SIGINT/SIGTERM set (installed by ``main``; see ``cutline.stopping``)."""
+    SIGNALS.say = say
+    return SIGNALS.event
 
-    def handler(signum, _frame) -> None:
-        say(f"received {signal.Signals(signum).name}, finishing current work...")
-        stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
+def _stopped(command: str, exc: Interrupted, when: str) -> int:
+    """A service stopped in a wait has nothing half-done to finish: a clean exit (0).
+
+    A second signal during a clean stop cuts it short: 130, as for any interrupted work.
+    """
+    if exc.forced:
+        logs.progress(f"cutline {command}: {exc}")
+        return exc.exit_code
+    logs.progress(f"cutline {command}: {exc} {when}")
+    return 0
+
+
+START_UP = "during start-up; nothing to finish"
 
 
 def _json_value(value: Any) -> Any:
@@ -114,9 +125,14 @@ def cmd_capture(args: argparse.Namespace) -> int:
     capture = Capture(config, progress=logs.progress, metrics=metrics or NO_METRICS)
     holder.append(capture)
     stop = _install_stop_signals(logs.progress)
-    try:
-        capture.open()
-        stats = capture.run(stop)
+    phase = START_UP
+    try:  # a signal stops the loop cleanly; only the waits marked interruptible end at once
+        with SIGNALS.cooperating():
+            capture.open()
+            phase = "while Kafka was away; nothing is lost"
+            stats = capture.run(stop)
+    except Interrupted as exc:
+        return _stopped("capture", exc, phase)
     finally:
         capture.close()
         if server is not None:
@@ -153,6 +169,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_replicate(args: argparse.Namespace) -> int:
     from consumers.replicator import ReplicateConfig, Replicator
+    from consumers.retention import retention_policy
     from cutline.metrics import NO_METRICS
     from cutline.metrics_server import serve_metrics
 
@@ -165,6 +182,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         alignment_timeout_s=args.alignment_timeout,
         session_timeout_s=args.session_timeout,
         full_every=args.full_every,
+        retention=retention_policy(args.keep_last, args.keep_within),
     )
     holder: list[Replicator] = []
     metrics, server = serve_metrics(
@@ -176,9 +194,18 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     replicator = Replicator(config, progress=logs.progress, metrics=metrics or NO_METRICS)
     holder.append(replicator)
     stop = _install_stop_signals(logs.progress)
-    try:
-        replicator.open()
-        replicator.run(stop)
+    phase = START_UP
+    try:  # a signal stops the loop cleanly; only the waits marked interruptible end at once
+        with SIGNALS.cooperating():
+            try:
+                replicator.open()
+            except BaseException:
+                replicator.close()
+                raise
+            phase = "while taking partitions over; nothing to finish"
+            replicator.run(stop)  # closes the replicator whatever happens
+    except Interrupted as exc:
+        return _stopped("replicate", exc, phase)
     finally:
         if server is not None:
             server.close()
@@ -209,12 +236,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = Progress(stream, label="replay", width=shutil.get_terminal_size().columns - 1)
     stop = _install_stop_signals(logs.progress)
     try:
-        report = run_replay(
-            config,
-            stop,
-            progress=progress.note,
-            on_status=lambda s: progress.update(s.records, s.total, s.detail()),
-        )
+        with SIGNALS.cooperating():
+            report = run_replay(
+                config,
+                stop,
+                progress=progress.note,
+                on_status=lambda s: progress.update(s.records, s.total, s.detail()),
+            )
     except BaseException:
         progress.clear()
         raise
@@ -252,11 +280,22 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_source(args: argparse.Namespace) -> str:
+    """``--source``, else the backups directory's only source; bad input is checked first."""
+    from consumers.catalog import default_source, parse_instant
+
+    if args.source:
+        return validate_source(args.source)
+    if getattr(args, "as_of", None) is not None:
+        parse_instant(args.as_of)  # an invalid time is exit 2 even where no backup is
+    return validate_source(default_source(args.backups, None))
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from consumers.catalog import backups_of_source, select_backup
     from consumers.query import run_query, run_query_all
 
-    source = validate_source(args.source)
+    source = _reader_source(args)
     if args.all:
         every = backups_of_source(args.backups, source)
         columns, rows = run_query_all(every, args.sql)
@@ -285,9 +324,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         tables = [t.strip() for t in args.tables.split(",") if t.strip()]
         if not tables:
             raise ConfigError("--tables needs at least one table name, e.g. --tables accounts")
-    backup = select_backup(
-        args.backups, validate_source(args.source), marker_id=args.marker, as_of=args.as_of
-    )
+    source = _reader_source(args)
+    backup = select_backup(args.backups, source, marker_id=args.marker, as_of=args.as_of)
     _log_progress(f"restoring backup {backup.marker_id}: the primary as of {backup.t1}")
     result = restore_backup(
         backup, args.to, tables=tables, force=args.force, progress=_log_progress
@@ -300,7 +338,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from consumers.catalog import select_backup
     from consumers.diff import diff_backups, summary_lines
 
-    source = validate_source(args.source)
+    source = _reader_source(args)
     before = select_backup(args.backups, source, marker_id=args.from_marker)
     after = select_backup(args.backups, source, marker_id=args.to_marker)
     diff = diff_backups(before, after, table=args.table)
@@ -340,10 +378,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from consumers.retention import prune
+    from consumers.retention import RetentionPolicy, prune
 
     source = validate_source(args.source) if args.source else None
-    plans = prune(args.backups, args.keep_last, source, dry_run=args.dry_run)
+    policy = RetentionPolicy(keep_last=args.keep_last, keep_within_s=args.keep_within)
+    plans = prune(args.backups, policy, source, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "sources": [p.as_json() for p in plans]}))
         return 0
@@ -353,7 +392,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for plan in plans:
         removed = ", ".join(str(b.marker_id) for b in reversed(plan.remove)) or "nothing"
         print(f"{plan.source}: {verb} {removed}")
-        print(f"{plan.source}: kept the newest {', '.join(str(b.marker_id) for b in plan.newest)}")
+        print(f"{plan.source}: kept {', '.join(str(b.marker_id) for b in plan.newest)}")
         for kept, needers in sorted(plan.for_chains.items()):
             print(
                 f"{plan.source}: kept {kept} for the chain of incremental "
@@ -433,6 +472,10 @@ def _use_topic_template(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        apply_settings(parser, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        parser.exit(exc.exit_code, f"cutline: error: {exc}\n")
     args = parser.parse_args(argv)
     # long-running commands log at --log-level (info); the others only warnings
     logs.setup_logging(
@@ -445,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("cutline.kafka.librdkafka").setLevel(
         logging.DEBUG if args.verbose else logging.CRITICAL + 1
     )
+    previous_handlers = SIGNALS.install()  # every command, every phase: cutline.stopping
     try:
         _use_topic_template(args)
         _check_backups_exist(args)
@@ -459,7 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    finally:
+        SIGNALS.restore(previous_handlers)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cutline.config_file import add_config_option
 from cutline.parser_observe import add_log_options, add_metrics_address, add_observe_commands
 
 DESCRIPTION = """\
@@ -71,12 +72,13 @@ def _add_kafka(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_source(p: argparse.ArgumentParser) -> None:
+def _add_source(p: argparse.ArgumentParser, *, reads_backups: bool = False) -> None:
     p.add_argument(
         "--source",
-        default="default",
+        default=None if reads_backups else "default",
         help="name of the captured primary; it names the topics cutline.<source>.* and the "
-        "backup folders (default: %(default)s)",
+        "backup folders (default: "
+        + ("the only source under --backups)" if reads_backups else "%(default)s)"),
     )
 
 
@@ -98,6 +100,32 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _duration(text: str) -> float:
+    from consumers.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_retention(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--keep-last`` / ``--keep-within``, shared by ``prune`` and ``replicate``."""
+    p.add_argument(
+        "--keep-last",
+        type=_positive_int,
+        metavar="N",
+        help=f"{verb} the newest N backups of the source (and the chains they need)",
+    )
+    p.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help=f"{verb} the backups whose T1 is within DURATION (e.g. 7d, 12h, 30m) of the "
+        "newest one's; with --keep-last too, a backup either keeps stays",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A backup whose previous one has other tables or column types is written full "
         "(default: %(default)s, every backup full)",
     )
+    _add_retention(replicate, "after each backup it publishes, keep")
     _add_kafka(replicate)
     _add_source(replicate)
     add_metrics_address(replicate)
@@ -325,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--json", action="store_true", help="print a JSON list of row objects")
     query.add_argument("sql", help="the SQL statement")
-    _add_source(query)
+    _add_source(query, reads_backups=True)
 
     restore = sub.add_parser(
         "restore",
@@ -343,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--to", required=True, type=Path, help="the SQLite file to write")
     restore.add_argument("--tables", help="only these tables, comma-separated")
     restore.add_argument("--force", action="store_true", help="replace an existing --to file")
-    _add_source(restore)
+    _add_source(restore, reads_backups=True)
 
     diff = sub.add_parser(
         "diff",
@@ -358,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("to_marker", type=int, metavar="TO", help="marker id of the newer state")
     diff.add_argument("--table", help="only this table")
     diff.add_argument("--json", action="store_true", help="print JSON")
-    _add_source(diff)
+    _add_source(diff, reads_backups=True)
 
     _add_retention_commands(sub)
     add_observe_commands(sub, _add_kafka, _add_source)
@@ -371,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--markers", type=_positive_int, default=4, help="markers to cut")
     _add_kafka(demo)
     add_log_options(demo)
+    add_config_option(parser)  # last: every command is there to get it
     return parser
 
 
@@ -401,9 +431,7 @@ def _add_retention_commands(sub: Any) -> None:
         "deleted. --dry-run only says what would be removed.",
     )
     prune.add_argument("--backups", required=True, type=Path, help="backups directory")
-    prune.add_argument(
-        "--keep-last", required=True, type=_positive_int, metavar="N", help="backups to keep"
-    )
+    _add_retention(prune, "keep")
     prune.add_argument("--source", help="only this source (default: all)")
     prune.add_argument("--dry-run", action="store_true", help="remove nothing; say what would go")
     prune.add_argument("--json", action="store_true", help="print JSON")

@@ -49,6 +49,7 @@ from cutline.kafka_clients import (
 from cutline.kafka_errors import describe, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
+from cutline.stopping import interruptible
 from producers.backlog import capture_backlog
 from producers.markers import request_marker
 from producers.operations import TableLayout, partition_for, to_operations
@@ -151,12 +152,15 @@ class Capture:
         conn = connect(cfg.db_path)
         for table in cfg.tables:
             describe_table(conn, cfg.source, table)  # missing tables fail before any change
-        wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
+        with interruptible():  # start-up waits (only these) end at once on SIGINT/SIGTERM
+            wait_for_cluster(cfg.bootstrap, deadline_s=10.0)
         install(conn, cfg.source, cfg.tables)  # also follows schema changes made meanwhile
         self._conn = conn
-        counts = ensure_topics(
-            cfg.bootstrap, source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS)
-        )
+        with interruptible():
+            counts = ensure_topics(
+                cfg.bootstrap,
+                source_topic_specs(self.topics, cfg.partitions or DEFAULT_PARTITIONS),
+            )
         self.partitions = counts[self.topics.ops]
         if cfg.partitions and cfg.partitions != self.partitions:
             raise ConfigError(
@@ -164,8 +168,9 @@ class Capture:
                 f"{cfg.partitions}: drop --partitions to use it, or capture into a new --source"
             )
         self._max_record = self._record_limit()
-        self._producer = self._new_producer()
-        self._recover_position()
+        with interruptible():  # fencing the old capture, reading the position back
+            self._producer = self._new_producer()
+            self._recover_position()
         self._layouts = self._layouts_at_position()
         self._broadcast_definitions()
         self.metrics.captured(0, 0, self._seq)
@@ -283,7 +288,8 @@ class Capture:
         """Publish one batch of committed changes; return how many change rows it held."""
         if self._producer is None:  # lost, and not rebuilt yet: only Kafka knows the position
             try:
-                self._rebuild()
+                with interruptible():  # nothing is open: SIGTERM may end this wait at once
+                    self._rebuild()
             except (BrokerError, DeadlineExceeded, KafkaException) as exc:
                 failed = TransactionFailed(f"{exc}", position_reloaded=False)
                 self._retry_later(failed)

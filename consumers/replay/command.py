@@ -23,6 +23,7 @@ from consumers.replay.report import ReplayReport, ReplayStatus, format_ids
 from cutline.errors import ConfigError
 from cutline.kafka_clients import make_admin, wait_for_cluster
 from cutline.settings import Topics
+from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replay")
 
@@ -85,13 +86,15 @@ def run_replay(
         raise ConfigError(f"--backups {config.backups_dir} cannot be used: {exc}") from exc
     if not os.access(config.backups_dir, os.W_OK):
         raise ConfigError(f"--backups {config.backups_dir} is not writable")
-    wait_for_cluster(config.bootstrap, deadline_s=10.0)
     topics = Topics(config.source)
-    partitions = ops_partitions(config.bootstrap, topics.ops, config.source)
+    with interruptible():  # start-up waits end at once on SIGINT/SIGTERM
+        wait_for_cluster(config.bootstrap, deadline_s=10.0)
+        partitions = ops_partitions(config.bootstrap, topics.ops, config.source)
     group = replay_group(config.source)
     feed = KafkaFeed(config.bootstrap, topics.ops, partitions, group)
     try:
-        bounds = feed.bounds()
+        with interruptible():
+            bounds = feed.bounds()
         check_whole_history(bounds, topics.ops)  # before --force deletes anything
         prepare_replica(config.replica_dir, config.source, force=config.force, progress=say)
         identity = TopicIdentity(

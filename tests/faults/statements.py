@@ -98,8 +98,8 @@ def _upsert_tag(c: Change) -> None:
     """INSERT ... ON CONFLICT DO UPDATE: an insert, or an update of the existing row."""
     c.conn.execute(
         "INSERT INTO tags VALUES (?, 'vip') ON CONFLICT (account, tag) DO UPDATE "
-        "SET tag = excluded.tag || '!'",
-        (c.rng.choice(c.ids),),
+        "SET tag = excluded.tag || '!' || ?",  # a fresh tag: never collides with another row
+        (c.rng.choice(c.ids), c.new_id()),
     )
 
 

@@ -303,7 +303,7 @@ def test_query_write_is_refused_with_status_1(tmp_path, capsys):
 
 def test_query_without_backups_fails_with_status_1(tmp_path, capsys):
     assert cli.main(["query", "--backups", str(tmp_path), "SELECT 1"]) == 1
-    assert "no backups of source 'default'" in capsys.readouterr().err
+    assert f"no backups under {tmp_path}: run `cutline replicate`" in capsys.readouterr().err
 
 
 def test_query_with_invalid_source_exits_2(tmp_path, capsys):
