@@ -13,7 +13,9 @@ Per marker M, from the control topic and the probe in :mod:`bench.replicate_prob
 
 * **pause**: from the first partition reaching M (earliest REACHED ``at_us``) to the last
   partition resuming (latest shard release held at M): the time every partition is stopped
-  at least partly; ``reached_to_published`` is the first REACHED to PUBLISHED;
+  at least partly; ``reached_to_published`` is the first REACHED to PUBLISHED. Per marker
+  the pause is split: ``alignment_ms`` (first to last REACHED), ``pin_ms`` (last REACHED
+  to PINNED) and ``release_ms`` (PINNED to the last partition resumed);
 * **backup seconds**: the manifest's ``snapshot_ms`` (write_backup, start to publish), and
   **backup bytes**: the size of the published backup directory.
 
@@ -282,9 +284,25 @@ def control_times(bootstrap: str, source: str) -> dict[int, dict[str, int]]:
         if event.kind is ControlKind.REACHED:
             entry["first_reached"] = min(entry.get("first_reached", event.at_us), event.at_us)
             entry["last_reached"] = max(entry.get("last_reached", event.at_us), event.at_us)
+        elif event.kind is ControlKind.PINNED:
+            entry.setdefault("pinned", event.at_us)
         elif event.kind is ControlKind.PUBLISHED:
             entry.setdefault("published", event.at_us)
     return times
+
+
+def pause_parts_ms(at: dict[str, int], last_resume_us: int) -> dict[str, float | None]:
+    """Where a pause goes: partitions arriving (first to last REACHED), pinning (last
+    REACHED to PINNED) and releasing (PINNED to the last partition resumed)."""
+
+    def ms(start: str, end_us: int | None) -> float | None:
+        return None if end_us is None or start not in at else round((end_us - at[start]) / 1e3, 2)
+
+    return {
+        "alignment_ms": ms("first_reached", at.get("last_reached")),
+        "pin_ms": ms("last_reached", at.get("pinned")),
+        "release_ms": ms("pinned", last_resume_us),
+    }
 
 
 def table_rows(backup: Backup) -> int:
@@ -377,7 +395,8 @@ def size_json(
         at = times.get(m, {})
         if "first_reached" not in at or "published" not in at:
             raise BenchError(f"scale {run.rows}: marker {m} has no REACHED/PUBLISHED events")
-        pauses.append((max(run.resumes[m].values()) - at["first_reached"]) / 1e6)
+        last_resume_us = max(run.resumes[m].values())
+        pauses.append((last_resume_us - at["first_reached"]) / 1e6)
         to_published.append((at["published"] - at["first_reached"]) / 1e6)
         backup_s[backup.kind].append(float(backup.manifest["snapshot_ms"]) / 1000)
         backup_bytes[backup.kind].append(directory_bytes(backup.path))
@@ -388,6 +407,7 @@ def size_json(
                 "marker_id": m,
                 "kind": backup.kind,
                 "pause_ms": round(pauses[-1] * 1000, 2),
+                **pause_parts_ms(at, last_resume_us),
                 "backup_s": round(backup_s[backup.kind][-1], 3),
                 "bytes": backup_bytes[backup.kind][-1],
             }

@@ -9,11 +9,17 @@ Rules, in log order:
 * REACHED(M, p): partition p is paused at M. When every partition of M's *declared* set
   (taken from the marker itself, never from group membership) has reached M, the cut is
   READY: exactly one backup of it may be written.
-* ABANDONED(M): the alignment timeout ran out somewhere. It wins only while M is still
-  aligning; a cut that was already READY in log order completes.
+* PINNED(M): the writer holds a read transaction on every shard, each taken while the
+  shard was held at M, so the cut is fixed whatever the shards do next. Only after READY.
+  Threads paused at M commit and resume; the backup is written afterwards.
+* ABANDONED(M): the alignment timeout ran out somewhere, or the writer died after PINNED
+  (its pinned snapshots died with it and the shards have moved on). It wins while M is
+  aligning or pinned; a cut READY in log order and not yet pinned completes (its shards
+  are still held at M, so whoever takes it over can write it).
 * FAILED(M): a gap (op count mismatch) or a failed snapshot. It wins unless M is
   PUBLISHED.
-* PUBLISHED(M): backup M is durable. Threads paused at M commit and resume.
+* PUBLISHED(M): backup M is durable. Threads paused at M commit and resume. It always
+  wins: a backup that is in the catalog is the cut, whatever was said before.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from schemas.records import ControlEvent, ControlKind
 class CutStatus(StrEnum):
     ALIGNING = "aligning"
     READY = "ready"
+    PINNED = "pinned"
     PUBLISHED = "published"
     ABANDONED = "abandoned"
     FAILED = "failed"
@@ -34,6 +41,11 @@ class CutStatus(StrEnum):
     @property
     def resolved(self) -> bool:
         return self in (CutStatus.PUBLISHED, CutStatus.ABANDONED, CutStatus.FAILED)
+
+    @property
+    def releases(self) -> bool:
+        """Partitions held at the cut may resume: its snapshot is pinned, or it is over."""
+        return self is CutStatus.PINNED or self.resolved
 
 
 @dataclass
@@ -85,8 +97,12 @@ class Alignment:
             if cut.status is CutStatus.PUBLISHED:
                 return None
             return self._move(cut, CutStatus.PUBLISHED, event.detail)
+        if kind is ControlKind.PINNED:
+            if cut.status is not CutStatus.READY:
+                return None
+            return self._move(cut, CutStatus.PINNED, None)
         if kind is ControlKind.ABANDONED:
-            if cut.status is not CutStatus.ALIGNING:
+            if cut.status not in (CutStatus.ALIGNING, CutStatus.PINNED):
                 return None
             return self._move(cut, CutStatus.ABANDONED, event.detail)
         if kind is ControlKind.FAILED:

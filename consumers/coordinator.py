@@ -22,7 +22,31 @@ A cut READY whose writer lock cannot be had within the snapshot deadline is repo
 FAILED, so held partitions never wait forever. A backup found published without its
 PUBLISHED event (the writer died in between) gets the event, from whoever finds it.
 
-Failpoint ``snapshot.after_publish``: the backup is visible, PUBLISHED not yet sent.
+The pause is the time to pin the cut, not to copy it. The writer, under its lock, opens
+a read transaction on every shard while all are held at M (``pin_cut``), says PINNED(M)
+and writes the backup from those transactions while replication goes on (threads release
+their partitions on PINNED, committing marker offset + 1); then PUBLISHED, or FAILED with
+the reason. Outcomes are said before the lock is let go. Crash semantics:
+
+* the writer dies before PINNED: the shards are still held at M; whoever takes the lock
+  next (another process, or this one after a restart) writes M, as before;
+* the writer dies after PINNED and before publishing: its read transactions died with it
+  and the shards have moved past M, so nothing can be written as M any more. Whoever
+  takes the lock next finds M PINNED and not in the catalog, and says ABANDONED(M)
+  ("writer died after releasing the partitions"). The next cut is written as usual (an
+  incremental builds on the last *published* backup, so a missing M costs nothing);
+* the writer dies after publishing and before PUBLISHED: whoever comes next finds M in
+  the catalog and says PUBLISHED. Publishing is atomic, so there is never a half backup.
+
+While M is pinned its shards cannot checkpoint their WAL past M: each WAL grows by what
+replication writes during the backup, and is reused after the pin is closed (always, in a
+``finally``). The write has the snapshot deadline: past it the pinned reads are
+interrupted, FAILED is said, and the backup is not published.
+
+Failpoints: ``snapshot.before_pin`` (the writer has the lock, the partitions are still
+held), ``snapshot.after_pin`` (PINNED said, nothing written), ``snapshot.mid_write``
+(after each table is written, in ``consumers.snapshotter``), ``snapshot.after_publish``
+(the backup is visible, PUBLISHED not yet sent).
 """
 
 from __future__ import annotations
@@ -41,10 +65,10 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
 from consumers.alignment import Alignment, Cut, CutStatus
-from consumers.catalog import backup_dir_name, has_backup, read_backup, source_dir
+from consumers.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
 from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
-from consumers.snapshotter import CutPlan, SnapshotError, write_backup
+from consumers.snapshotter import CutPlan, SnapshotError, pin_cut, write_backup
 from cutline import failpoints
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
@@ -61,6 +85,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("cutline.coordinator")
 
 WRITER_LOCK = ".writer.lock"
+_DIED_AFTER_PIN = (
+    "writer died after releasing the partitions: its pinned snapshots died with it and the "
+    "shards have moved past the cut, so this cut cannot be written; the next one will be"
+)
 
 
 def _now_us() -> int:
@@ -164,6 +192,8 @@ class CutCoordinator:
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
         self._replayed_ready: dict[int, CutPlan] = {}  # READY during the start-up replay
+        # set by the replicator: wakes its threads when a cut releases held partitions
+        self.on_release: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -229,10 +259,11 @@ class CutCoordinator:
         )
 
     def resolution(self, marker_id: int) -> CutStatus | None:
-        """The cut's final status, or None while it is still open. Never blocks."""
+        """The status that releases partitions held at the cut (PINNED or final), or None
+        while they must stay held. Never blocks."""
         with self._lock:
             status = self.alignment.status(marker_id)
-        if status is not None and status.resolved:
+        if status is not None and status.releases:
             return status
         if has_backup(self.backups_dir, self.source, marker_id):
             return CutStatus.PUBLISHED
@@ -306,14 +337,17 @@ class CutCoordinator:
             pending = [
                 plan
                 for plan in self._replayed_ready.values()
-                if self.alignment.status(plan.marker_id) is CutStatus.READY
+                if self.alignment.status(plan.marker_id) in (CutStatus.READY, CutStatus.PINNED)
             ]
         self._replayed_ready.clear()
         self._caught_up.set()
         self._note_published(self._newest_published)
         self.metrics.cuts_in_flight(len(self._open))
         for plan in pending:
-            self.progress(f"cut {plan.marker_id} is ready but unpublished: taking it over")
+            self.progress(
+                f"cut {plan.marker_id} is {self._status(plan.marker_id)} but "
+                "unpublished: taking it over"
+            )
             self._submit(plan)
 
     def _on_event(self, value: bytes, now: float) -> None:
@@ -338,6 +372,8 @@ class CutCoordinator:
             self.metrics.cuts_in_flight(len(self._open))
         if transition is None:
             return
+        if transition.status.releases and self.on_release is not None:
+            self.on_release()
         cut = transition.cut
         if transition.status is CutStatus.READY:
             plan = CutPlan(
@@ -424,14 +460,20 @@ class CutCoordinator:
                 log.exception("snapshot of marker %s stopped", plan.marker_id)
 
     def _snapshot(self, plan: CutPlan) -> None:
-        """Runs on the snapshot thread for every READY cut; writes it unless written."""
+        """Runs on the snapshot thread for every READY cut; writes it unless written.
+
+        Under the writer lock: pin the cut (:func:`pin_cut`), say PINNED (held partitions
+        resume), write the backup from the pinned snapshots, publish it, say PUBLISHED or
+        FAILED, and only then let the lock go, so whoever takes the lock next knows the
+        outcome is on its way to the control topic, or that the writer died.
+        """
         lock = WriterLock(source_dir(self.backups_dir, self.source))
         started = time.monotonic()
         try:
             lock.acquire(self.snapshot_deadline_s, self._stop)
         except DeadlineExceeded as exc:
             log.warning("%s", exc)
-            if not self._stop.is_set() and self._still_ready(plan.marker_id):
+            if not self._stop.is_set() and self._still_open(plan.marker_id):
                 # held partitions must not wait forever on a writer that is stuck
                 self._send(self._plan_event(ControlKind.FAILED, plan, f"no backup: {exc}"))
             return
@@ -439,37 +481,23 @@ class CutCoordinator:
             # half-written backups of dead writers; only under the lock, never a live one's
             remove_stale_temps(source_dir(self.backups_dir, self.source))
             if has_backup(self.backups_dir, self.source, plan.marker_id):
-                if self._still_ready(plan.marker_id):  # its writer died before saying so
+                if self._still_open(plan.marker_id):  # its writer died before saying so
                     self._send(self._plan_event(ControlKind.PUBLISHED, plan, "found published"))
                 return
-            if not self._still_ready(plan.marker_id):
+            status = self._status(plan.marker_id)
+            if status is CutStatus.PINNED:  # pinned by a writer that died (it had the lock)
+                self._send(self._plan_event(ControlKind.ABANDONED, plan, _DIED_AFTER_PIN))
                 return
-            backup = write_backup(
-                self.replica_dir,
-                self.backups_dir,
-                plan,
-                writer=self.member,
-                full_every=self.full_every,
-                proof=self.digests.source_for(self.digest_timeout_s, self._stop),
-            )
-            failpoints.hit("snapshot.after_publish")
-            if self.retention is not None:  # still under the writer lock: chains stay whole
-                from consumers.retention import apply_retention  # retention imports WriterLock
-
-                apply_retention(self.backups_dir, self.source, self.retention, self.progress)
-        except SnapshotError as exc:
-            self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
-            return
-        except DigestWaitStopped:  # stopping: the cut stays READY for the next start
-            return
-        except Exception as exc:  # any other failure of the writer fails this cut loudly
-            log.exception("snapshot of marker %s failed", plan.marker_id)
-            self._send(self._plan_event(ControlKind.FAILED, plan, f"snapshot failed: {exc}"))
-            return
+            if status is not CutStatus.READY:
+                return
+            backup = self._write(plan, started)
+            if backup is not None and self.retention is not None:
+                self._apply_retention(plan)  # still under the writer lock: chains stay whole
         finally:
             lock.release()
+        if backup is None:
+            return
         elapsed = time.monotonic() - started
-        self._send(self._plan_event(ControlKind.PUBLISHED, plan, str(backup.path)))
         report = self.stats.reports.setdefault(
             plan.marker_id, CutReport(plan.marker_id, CutStatus.PUBLISHED)
         )
@@ -483,6 +511,80 @@ class CutCoordinator:
             f"{(plan.alignment_s or 0) * 1000:.0f} ms, snapshot {elapsed * 1000:.0f} ms"
         )
 
+    def _apply_retention(self, plan: CutPlan) -> None:
+        """Prune after publishing backup M; M is published whatever happens here."""
+        from consumers.retention import apply_retention  # retention imports WriterLock
+
+        assert self.retention is not None
+        try:
+            apply_retention(self.backups_dir, self.source, self.retention, self.progress)
+        except Exception as exc:  # M stands; retention runs again after the next backup
+            log.exception("retention after backup %s failed", plan.marker_id)
+            self.progress(f"retention after backup {plan.marker_id} failed: {exc}")
+
+    def _write(self, plan: CutPlan, started: float) -> Backup | None:
+        """Pin, release, write, publish; return the backup, or None once FAILED was sent.
+
+        Called under the writer lock. The write has the snapshot deadline: past it the
+        pinned reads are interrupted, FAILED is sent, and nothing is published after it.
+        """
+        failpoints.hit("snapshot.before_pin")  # the lock is held, the partitions too
+        try:
+            pinned = pin_cut(self.replica_dir, plan)
+        except SnapshotError as exc:
+            self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
+            return None
+        deadline = started + self.snapshot_deadline_s
+        late = threading.Event()
+
+        def too_late() -> None:
+            late.set()
+            pinned.interrupt()
+            detail = (
+                f"backup {plan.marker_id} was not written within the snapshot deadline of "
+                f"{self.snapshot_deadline_s:.0f} s"
+            )
+            try:
+                self._send(self._plan_event(ControlKind.FAILED, plan, detail))
+            except (CutlineError, KafkaException, BufferError) as exc:
+                log.warning("cannot report cut %s failed: %s", plan.marker_id, exc)
+
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), too_late)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            try:
+                self._send(self._plan_event(ControlKind.PINNED, plan, "snapshots pinned"))
+            except (CutlineError, KafkaException, BufferError) as exc:
+                # the partitions stay held until the outcome: written as before pinning
+                log.warning("cannot announce cut %s pinned: %s", plan.marker_id, exc)
+            failpoints.hit("snapshot.after_pin")  # partitions released, nothing written
+            backup = write_backup(
+                self.replica_dir,
+                self.backups_dir,
+                plan,
+                writer=self.member,
+                full_every=self.full_every,
+                pinned=pinned,
+                deadline=deadline,
+                proof=self.digests.source_for(self.digest_timeout_s, self._stop),
+            )
+            failpoints.hit("snapshot.after_publish")
+        except DigestWaitStopped:  # stopping: the cut is PINNED, a restart reports it abandoned
+            return None
+        except Exception as exc:  # any failure of the writer fails this cut loudly
+            if not isinstance(exc, SnapshotError):
+                log.exception("snapshot of marker %s failed", plan.marker_id)
+            if not late.is_set():
+                detail = str(exc) if isinstance(exc, SnapshotError) else f"snapshot failed: {exc}"
+                self._send(self._plan_event(ControlKind.FAILED, plan, detail))
+            return None
+        finally:
+            watchdog.cancel()
+            pinned.close()
+        self._send(self._plan_event(ControlKind.PUBLISHED, plan, str(backup.path)))
+        return backup
+
     def _note_published(self, marker_id: int) -> None:
         """Set the last-backup gauges from the manifest (on this host's backups dir)."""
         if marker_id <= 0 or self.metrics is NO_METRICS:
@@ -492,9 +594,13 @@ class CutCoordinator:
             t2_us = int(backup.manifest.get("t2_us", backup.t1_us))
             self.metrics.backup_published(backup.t1_us, t2_us)
 
-    def _still_ready(self, marker_id: int) -> bool:
+    def _status(self, marker_id: int) -> CutStatus | None:
         with self._lock:
-            return self.alignment.status(marker_id) is CutStatus.READY
+            return self.alignment.status(marker_id)
+
+    def _still_open(self, marker_id: int) -> bool:
+        """READY or PINNED: a backup is due and no outcome was said yet."""
+        return self._status(marker_id) in (CutStatus.READY, CutStatus.PINNED)
 
     def _event(
         self, kind: ControlKind, marker_id: int, partitions: int, **fields: Any

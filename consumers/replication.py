@@ -8,8 +8,10 @@ On marker M a lane compares the operations it applied since the previous marker 
 the count the marker carries. Equal: the shard records "held at M" in the same place as
 its offset, the lane stops applying (records behind the marker wait in its bounded
 queue) and the coordinator announces "partition p reached M at offset o". Different: the cut fails
-loudly (invariant 5) and the lane goes on. When the cut is resolved the lane commits the
-group offset at marker offset + 1 (only if the backup was published), then resumes.
+loudly (invariant 5) and the lane goes on. When the cut is pinned (the writer holds a
+read transaction on every shard, taken at M: the backup no longer needs the shard to stay
+at M) or resolved, the lane commits the group offset at marker offset + 1 (only if the cut
+was pinned or published), then resumes: it applies records while backup M is written.
 
 A lane whose shard was claimed by a newer owner (another process after a rebalance, or
 this process after a thread failed to stop in time) is *fenced*: its thread drops it
@@ -344,7 +346,7 @@ class ReplicationThread(threading.Thread):
         status = self.coordinator.resolution(hold.marker.marker_id)
         if status is None:
             return False
-        if status is CutStatus.PUBLISHED:
+        if status in (CutStatus.PINNED, CutStatus.PUBLISHED):  # the cut is safe: move on
             if hold.committed is None:
                 failpoints.hit("commit.before", lane.partition)
                 hold.committed = self.commit(lane.partition, hold.offset + 1)

@@ -121,6 +121,7 @@ class Replicator:
         self.coordinator: CutCoordinator | None = None
         self.dead_letters: DeadLetters | None = None
         self._refusal: Exception | None = None  # set on assignment: the history is not there
+        self._wakes: list[threading.Event] = []  # one per replication thread, replaced whole
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -160,6 +161,7 @@ class Replicator:
             progress=self.progress,
             metrics=self.metrics,
         )
+        self.coordinator.on_release = self._wake_threads  # a pinned cut resumes at once
         self.coordinator.start()
         self._consumer = make_consumer(
             cfg.bootstrap,
@@ -316,6 +318,7 @@ class Replicator:
         count = len(partitions)
         n_threads = count if self.config.threads is None else min(self.config.threads, count)
         wakes = [threading.Event() for _ in range(max(1, n_threads))]
+        self._wakes = wakes
         # claims wait for frozen writers' locks; together well within max.poll.interval.ms
         claims_end = time.monotonic() + CLAIM_DEADLINE_S
         for i, tp in enumerate(sorted(partitions, key=lambda t: t.partition)):
@@ -423,9 +426,16 @@ class Replicator:
         Called by replication threads. Only the poll loop touches the consumer: a commit
         from another thread while it polls can block indefinitely.
         """
-        done = threading.Event()
+        lane = self.lanes.get(partition)
+        done = _Waking(lane.wake) if lane is not None else threading.Event()
         self._commit_requests.put((partition, offset, done))
         return done
+
+    def _wake_threads(self) -> None:
+        """Called by the coordinator when a cut releases its partitions: the threads check
+        their holds now, not at their next idle tick."""
+        for wake in self._wakes:
+            wake.set()
 
     def _drain_commits(self) -> None:
         """Commit requested offsets (forward only); release the waiting threads once Kafka
@@ -459,3 +469,16 @@ class Replicator:
         return self.stats.pauses_s + [
             p for lane in self.lanes.values() for p in lane.stats.pauses_s
         ]
+
+
+class _Waking(threading.Event):
+    """A commit's done event that also wakes the thread waiting on it, so a partition
+    resumes as soon as Kafka answers its commit."""
+
+    def __init__(self, wake: threading.Event):
+        super().__init__()
+        self._wake = wake
+
+    def set(self) -> None:
+        super().set()
+        self._wake.set()

@@ -1,9 +1,14 @@
-"""The snapshotter: backup M from the replica while every partition is held at M.
+"""The snapshotter: backup M from the replica, as every shard was while held at M.
 
 Order of steps (each one only after the previous is durable):
 
-1. check that every shard of M's declared set is held at M, at the offset it reported
-   (a shard anywhere else means the backup would not be the cut: fail, never guess);
+1. :func:`pin_cut`: open a read transaction on every shard of M's declared set and check
+   that each is held at M, at the offset it reported (a shard anywhere else means the
+   backup would not be the cut: fail, never guess). In WAL mode a read transaction keeps
+   the snapshot it started with, so from here on the shards may move past M (the caller
+   releases the partitions) and what is read below is still exactly the cut. While it is
+   open, no checkpoint can go past M in that shard: the WAL grows by what replication
+   writes meanwhile, and shrinks back at the next checkpoint after the pin is closed;
 2. read each table from all shards, streaming in Arrow batches (``consumers.table_stream``,
    types decided first by ``consumers.column_types``), and write it to a DuckDB database
    (one table per captured table, plus ``_cutline_backup`` and ``_cutline_tables``
@@ -15,7 +20,8 @@ Order of steps (each one only after the previous is durable):
 3. write the manifest (files with SHA-256, sizes, row counts) last, inside a temp dir;
 4. fsync and rename the temp dir into the catalog (``durable.publish_directory``).
 
-Offsets are committed by the caller only after this returns.
+The partitions may be released (offsets committed) once step 1 is done: see
+``consumers.coordinator`` for what happens to a cut whose writer dies after that.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from consumers.incremental import (
 from consumers.keyed_changes import KeyedChanges, write_keyed_changes
 from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
 from consumers.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
+from cutline import failpoints
 from cutline.errors import CutlineError
 from producers.digest import DigestAccumulator
 from producers.markers import format_time
@@ -158,6 +165,38 @@ def avro_names(names: list[str]) -> list[str]:
     return out
 
 
+@dataclass
+class PinnedCut:
+    """Read transactions on every shard, each begun while the shard was held at the cut.
+
+    ``t2_us`` is T2, the instant the cut was pinned. Closing it ends the transactions
+    (always: ``write_backup`` closes it in a ``finally``), which lets checkpoints go on.
+    """
+
+    plan: CutPlan
+    connections: list[Any]
+    t2_us: int
+
+    def interrupt(self) -> None:
+        """Abort a read in progress on any shard (from another thread: a stuck write's
+        deadline); the write then fails with an SQLite error and nothing is published."""
+        for conn in self.connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.interrupt()
+
+    def close(self) -> None:
+        for conn in self.connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self.connections = []
+
+
+def pin_cut(replica_dir: Path, plan: CutPlan) -> PinnedCut:
+    """Pin cut M: a read transaction on every shard, each checked to be held at M."""
+    connections = _check_shards(replica_dir, plan)
+    return PinnedCut(plan, connections, time.time_ns() // 1000)
+
+
 def _check_shards(replica_dir: Path, plan: CutPlan) -> list[Any]:
     """Open every shard in a read transaction and check it is held at the cut.
 
@@ -211,8 +250,15 @@ def write_backup(
     full_every: int = 1,
     on_batch: BatchObserver | None = None,
     proof: ProofSource | None = None,
+    pinned: PinnedCut | None = None,
+    deadline: float | None = None,
 ) -> Backup:
     """Write and publish backup ``plan.marker_id``; return it as catalogued.
+
+    ``pinned`` is the cut as :func:`pin_cut` pinned it (its partitions may have been
+    released since); without it the shards are pinned here. Either way the pin is closed
+    before this returns or raises. Past ``deadline`` (``time.monotonic()``) nothing is
+    published: a write that took too long fails, since its cut was reported failed.
 
     ``full_every`` N > 1 makes the backup an incremental (only what changed since the
     previous backup) while the chain since the last full is shorter than N; see
@@ -228,8 +274,9 @@ def write_backup(
         raise SnapshotError(f"cannot create backups directory {parent}: {exc}") from exc
     final = parent / backup_dir_name(plan.marker_id)
     temp = parent / f"{TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-    connections = _check_shards(replica_dir, plan)
-    t2_us = time.time_ns() // 1000  # T2: the instant the replica is copied
+    pin = pinned if pinned is not None else pin_cut(replica_dir, plan)
+    connections = pin.connections
+    t2_us = pin.t2_us  # T2: the instant the replica was pinned
     try:
         temp.mkdir()
         definitions = _definitions(connections[0], plan.tables) if connections else []
@@ -253,6 +300,8 @@ def write_backup(
         manifest.update(choice.manifest_fields(plan.marker_id))
         manifest["proof"] = checked
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if deadline is not None and time.monotonic() > deadline:
+            raise SnapshotError(f"backup {plan.marker_id} was not written before its deadline")
         publish_directory(temp, final)
     except (SnapshotError, DigestWaitStopped):
         _discard(temp)
@@ -263,8 +312,7 @@ def write_backup(
             f"writing backup {plan.marker_id} under {parent} failed: {exc}"
         ) from exc
     finally:
-        for conn in connections:
-            conn.close()
+        pin.close()
     # Published: no later incremental builds on an earlier backup than this one.
     shards = [shard_path(replica_dir, plan.source, p) for p in range(plan.partitions)]
     changed_keys.prune(shards, plan.marker_id)
@@ -356,6 +404,7 @@ def _write_files(
                             f"a diff of the whole table: {why_full_diff[definition.table]}"
                         )
                 tables_meta[definition.table] = meta
+                failpoints.hit("snapshot.mid_write")  # a table written, the backup not
         _write_metadata(db, plan, t2_us, writer, definitions, tables_meta, choice)
         db.execute("CHECKPOINT")
     finally:

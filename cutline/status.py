@@ -97,7 +97,9 @@ def cuts_from_control(bootstrap: str, topic: str, source: str, now_us: int) -> d
     return {
         "newest_published": newest,
         "published": len(published),
-        "in_flight": [entry(c) for c in by[CutStatus.ALIGNING] + by[CutStatus.READY]],
+        "in_flight": [
+            entry(c) for c in by[CutStatus.ALIGNING] + by[CutStatus.READY] + by[CutStatus.PINNED]
+        ],
         "failed": [entry(c) for c in by[CutStatus.FAILED]],
         "abandoned": [entry(c) for c in by[CutStatus.ABANDONED]],
     }

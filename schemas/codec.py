@@ -247,6 +247,7 @@ SCHEMA_FILES: dict[type, str] = {
 OLDER_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
     TableDefinition: ("table_definition.v1.avsc",),
     CapturePosition: ("capture_position.v1.avsc",),
+    ControlEvent: ("control_event.v1.avsc",),  # before PINNED
 }
 
 _CONVERTERS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[..., Record]]] = {

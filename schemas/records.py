@@ -25,6 +25,7 @@ class ControlKind(StrEnum):
     PUBLISHED = "PUBLISHED"
     ABANDONED = "ABANDONED"
     FAILED = "FAILED"
+    PINNED = "PINNED"  # the writer pinned the cut's snapshots: held partitions may resume
 
 
 @dataclass(frozen=True, slots=True)

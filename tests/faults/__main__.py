@@ -19,7 +19,7 @@ from cutline.broker.provision import provide_cluster
 from tests.faults.checker import Verdict
 from tests.faults.scenarios import SCENARIOS
 
-SHORT = ["three-processes", "kill-while-snapshotting"]
+SHORT = ["three-processes", "kill-while-snapshotting", "kill-after-pin"]
 
 
 def _say(text: str) -> None:

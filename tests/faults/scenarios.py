@@ -60,18 +60,44 @@ def kill_while_held(bootstrap: str, root: Path, seed: int) -> RunReport:
 
 
 def kill_while_snapshotting(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """SIGKILL of the backup writer after its files are written, before they are visible.
+    """SIGKILL of the backup writer holding the lock, before it pinned the cut.
 
     Armed in every process, so whoever writes first dies; another process (or the
     restarted one) must take the READY cut over, from the same shards, still held.
     """
     config = RunConfig(seed, processes=2)
-    spec = f"snapshot.before_publish=kill@{1 + seed % 3}"
+    spec = f"snapshot.before_pin=kill@{1 + seed % 3}"
     config.arms = {"replicate-0": spec, "replicate-1": spec}
     with FaultRun(bootstrap, root, "kill-while-snapshotting", config) as run:
         run.start()
         run.write_for(7)
         return _finish(run)
+
+
+def kill_after_pin(bootstrap: str, root: Path, seed: int) -> RunReport:
+    """SIGKILL of the backup writer after PINNED: the partitions have moved on.
+
+    One process dies right after saying PINNED, the other in the middle of the write (after
+    a table) or with every file written but not visible. Its cut can no longer be written
+    from the shards: it must end ABANDONED (or, if another process pinned it while every
+    shard was still held at M, PUBLISHED and exact), never as a wrong backup; later cuts
+    are published.
+    """
+    config = RunConfig(seed, processes=2)
+    late = "snapshot.mid_write" if seed % 2 else "snapshot.before_publish"
+    config.arms = {
+        "replicate-0": f"snapshot.after_pin=kill@{1 + seed % 3}",
+        "replicate-1": f"{late}=kill@{2 + seed % 4}",
+    }
+    with FaultRun(bootstrap, root, "kill-after-pin", config) as run:
+        run.start()
+        run.write_for(8)
+        report = _finish(run)
+        statuses = report.verdict.statuses
+        killed_cuts = [m for m, s in statuses.items() if s is not CutStatus.PUBLISHED]
+        later = [m for m in run.pipeline.oracle if m > max(killed_cuts, default=0)]
+        _require_published(report, later, "cuts after the last writer died")
+        return report
 
 
 def kill_after_publish(bootstrap: str, root: Path, seed: int) -> RunReport:
@@ -90,11 +116,11 @@ def kill_after_publish(bootstrap: str, root: Path, seed: int) -> RunReport:
 def rebalance_while_held(bootstrap: str, root: Path, seed: int) -> RunReport:
     """A process joins, then one leaves, while every partition is held at a marker.
 
-    Every backup writer sleeps 2 s before publishing, so each cut holds its partitions
-    for that long; the join and the leave are started while a shard is seen held.
+    Every backup writer sleeps 2 s before pinning the cut, so each cut holds its
+    partitions for that long; the join and the leave are started while a shard is seen held.
     """
     config = RunConfig(seed, processes=2)
-    slow = "snapshot.before_publish=sleep:2"
+    slow = "snapshot.before_pin=sleep:2"
     config.arms = {"replicate-0": slow, "replicate-1": slow}
     with FaultRun(bootstrap, root, "rebalance-while-held", config) as run:
         run.start()
@@ -218,6 +244,7 @@ SCENARIOS: dict[str, Scenario] = {
     "kill-mid-apply": kill_mid_apply,
     "kill-while-held": kill_while_held,
     "kill-while-snapshotting": kill_while_snapshotting,
+    "kill-after-pin": kill_after_pin,
     "kill-after-publish": kill_after_publish,
     "rebalance-while-held": rebalance_while_held,
     "stalled-partition": stalled_partition,

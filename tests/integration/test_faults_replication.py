@@ -18,6 +18,7 @@ from consumers.alignment import CutStatus
 from tests.faults.runner import RunReport
 from tests.faults.scenarios import (
     idle_partitions,
+    kill_after_pin,
     kill_after_publish,
     kill_mid_apply,
     kill_while_held,
@@ -49,7 +50,13 @@ def test_sigkill_while_held_at_a_marker(kafka: str, tmp_path: Path) -> None:
 
 def test_sigkill_while_the_backup_is_written_is_taken_over(kafka: str, tmp_path: Path) -> None:
     report = kill_while_snapshotting(kafka, tmp_path, seed=13)
-    assert report.kills >= 1, "the snapshot.before_publish failpoint should have killed a writer"
+    assert report.kills >= 1, "the snapshot.before_pin failpoint should have killed a writer"
+    _assert_clean(report)
+
+
+def test_sigkill_after_pinning_never_publishes_a_wrong_backup(kafka: str, tmp_path: Path) -> None:
+    report = kill_after_pin(kafka, tmp_path, seed=19)
+    assert report.kills >= 1, "a failpoint after PINNED should have killed a writer"
     _assert_clean(report)
 
 

@@ -234,3 +234,78 @@ def test_randomized_ready_exactly_once_when_last_distinct_partition_arrives(seed
     assert ready_at == [expected_index]
     assert al.cuts[9].reached == offsets
     assert al.cuts[9].alignment_s == float(expected_index)
+
+
+# -- PINNED: the writer pinned the cut; partitions resume while the backup is written
+
+
+def test_pinned_only_after_ready():
+    al = Alignment(timeout_s=60)
+    al.apply(reached(1, 0, 100), 0.0)
+    assert al.apply(control(ControlKind.PINNED, 1), 0.5) is None
+    assert al.status(1) is CutStatus.ALIGNING
+    make_ready(al)
+    t = al.apply(control(ControlKind.PINNED, 1), 1.0)
+    assert t is not None and t.status is CutStatus.PINNED
+    assert al.apply(control(ControlKind.PINNED, 1), 1.5) is None  # a second one: nothing new
+    assert al.status(1) is CutStatus.PINNED
+
+
+def test_pinned_releases_partitions_but_does_not_resolve_the_cut():
+    assert {s for s in CutStatus if s.releases} == {
+        CutStatus.PINNED,
+        CutStatus.PUBLISHED,
+        CutStatus.ABANDONED,
+        CutStatus.FAILED,
+    }
+    assert not CutStatus.PINNED.resolved
+    al = Alignment(timeout_s=10)
+    make_ready(al)
+    al.apply(control(ControlKind.PINNED, 1), 1.0)
+    assert al.expired(now=10_000.0) == []  # never abandoned by the alignment timeout
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        (ControlKind.PUBLISHED, CutStatus.PUBLISHED),
+        (ControlKind.FAILED, CutStatus.FAILED),
+        (ControlKind.ABANDONED, CutStatus.ABANDONED),
+    ],
+)
+def test_a_pinned_cut_is_resolved_by_any_outcome(kind, status):
+    """FAILED (the digest check or the write failed) and ABANDONED (the writer died after
+    the partitions moved on) are both still possible after PINNED."""
+    al = Alignment(timeout_s=60)
+    make_ready(al)
+    al.apply(control(ControlKind.PINNED, 1), 1.0)
+    t = al.apply(control(kind, 1, detail="writer died after releasing the partitions"), 2.0)
+    assert t is not None and t.status is status
+    assert al.cuts[1].detail == "writer died after releasing the partitions"
+
+
+def test_published_wins_over_an_abandon_of_a_pinned_cut():
+    al = Alignment(timeout_s=60)
+    make_ready(al)
+    al.apply(control(ControlKind.PINNED, 1), 1.0)
+    al.apply(control(ControlKind.ABANDONED, 1), 2.0)
+    assert al.apply(control(ControlKind.PUBLISHED, 1), 3.0).status is CutStatus.PUBLISHED
+
+
+def test_pinned_after_an_outcome_changes_nothing():
+    al = Alignment(timeout_s=60)
+    make_ready(al)
+    al.apply(control(ControlKind.FAILED, 1), 1.0)
+    assert al.apply(control(ControlKind.PINNED, 1), 2.0) is None
+    assert al.status(1) is CutStatus.FAILED
+
+
+def test_a_replay_of_the_control_topic_sees_pinned_and_does_not_hold_again():
+    """A process restarting replays the control log: the cut is PINNED, so a shard it
+    finds held at M is released at once."""
+    log = [reached(1, p, 100 + p) for p in range(3)] + [control(ControlKind.PINNED, 1)]
+    al = Alignment(timeout_s=60)
+    for n, event in enumerate(log):
+        al.apply(event, float(n))
+    assert al.status(1) is CutStatus.PINNED
+    assert al.status(1).releases

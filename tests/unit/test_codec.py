@@ -417,3 +417,31 @@ def test_table_definitions_written_before_reinstalled_existed_still_decode():
         "shop", "t", datum["ddl"], (Column("id", "INTEGER"),), ("id",), reinstalled=True
     )
     assert decode(encode(new)) == new
+
+
+def test_control_events_written_before_pinned_existed_still_decode():
+    """Control topics written by an older cutline use control_event.v1.avsc (no PINNED)."""
+    old = load_schema("control_event.v1.avsc")
+    header = codec.MAGIC + codec.schema_fingerprint(old)
+    assert header[2:].hex() == "0fab9c2e2ebb11ef"
+    datum = {
+        "kind": "PUBLISHED",
+        "source": "shop",
+        "marker_id": 4,
+        "partitions": 2,
+        "partition": None,
+        "offset": None,
+        "member": "m",
+        "detail": "done",
+        "t1_us": None,
+        "tables": None,
+        "at_us": 7,
+    }
+    out = io.BytesIO()
+    out.write(header)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(old), datum)
+    assert decode(out.getvalue()) == ControlEvent(
+        ControlKind.PUBLISHED, "shop", 4, 2, member="m", at_us=7, detail="done"
+    )
+    pinned = ControlEvent(ControlKind.PINNED, "shop", 4, 2, member="m", at_us=8)
+    assert decode(encode(pinned)) == pinned

@@ -490,3 +490,63 @@ def test_stop_does_not_wait_past_its_deadline_for_a_stuck_snapshot(tmp_path: Pat
     release.set()
     snapshotter.join(10)
     assert written == [7], "the snapshot queued behind it is dropped once stopped"
+
+
+def _committing_thread(
+    lane: Lane, coordinator: FakeCoordinator, commits: list
+) -> ReplicationThread:
+    thread = _thread(lane, coordinator)
+
+    def commit(partition: int, offset: int) -> threading.Event:
+        commits.append((partition, offset))
+        done = threading.Event()
+        done.set()
+        return done
+
+    thread.commit = commit
+    return thread
+
+
+@pytest.mark.parametrize("status", [CutStatus.PINNED, CutStatus.PUBLISHED])
+def test_a_pinned_cut_releases_the_partition_with_its_offset_committed(
+    tmp_path: Path, status: CutStatus
+) -> None:
+    """PINNED is enough to move on: the writer's read transactions hold the cut, so the
+    lane commits marker offset + 1 and applies what follows while the backup is written."""
+    lane = _lane(tmp_path / "p0.sqlite")
+    coordinator = FakeCoordinator()
+    commits: list[tuple[int, int]] = []
+    thread = _committing_thread(lane, coordinator, commits)
+    lane.offer([FakeMessage(0, DEF), FakeMessage(1, _insert(1)), FakeMessage(2, _marker(1, 1))])
+    lane.offer([FakeMessage(3, _insert(2))])
+    _drain(thread, lane, coordinator)
+    assert lane.hold is not None and lane.shard.state().held  # READY alone holds
+    assert lane.shard.state().offset == 2
+    coordinator.statuses[1] = status
+    _drain(thread, lane, coordinator)
+    assert commits == [(0, 3)]
+    assert lane.hold is None and not lane.shard.state().held
+    assert lane.shard.state().offset == 3  # applied past the marker
+
+
+def test_a_restarted_lane_held_at_a_pinned_cut_is_released(tmp_path: Path) -> None:
+    """A process that dies with a shard held at M, restarts and replays PINNED(M) from the
+    control topic does not hold again: it releases the shard and goes on."""
+    path = tmp_path / "p0.sqlite"
+    first = _lane(path, "first")
+    held = FakeCoordinator()
+    first.offer([FakeMessage(0, DEF), FakeMessage(1, _insert(1)), FakeMessage(2, _marker(1, 1))])
+    _drain(_thread(first, held), first, held)
+    assert first.shard.state().held
+    first.shard.close()  # SIGKILL
+
+    second = _lane(path, "second")
+    assert second.hold is not None  # the shard says: held at marker 1
+    coordinator = FakeCoordinator()
+    coordinator.statuses[1] = CutStatus.PINNED
+    commits: list[tuple[int, int]] = []
+    thread = _committing_thread(second, coordinator, commits)
+    second.offer([FakeMessage(3, _insert(2))])
+    _drain(thread, second, coordinator)
+    assert second.hold is None and second.shard.state().offset == 3
+    assert commits == [(0, 3)]
