@@ -14,7 +14,7 @@ from consumers.coordinator import CutCoordinator
 from consumers.snapshotter import pin_cut, write_backup
 from cutline import failpoints
 from schemas.codec import decode
-from schemas.records import ControlEvent, ControlKind
+from schemas.records import ControlEvent, ControlKind, MarkerDigest
 from tests.unit.test_replica_and_snapshot import ACCOUNT_ROWS, SOURCE, build_replica, insert
 from tests.unit.test_replication_faults import FlakyProducer
 
@@ -71,6 +71,9 @@ def _ready(coordinator: CutCoordinator, plan, *also: ControlKind) -> None:
             ),
             0.0,
         )
+    # the primary's digest arrives; these tests are about the pin, not the proof (see
+    # test_digest_proof), so the primary says it skipped it
+    coordinator.digests.add(MarkerDigest(SOURCE, plan.marker_id, True, (), 0, "not proved here"))
     for kind in also:
         coordinator.alignment.apply(
             ControlEvent(kind, SOURCE, plan.marker_id, plan.partitions, "m", 0), 0.0
