@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from cutline.errors import CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_admin, make_consumer, wait_for_cluster
 from cutline.settings import Topics
+from cutline.source_names import no_such_source
 
 
 class NoSuchTopic(CutlineError):
@@ -30,6 +31,8 @@ def existing_topics(bootstrap: str) -> dict[str, int]:
 
 
 def require_topic(topics: dict[str, int], topic: str, source: str, made_by: str) -> int:
+    if (unknown := no_such_source(source, topics)) is not None:
+        raise NoSuchTopic(unknown)
     if topic not in topics:
         raise NoSuchTopic(
             f"topic {topic} does not exist: is --source {source} right? ({made_by} creates it)"

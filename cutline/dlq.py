@@ -25,7 +25,7 @@ from consumers.topic_reader import (
     watermarks,
 )
 from cutline.errors import CutlineError
-from cutline.settings import Topics, resolve_bootstrap, validate_source
+from cutline.settings import Topics, resolve_kafka, validate_source
 from schemas.codec import CodecError, decode
 
 PREVIEW_BYTES = 32
@@ -105,7 +105,7 @@ def newest_dead_letters(bootstrap: str, topics: Topics, limit: int) -> tuple[int
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    bootstrap = resolve_bootstrap(args.bootstrap_servers)
+    bootstrap = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
     topics = Topics(validate_source(args.source))
     require_topic(
         existing_topics(bootstrap), topics.dead_letter, args.source, "`cutline replicate`"

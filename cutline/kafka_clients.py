@@ -62,6 +62,9 @@ def _base(
     }
     config.update(defaults or {})
     config.update(client_properties(bootstrap))
+    # Topics are created only by cutline, with their settings; a broker that auto-creates
+    # must never turn a typo'd --source (a metadata request, a subscription) into topics.
+    config["allow.auto.create.topics"] = False
     config.update(required or {})
     return config
 

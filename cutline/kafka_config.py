@@ -35,6 +35,8 @@ PROTECTED = {
     "enable.auto.commit": "offsets are committed only at markers",
     "enable.auto.offset.store": "offsets are committed only at markers",
     "acks": "every write waits for all in-sync replicas (acks=all)",
+    "allow.auto.create.topics": "cutline creates its topics itself, with their settings; a "
+    "typo'd --source must leave no topic behind",
 }
 
 _SECRET = re.compile(r"password|secret|jaas|\.pem$|oauthbearer\.config|token", re.IGNORECASE)

@@ -31,7 +31,7 @@ from consumers.topic_reader import (
     watermarks,
 )
 from cutline.dlq import newest_dead_letters
-from cutline.settings import Topics, resolve_bootstrap, validate_source
+from cutline.settings import Topics, resolve_kafka, validate_source
 from producers.backlog import capture_backlog
 from schemas.codec import CodecError, decode
 from schemas.records import ControlEvent, ControlKind
@@ -165,7 +165,7 @@ def backlog_of(db: Path, bootstrap: str, topics: Topics, known: dict[str, int]) 
 
 def gather(args: argparse.Namespace, now_us: int | None = None) -> dict[str, Any]:
     now_us = time.time_ns() // 1000 if now_us is None else now_us
-    bootstrap = resolve_bootstrap(args.bootstrap_servers)
+    bootstrap = resolve_kafka(args.bootstrap_servers, args.kafka_config, args.kafka_settings)
     source = validate_source(args.source)
     topics = Topics(source)
     known = existing_topics(bootstrap)

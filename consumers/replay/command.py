@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from consumers.replay.report import ReplayReport, ReplayStatus, format_ids
 from cutline.errors import ConfigError
 from cutline.kafka_clients import make_admin, wait_for_cluster
 from cutline.settings import Topics
+from cutline.source_names import no_such_source
 from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replay")
@@ -36,7 +38,10 @@ REPLAY_REMEDY = (
 
 def ops_partitions(bootstrap: str, topic: str, source: str) -> int:
     """The ops topic's partition count; replay never creates topics."""
-    found = make_admin(bootstrap).list_topics(timeout=10).topics.get(topic)
+    every = make_admin(bootstrap).list_topics(timeout=10).topics
+    if (unknown := no_such_source(source, every)) is not None:
+        raise ReplayError(f"{unknown}; nothing to replay")
+    found = every.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ReplayError(
             f"topic {topic} does not exist, so there is nothing to replay for source "
@@ -81,6 +86,7 @@ def run_replay(
         )
     if config.full_every < 1:
         raise ConfigError("--full-every must be at least 1")
+    created = not Path(config.backups_dir).exists()
     try:
         Path(config.backups_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -88,9 +94,15 @@ def run_replay(
     if not os.access(config.backups_dir, os.W_OK):
         raise ConfigError(f"--backups {config.backups_dir} is not writable")
     topics = Topics(config.source)
-    with interruptible():  # start-up waits end at once on SIGINT/SIGTERM
-        wait_for_cluster(config.bootstrap, deadline_s=10.0)
-        partitions = ops_partitions(config.bootstrap, topics.ops, config.source)
+    try:
+        with interruptible():  # start-up waits end at once on SIGINT/SIGTERM
+            wait_for_cluster(config.bootstrap, deadline_s=10.0)
+            partitions = ops_partitions(config.bootstrap, topics.ops, config.source)
+    except BaseException:
+        if created:  # a typo'd --source leaves nothing behind, here either (only if empty)
+            with contextlib.suppress(OSError):
+                Path(config.backups_dir).rmdir()
+        raise
     group = replay_group(config.source)
     feed = KafkaFeed(config.bootstrap, topics.ops, partitions, group)
     try:

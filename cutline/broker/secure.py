@@ -22,7 +22,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -157,8 +157,16 @@ class SecureLayout:
         return f"{HOST}:{self.mtls_port}"
 
 
-def render_secure_properties(layout: SecureLayout, keystore: Path, password: str) -> str:
-    """server.properties: SASL_SSL + mutual TLS listeners, StandardAuthorizer, TLS inside."""
+def render_secure_properties(
+    layout: SecureLayout,
+    keystore: Path,
+    password: str,
+    overrides: Mapping[str, str] | None = None,
+) -> str:
+    """server.properties: SASL_SSL + mutual TLS listeners, StandardAuthorizer, TLS inside.
+
+    ``overrides`` replace or add broker settings (tests turn auto-creation on to prove
+    cutline never asks for it)."""
     node = layout.node
     ca = layout.tls / "ca.pem"
     entries = {
@@ -200,6 +208,7 @@ def render_secure_properties(layout: SecureLayout, keystore: Path, password: str
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
+        **(overrides or {}),
     }
     header = "# Written by cutline: a secured single-node local cluster.\n"
     return header + "".join(f"{key}={value}\n" for key, value in entries.items())
@@ -389,7 +398,11 @@ def _await_admin(cluster: SecureCluster, proc: subprocess.Popen, deadline_s: flo
 
 
 def start_secure_cluster(
-    *, home: Path | None = None, progress: Progress = print, deadline_s: float = 120
+    *,
+    home: Path | None = None,
+    progress: Progress = print,
+    deadline_s: float = 120,
+    overrides: Mapping[str, str] | None = None,
 ) -> SecureCluster:
     """Start a fresh secured node (a running one recorded under ``home`` is replaced)."""
     home = home or secure_home()
@@ -411,7 +424,9 @@ def start_secure_cluster(
             path.chmod(0o600)
         node = layout.node
         node.node_dir.mkdir(parents=True)
-        node.props_file.write_text(render_secure_properties(layout, keystore, store_password))
+        node.props_file.write_text(
+            render_secure_properties(layout, keystore, store_password, overrides)
+        )
         node.props_file.chmod(0o600)
         log4j = home / "log4j2.properties"
         log4j.write_bytes(

@@ -8,11 +8,14 @@ tests use no other broker. Each test has its own source, principal grants and fi
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import secrets
 import socket
 import sqlite3
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -44,6 +47,7 @@ from cutline.kafka_clients import (
 from cutline.kafka_config import KafkaTarget
 from cutline.settings import Topics, resolve_kafka
 from tests.integration.pipeline import (
+    CUTLINE,
     TABLES,
     Pipeline,
     avro_rows,
@@ -60,7 +64,13 @@ MTLS_PRINCIPAL = "User:cutline-client"  # the CN of the client certificate the n
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
     home = tmp_path_factory.mktemp("secure-home") / "kafka-secure"
-    cluster = start_secure_cluster(home=home, progress=lambda m: print(f"[secure] {m}"))
+    # Auto-creation on, as on many estates (Kafka's default): a client that asked for it
+    # would turn a typo'd --source into topics, so every test here proves cutline never does.
+    cluster = start_secure_cluster(
+        home=home,
+        progress=lambda m: print(f"[secure] {m}"),
+        overrides={"auto.create.topics.enable": "true"},
+    )
     try:
         yield cluster
     finally:
@@ -171,24 +181,17 @@ def test_sasl_ssl_principal_with_the_readme_acls_runs_everything(
         assert marked.returncode == 0, marked.stderr
         _assert_exact(pipeline)
         assert re.search(r'"marker_id": (\d+)', marked.stdout)
-
-        replayed = tmp_path / "replayed"
-        done = pipeline.cli(
-            "replay", "--replica", str(replayed / "replica"), "--backups",
-            str(replayed / "backups"), "--source", source, "--idle-timeout", "30", *kafka,
-            timeout_s=180,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        rebuilt = {b.marker_id: b for b in list_backups(replayed / "backups", source)}
-        for marker_id, expected in pipeline.oracle.items():
-            assert backup_rows(rebuilt[marker_id]) == expected, f"replayed {marker_id} differs"
+        _assert_replay_rebuilds_the_backups(pipeline, kafka)
 
 
-def test_mutual_tls_principal_with_the_readme_acls_captures_and_replicates(
+def test_mutual_tls_principal_with_the_readme_acls_runs_everything(
     secured: SecureCluster, source: str, tmp_path: Path
 ) -> None:
+    """Capture, replicate, replay, status and dlq over mutual TLS, with the README's ACLs
+    (status and dlq: Read on the dead-letter topic too, as the README says)."""
     config = _mtls_properties(secured, tmp_path)
-    secured.grant(MTLS_PRINCIPAL, required_grants(source))
+    dlq_read = Grant(ResourceType.TOPIC, Topics(source).dead_letter, AclOperation.READ)
+    secured.grant(MTLS_PRINCIPAL, [*required_grants(source), dlq_read])
     kafka = ("--kafka-config", str(config))
     with Pipeline(secured.layout.mtls_bootstrap, source, tmp_path) as pipeline:
         pipeline.create_primary()
@@ -196,6 +199,35 @@ def test_mutual_tls_principal_with_the_readme_acls_captures_and_replicates(
         pipeline.start_replicator("replicate", *kafka)
         _run_workload(pipeline, cuts=2)
         _assert_exact(pipeline)
+        _assert_replay_rebuilds_the_backups(pipeline, kafka)
+        _assert_status_and_dlq_read(pipeline, kafka)
+
+
+def _assert_replay_rebuilds_the_backups(pipeline: Pipeline, kafka: tuple[str, ...]) -> None:
+    replayed = pipeline.root / "replayed"
+    done = pipeline.cli(
+        "replay", "--replica", str(replayed / "replica"), "--backups",
+        str(replayed / "backups"), "--source", pipeline.source, "--idle-timeout", "30", *kafka,
+        timeout_s=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rebuilt = {b.marker_id: b for b in list_backups(replayed / "backups", pipeline.source)}
+    for marker_id, expected in pipeline.oracle.items():
+        in_duckdb = backup_rows(rebuilt[marker_id])
+        assert in_duckdb == {t: expected[t] for t in TABLES}, f"replayed {marker_id} differs"
+        assert avro_rows(rebuilt[marker_id])[0] == in_duckdb, f"replayed {marker_id}: Avro"
+
+
+def _assert_status_and_dlq_read(pipeline: Pipeline, kafka: tuple[str, ...]) -> None:
+    """They take the command's --kafka-config like every other command."""
+    source = ("--source", pipeline.source)
+    status = pipeline.cli("status", *source, *kafka, "--json")
+    assert status.returncode == 0, status.stderr
+    newest = json.loads(status.stdout)["newest_backup"]
+    assert newest["marker_id"] == max(pipeline.oracle), newest
+    dlq = pipeline.cli("dlq", *source, *kafka, "--json")
+    assert dlq.returncode == 0, dlq.stderr
+    assert json.loads(dlq.stdout)["count"] == 0
 
 
 def _stderr_line(done) -> str:
@@ -300,14 +332,22 @@ def test_each_missing_acl_is_named_in_one_line(
     assert time.monotonic() - started < 30, "said within seconds"
 
 
-def test_the_demo_runs_over_sasl_ssl(secured: SecureCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("listener", ["SASL_SSL", "mutual TLS"])
+def test_the_demo_runs_over_the_secured_listeners(
+    secured: SecureCluster, tmp_path: Path, listener: str
+) -> None:
     """The demo names its own sources (demo-<time>): the README's ACLs, as prefixed ones."""
-    principal, config = _scram_user(secured, tmp_path)
+    if listener == "SASL_SSL":
+        principal, config = _scram_user(secured, tmp_path)
+        bootstrap = secured.layout.sasl_bootstrap
+    else:
+        principal, config = MTLS_PRINCIPAL, _mtls_properties(secured, tmp_path)
+        bootstrap = secured.layout.mtls_bootstrap
     prefixed = [Grant(g.resource_type, g.name, g.operation, prefixed=True) for g in _demo_grants()]
     secured.grant(principal, prefixed)
-    done = Pipeline(secured.layout.sasl_bootstrap, "demo", tmp_path).cli(
+    done = Pipeline(bootstrap, "demo", tmp_path).cli(
         "demo", "--workdir", str(tmp_path / "demo"), "--markers", "2",
-        "--kafka-config", str(config), "--bootstrap-servers", secured.layout.sasl_bootstrap,
+        "--kafka-config", str(config), "--bootstrap-servers", bootstrap,
         timeout_s=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
@@ -431,3 +471,87 @@ def test_a_missing_read_on_the_capture_topic_stops_a_restarted_capture(
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert "Read on topic" in last and missing.name in last and "not authorized" in last, last
+
+
+def _topics_naming(secured: SecureCluster, text: str) -> set[str]:
+    return {t for t in secured.admin().list_topics(timeout=10).topics if text in t}
+
+
+def test_a_typod_source_leaves_no_topic_on_a_broker_that_auto_creates(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    """Every command that only reads Kafka, run as the super user (who may create anything)
+    on this broker (auto-creation on): none creates a topic, and each says in one line that
+    the source has none, naming the existing source closest to the typo."""
+    ensure_topics(secured.admin_target(), source_topic_specs(Topics(source), 1))  # a capture's
+    typo = source + "x"
+    # the broker does auto-create for a client that asks (else this test would prove nothing)
+    probe = f"probe-{uuid.uuid4().hex[:10]}"
+    producer = make_producer(secured.admin_target(), **{"allow.auto.create.topics": True})
+    producer.produce(probe, b"v")
+    assert producer.flush(30) == 0
+    assert _topics_naming(secured, probe) == {probe}, "the broker auto-creates topics"
+
+    admin = ("--source", typo, "--kafka-config", str(secured.admin_properties))
+    replay = ["replay", "--replica", str(tmp_path / "r"), "--backups", str(tmp_path / "b")]
+    with Pipeline(secured.layout.sasl_bootstrap, typo, tmp_path) as pipeline:
+        for command in (["status"], ["dlq"], replay):
+            done = pipeline.cli(*command, *admin)
+            assert done.returncode == 1, done.stderr
+            line = _stderr_line(done)
+            assert f"source '{typo}' has no topics on this cluster" in line, line
+            assert f"sources here: {source}" in line, "the closest existing source comes first"
+        worker = pipeline.start_replicator(
+            "replicate", "--kafka-config", str(secured.admin_properties)
+        )
+        wait_until(lambda: "waiting up to" in worker.log.read_text(), 60, "replicate to wait")
+        assert _topics_naming(secured, typo) == set(), "nothing while replicate waits"
+        assert worker.stop() == 0, worker.tail()
+    assert _topics_naming(secured, typo) == set()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "b").exists(), "nor directories"
+
+
+def test_a_secret_from_a_file_or_the_environment_works_and_is_never_shown(
+    secured: SecureCluster, source: str, tmp_path: Path
+) -> None:
+    """``-X sasl.password=@FILE`` and ``CUTLINE_KAFKA_SASL_PASSWORD`` (also ``=@FILE``) log
+    in; with --verbose, in a failure and in --help, the password appears nowhere."""
+    principal, config = _scram_user(secured, tmp_path)
+    dlq_read = Grant(ResourceType.TOPIC, Topics(source).dead_letter, AclOperation.READ)
+    secured.grant(principal, [*required_grants(source), dlq_read])
+    ensure_topics(secured.admin_target(), source_topic_specs(Topics(source), 1))
+    password = re.search(r'password="([^"]*)"', config.read_text())[1]
+    user = re.search(r'username="([^"]*)"', config.read_text())[1]
+    no_secret = tmp_path / "no-secret.properties"
+    no_secret.write_text(
+        re.sub(r"sasl\.jaas\.config=.*\n", f"sasl.username={user}\n", config.read_text())
+    )
+    secret_file = tmp_path / "kafka-password"
+    secret_file.write_text(password + "\n")
+    base = [*CUTLINE, "--verbose", "dlq", "--source", source, "--kafka-config", str(no_secret)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUTLINE_KAFKA_")}
+
+    def run(*extra: str, **more_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*base, *extra], env={**env, **more_env}, capture_output=True, text=True, timeout=60
+        )
+
+    runs = {
+        "-X @file": run("-X", f"sasl.password=@{secret_file}"),
+        "environment": run(CUTLINE_KAFKA_SASL_PASSWORD=password),
+        "environment @file": run(CUTLINE_KAFKA_SASL_PASSWORD=f"@{secret_file}"),
+    }
+    for how, done in runs.items():
+        assert done.returncode == 0, f"{how}: {done.stderr}"
+        assert "0 dead letter(s)" in done.stdout, how
+    wrong = run(CUTLINE_KAFKA_SASL_PASSWORD=password + "-wrong")
+    assert wrong.returncode == 1 and "authentication failed" in wrong.stderr, wrong.stderr
+    helped = subprocess.run(
+        [*CUTLINE, "dlq", "--help"],
+        env={**env, "CUTLINE_KAFKA_SASL_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for done in [*runs.values(), wrong, helped]:
+        assert password not in done.stdout + done.stderr, "a secret was shown"
