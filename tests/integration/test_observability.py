@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cutline.kafka_clients import make_admin, make_producer
+from cutline.kafka_clients import ensure_topics, make_admin, make_producer, source_topic_specs
 from cutline.settings import Topics
 from producers.markers import MarkerTicket
 from producers.sqlite_changelog import now_us
@@ -299,14 +299,21 @@ def test_status_and_dlq_show_backups_failed_cuts_dead_letters_and_backlog(
     assert replicator.stop() == 0, replicator.tail()
 
 
-def test_status_and_dlq_of_an_unknown_source_say_so_and_create_nothing(
+def test_status_dlq_and_replay_of_an_unknown_source_say_so_and_create_nothing(
     pipeline: Pipeline,
 ) -> None:
-    kafka = ("--source", pipeline.source, "--bootstrap-servers", pipeline.bootstrap)
-    for command in ("status", "dlq"):
-        result = pipeline.cli(command, *kafka)
+    """A typo'd --source: one line naming the closest source that exists; no topic made."""
+    real = Topics(pipeline.source + "-real")
+    ensure_topics(pipeline.bootstrap, source_topic_specs(real, 1))  # as after its capture
+    typo = pipeline.source + "-reel"
+    kafka = ("--source", typo, "--bootstrap-servers", pipeline.bootstrap)
+    replay = ("replay", "--replica", str(pipeline.replica), "--backups", str(pipeline.backups))
+    for command in (("status",), ("dlq",), replay):
+        result = pipeline.cli(*command, *kafka)
         assert result.returncode == 1, result.stderr
         (line,) = result.stderr.strip().splitlines()
-        assert "does not exist: is --source" in line, line
+        assert f"source '{typo}' has no topics on this cluster" in line, line
+        assert f"sources here: {real.source}" in line, line
     topics = make_admin(pipeline.bootstrap).list_topics(timeout=10).topics
-    assert not [t for t in topics if pipeline.source in t], "nothing was created"
+    assert not [t for t in topics if typo in t], "nothing was created"
+    assert not pipeline.backups.exists() and not pipeline.replica.exists()
