@@ -122,6 +122,27 @@ def test_an_unreachable_broker_fails_within_seconds(pipeline: Pipeline, tmp_path
         assert "cutline kafka start" not in output, "a cluster was named: no advice to start one"
 
 
+def test_an_unknown_host_is_named_in_one_line_within_seconds(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A name that does not resolve is final: said as soon as the client sees it."""
+    pipeline.create_primary()
+    for args in (
+        ["capture", "--db", str(pipeline.db), "--tables", "accounts"],
+        ["replicate", "--replica", str(tmp_path / "r"), "--backups", str(tmp_path / "b")],
+        ["status"],
+        ["replay", "--replica", str(tmp_path / "r2"), "--backups", str(tmp_path / "b2")],
+    ):
+        code, output, elapsed = _timed(
+            pipeline, *args, "--bootstrap-servers", "nohost.invalid:9092"
+        )
+        assert code == 1, output
+        assert elapsed < 10, f"{args[0]} took {elapsed:.1f} s"
+        (line,) = output.strip().splitlines()
+        assert "unknown host" in line and "nohost.invalid" in line, line
+        assert "cutline kafka start" not in line, "a cluster was named: no advice to start one"
+
+
 def test_dead_letters_survive_a_restart_of_replication(pipeline: Pipeline) -> None:
     """A bad record is dead-lettered once, not again after the worker restarts."""
     pipeline.create_primary()
