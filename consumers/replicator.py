@@ -59,6 +59,7 @@ from cutline.kafka_clients import (
 from cutline.kafka_errors import describe_read_refused, is_authorization
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
+from cutline.source_names import ops_topic_hint
 from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replicator")
@@ -135,7 +136,7 @@ class Replicator:
                 cfg.bootstrap,
                 self.topics.ops,
                 cfg.topic_wait_s,
-                f"start `cutline capture --source {cfg.source}` to create it",
+                ops_topic_hint(cfg.bootstrap, cfg.source),  # names the sources there are
                 self.progress,
             )
             # the single-partition topics replication writes to; capture creates the ops topic.

@@ -45,6 +45,18 @@ def listing(source: str, sources: list[str]) -> str:
     return f"sources here: {', '.join(shown)}" + (f" and {more} more" if more > 0 else "")
 
 
+def ops_topic_hint(bootstrap: str, source: str) -> str:
+    """What ``replicate`` says while it waits for the ops topic: start capture, or (when
+    the source has no topics) check --source, naming the sources that exist."""
+    from cutline.kafka_clients import make_admin
+
+    base = f"start `cutline capture --source {source}` to create it"
+    names = make_admin(bootstrap).list_topics(timeout=10).topics
+    if Topics(source).ops in names:
+        return base
+    return f"{base}, or check --source: {listing(source, sources_on_cluster(names))}"
+
+
 def no_such_source(source: str, topic_names: Iterable[str]) -> str | None:
     """One line for a source without an ops topic; None when the source has one."""
     names = set(topic_names)

@@ -505,6 +505,8 @@ def test_a_typod_source_leaves_no_topic_on_a_broker_that_auto_creates(
             "replicate", "--kafka-config", str(secured.admin_properties)
         )
         wait_until(lambda: "waiting up to" in worker.log.read_text(), 60, "replicate to wait")
+        waiting = next(x for x in worker.log.read_text().splitlines() if "waiting up to" in x)
+        assert f"or check --source: sources here: {source}" in waiting, waiting
         assert _topics_naming(secured, typo) == set(), "nothing while replicate waits"
         assert worker.stop() == 0, worker.tail()
     assert _topics_naming(secured, typo) == set()
