@@ -25,8 +25,12 @@ PUBLISHED event (the writer died in between) gets the event, from whoever finds 
 The pause is the time to pin the cut, not to copy it. The writer, under its lock, opens
 a read transaction on every shard while all are held at M (``pin_cut``), says PINNED(M)
 and writes the backup from those transactions while replication goes on (threads release
-their partitions on PINNED, committing marker offset + 1); then PUBLISHED, or FAILED with
-the reason. Outcomes are said before the lock is let go. Crash semantics:
+their partitions on PINNED, asking for marker offset + 1 to be committed); then PUBLISHED,
+or FAILED with the reason. The writer's own threads release as soon as the broker has
+acknowledged PINNED (it is durable: the same as reading it back); other processes release
+when they read it. The pause is then: partitions meeting M, REACHED read back, READY, the
+pin (a read transaction per shard: no work proportional to the replica's size) and one
+acknowledged produce. Outcomes are said before the lock is let go. Crash semantics:
 
 * the writer dies before PINNED: the shards are still held at M; whoever takes the lock
   next (another process, or this one after a restart) writes M, as before;
@@ -85,6 +89,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cutline.coordinator")
 
 WRITER_LOCK = ".writer.lock"
+CONTROL_FETCH_WAIT_MS = 10
 _DIED_AFTER_PIN = (
     "writer died after releasing the partitions: its pinned snapshots died with it and the "
     "shards have moved past the cut, so this cut cannot be written; the next one will be"
@@ -192,6 +197,9 @@ class CutCoordinator:
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
         self._replayed_ready: dict[int, CutPlan] = {}  # READY during the start-up replay
+        # cuts this process pinned and whose PINNED the broker acknowledged: its own threads
+        # release on that, without waiting for PINNED to come back from the control topic
+        self._pinned_here: set[int] = set()
         # set by the replicator: wakes its threads when a cut releases held partitions
         self.on_release: Callable[[], None] | None = None
 
@@ -263,8 +271,11 @@ class CutCoordinator:
         while they must stay held. Never blocks."""
         with self._lock:
             status = self.alignment.status(marker_id)
+            pinned_here = marker_id in self._pinned_here
         if status is not None and status.releases:
             return status
+        if pinned_here:  # PINNED is durable on the control topic: the same as reading it back
+            return CutStatus.PINNED
         if has_backup(self.backups_dir, self.source, marker_id):
             return CutStatus.PUBLISHED
         return None
@@ -294,7 +305,15 @@ class CutCoordinator:
 
     def _run(self) -> None:
         consumer = make_consumer(
-            self.bootstrap, f"{self.topics.control}.{self.member}", **{"enable.partition.eof": True}
+            self.bootstrap,
+            f"{self.topics.control}.{self.member}",
+            **{
+                "enable.partition.eof": True,
+                # REACHED/PINNED are on the pause's path: a fetch held at the broker answers
+                # within 10 ms, not 500 (one small partition: the extra fetches cost nothing).
+                # Only this consumer: the ops consumers keep their defaults
+                "fetch.wait.max.ms": CONTROL_FETCH_WAIT_MS,
+            },
         )
         consumer.assign([TopicPartition(self.topics.control, 0, OFFSET_BEGINNING)])
         try:
@@ -366,6 +385,7 @@ class CutCoordinator:
             resolved = transition is not None and transition.status.resolved
             if resolved:
                 self._open.discard(event.marker_id)
+                self._pinned_here.discard(event.marker_id)
             elif not self.alignment.cuts[event.marker_id].status.resolved:
                 self._open.add(event.marker_id)
         if self._caught_up.is_set():
@@ -478,8 +498,6 @@ class CutCoordinator:
                 self._send(self._plan_event(ControlKind.FAILED, plan, f"no backup: {exc}"))
             return
         try:
-            # half-written backups of dead writers; only under the lock, never a live one's
-            remove_stale_temps(source_dir(self.backups_dir, self.source))
             if has_backup(self.backups_dir, self.source, plan.marker_id):
                 if self._still_open(plan.marker_id):  # its writer died before saying so
                     self._send(self._plan_event(ControlKind.PUBLISHED, plan, "found published"))
@@ -553,12 +571,11 @@ class CutCoordinator:
         watchdog.daemon = True
         watchdog.start()
         try:
-            try:
-                self._send(self._plan_event(ControlKind.PINNED, plan, "snapshots pinned"))
-            except (CutlineError, KafkaException, BufferError) as exc:
-                # the partitions stay held until the outcome: written as before pinning
-                log.warning("cannot announce cut %s pinned: %s", plan.marker_id, exc)
+            self._announce_pinned(plan)
             failpoints.hit("snapshot.after_pin")  # partitions released, nothing written
+            # half-written backups of dead writers; only under the lock, never a live one's.
+            # After PINNED: sweeping is no part of the pause
+            remove_stale_temps(source_dir(self.backups_dir, self.source))
             backup = write_backup(
                 self.replica_dir,
                 self.backups_dir,
@@ -584,6 +601,28 @@ class CutCoordinator:
             pinned.close()
         self._send(self._plan_event(ControlKind.PUBLISHED, plan, str(backup.path)))
         return backup
+
+    def _announce_pinned(self, plan: CutPlan) -> None:
+        """Say PINNED(M); once the broker has acknowledged it, release this process's own
+        held partitions at once.
+
+        Acknowledged means durable on the control topic, so a crash from here on has the
+        same meaning as if the threads had read PINNED back from Kafka (whoever takes the
+        lock next finds M PINNED and unpublished, and abandons it). Other processes still
+        release on the control topic. If PINNED cannot be said, nothing is released: the
+        partitions stay held until the outcome, and the backup is written as before pinning.
+        """
+        try:
+            self._send(self._plan_event(ControlKind.PINNED, plan, "snapshots pinned"))
+        except (CutlineError, KafkaException, BufferError) as exc:
+            log.warning("cannot announce cut %s pinned: %s", plan.marker_id, exc)
+            return
+        with self._lock:
+            status = self.alignment.status(plan.marker_id)
+            if status is not None and not status.resolved:
+                self._pinned_here.add(plan.marker_id)
+        if self.on_release is not None:
+            self.on_release()
 
     def _note_published(self, marker_id: int) -> None:
         """Set the last-backup gauges from the manifest (on this host's backups dir)."""

@@ -409,6 +409,10 @@ class Replicator:
                 log.error(
                     "replication thread %s did not stop within %.0f s", thread.name, deadline_s
                 )
+        if self._consumer is not None:
+            # threads resume without waiting for their commit: send what they asked for while
+            # the partitions are still ours (closing the consumer waits for the answers)
+            self._drain_commits()
         for lane in self.lanes.values():
             self.stats.applied += lane.stats.applied
             self.stats.dead_letters += lane.stats.dead_letters
