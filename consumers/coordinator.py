@@ -72,6 +72,7 @@ from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
 from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
+from consumers.prepin import PrePins
 from consumers.snapshotter import CutPlan, SnapshotError, pin_cut, write_backup
 from cutline import failpoints
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
@@ -90,6 +91,7 @@ log = logging.getLogger("cutline.coordinator")
 
 WRITER_LOCK = ".writer.lock"
 CONTROL_FETCH_WAIT_MS = 10
+SEND_DEADLINE_S = 15.0  # for the broker to acknowledge one control event
 _DIED_AFTER_PIN = (
     "writer died after releasing the partitions: its pinned snapshots died with it and the "
     "shards have moved past the cut, so this cut cannot be written; the next one will be"
@@ -200,6 +202,9 @@ class CutCoordinator:
         # cuts this process pinned and whose PINNED the broker acknowledged: its own threads
         # release on that, without waiting for PINNED to come back from the control topic
         self._pinned_here: set[int] = set()
+        # read transactions begun on this process's shards as each is held: the pin at
+        # READY only checks them (consumers.prepin)
+        self.prepins = PrePins(self.replica_dir, source)
         # set by the replicator: wakes its threads when a cut releases held partitions
         self.on_release: Callable[[], None] | None = None
 
@@ -237,6 +242,7 @@ class CutCoordinator:
                     "a snapshot was still being written %.0f s after stop; leaving it",
                     deadline_s,
                 )
+        self.prepins.close()
 
     # -- called by replication threads ----------------------------------------------------
 
@@ -252,6 +258,7 @@ class CutCoordinator:
                 tables=tuple(marker.tables),
             )
         )
+        self.prepins.open(marker.marker_id, partition)
 
     def failed(self, marker: ConsistencyMarker, partition: int, offset: int, detail: str) -> None:
         self.progress(f"cut {marker.marker_id} failed: {detail}")
@@ -284,10 +291,12 @@ class CutCoordinator:
 
     def _send(self, event: ControlEvent) -> None:
         refused: list = []
+        done = threading.Event()
 
         def delivered(err, _msg) -> None:
             if err is not None:
                 refused.append(err)
+            done.set()
 
         self.producer.produce(
             self.topics.control,
@@ -295,13 +304,24 @@ class CutCoordinator:
             str(event.marker_id).encode(),
             on_delivery=delivered,
         )
-        if self.producer.flush(15.0):
-            raise DeadlineExceeded(
-                f"control event for marker {event.marker_id} not acknowledged within 15 s"
-            )
-        if refused:  # e.g. no Write ACL on the control topic: the cut could never resolve
+        # wait for this event's acknowledgement only, not a flush of everything queued: the
+        # replication threads and the writer send at once, and each is on the pause's path.
+        # Whichever thread polls serves the callback, so the short poll is checked in a loop
+        end = time.monotonic() + SEND_DEADLINE_S
+        while not done.is_set():
+            if time.monotonic() > end:
+                raise DeadlineExceeded(
+                    f"control event for marker {event.marker_id} not acknowledged within "
+                    f"{SEND_DEADLINE_S:.0f} s"
+                )
+            self.producer.poll(0.001)
+        if refused and is_authorization(refused[0]):  # no Write ACL: cuts could never resolve
             reason = describe(refused[0], resource=self.topics.control, operation="Write")
             raise NotAuthorized(f"writing to {self.topics.control}: {reason}")
+        if refused:  # not acknowledged (e.g. message.timeout.ms ran out): the caller retries
+            raise DeadlineExceeded(
+                f"control event for marker {event.marker_id} not acknowledged: {refused[0].str()}"
+            )
 
     def _run(self) -> None:
         consumer = make_consumer(
@@ -388,6 +408,8 @@ class CutCoordinator:
                 self._pinned_here.discard(event.marker_id)
             elif not self.alignment.cuts[event.marker_id].status.resolved:
                 self._open.add(event.marker_id)
+        if transition is not None and transition.status.releases:
+            self.prepins.discard(event.marker_id)  # pinned (by the writer, wherever) or over
         if self._caught_up.is_set():
             self.metrics.cuts_in_flight(len(self._open))
         if transition is None:
@@ -548,7 +570,7 @@ class CutCoordinator:
         """
         failpoints.hit("snapshot.before_pin")  # the lock is held, the partitions too
         try:
-            pinned = pin_cut(self.replica_dir, plan)
+            pinned = pin_cut(self.replica_dir, plan, self.prepins.take(plan.marker_id))
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return None

@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -63,6 +64,7 @@ from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replicator")
 
+GIL_SWITCH_INTERVAL_S = 0.001
 CLAIM_DEADLINE_S = 120.0  # for all shard claims of one assignment (max.poll.interval: 300 s)
 
 
@@ -145,6 +147,10 @@ class Replicator:
                 cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
             )
         warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
+        # the cut's path (control events, the pin, waking held threads) runs on threads that
+        # wait for the GIL behind replication threads applying records: a 1 ms switch
+        # interval (Python's default is 5 ms) keeps each of its many hand-offs short
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
         self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter, self.metrics)
         self.coordinator = CutCoordinator(
