@@ -9,8 +9,10 @@ committed offset: the shard's offset was recorded with the data, so resuming fro
 can neither lose nor repeat a change. A partition without a
 shard is rebuilt from the start of the topic.
 
-Group offsets are committed only at markers whose backup is published (marker offset +
-1), and only forward. On assignment the process claims each shard (a new owner epoch),
+Group offsets are committed only at markers whose cut is pinned or published (marker
+offset + 1), and only forward; threads ask for the commit and resume without waiting for
+Kafka's answer (the poll loop sends it on its next turn, and before partitions are let go).
+On assignment the process claims each shard (a new owner epoch),
 which fences any stale writer of it: a zombie process or a thread that did not stop.
 A zombie's offset commits are refused by Kafka itself (its group generation is stale).
 """
