@@ -9,13 +9,22 @@ rows. Then a light writer (about 200 single-row updates per second) runs while
 ``markers`` markers are cut one after the other, each after about 1 % of the rows changed
 (so the incrementals measure "1 % changed"). Full and incremental backups alternate.
 
-Per marker M, from the control topic and the probe in :mod:`bench.replicate_probe`:
+Per marker M, from the control topic and the probe in :mod:`bench.replicate_probe` (which
+notes, per partition, when its shard is held at M and when it is released):
 
-* **pause**: from the first partition reaching M (earliest REACHED ``at_us``) to the last
-  partition resuming (latest shard release held at M): the time every partition is stopped
-  at least partly; ``reached_to_published`` is the first REACHED to PUBLISHED. Per marker
-  the pause is split: ``alignment_ms`` (first to last REACHED), ``pin_ms`` (last REACHED
-  to PINNED) and ``release_ms`` (PINNED to the last partition resumed);
+* **pause** of a partition: from its replication thread holding it at M (the shard records
+  "held at M"; nothing after M is applied from then on) to its release (the shard records
+  "released"; the thread applies whatever waits behind the marker in the same turn, so if
+  there is anything to apply, this is when it starts). An early partition's pause includes
+  waiting for the others to reach M. ``pause_per_marker_ms`` is, per marker, the longest
+  pause of its partitions; ``pause_per_partition_ms`` summarises every partition's pause;
+  ``reached_to_published`` is the first REACHED to PUBLISHED. Per marker the longest pause
+  is split: ``alignment_ms`` (first partition held to last partition held), ``pin_ms``
+  (last partition held to PINNED stamped: its REACHED produced and read back by the
+  coordinator, READY, the writer lock and the read transaction on every shard) and
+  ``release_ms`` (PINNED stamped to the last partition released: PINNED acknowledged by the
+  broker, the held threads woken, the shard released); ``all_stopped_ms`` is the window
+  where every partition is stopped at once (last held to first released);
 * **backup seconds**: the manifest's ``snapshot_ms`` (write_backup, start to publish), and
   **backup bytes**: the size of the published backup directory.
 
@@ -191,6 +200,7 @@ class SizeRun:
     capture: CutlineProcess | None = None
     replicate: CutlineProcess | None = None
     resumes: dict[int, dict[int, int]] = field(default_factory=dict)  # marker -> part -> at_us
+    holds: dict[int, dict[int, int]] = field(default_factory=dict)  # marker -> part -> at_us
 
     @property
     def db(self) -> Path:
@@ -245,7 +255,8 @@ class SizeRun:
         for line in lines[:-1]:  # the last piece has no newline yet: still being written
             if line.strip():
                 event = json.loads(line)
-                by_part = self.resumes.setdefault(int(event["marker_id"]), {})
+                seen = self.holds if event.get("event") == "held" else self.resumes
+                by_part = seen.setdefault(int(event["marker_id"]), {})
                 by_part.setdefault(int(event["partition"]), int(event["at_us"]))
 
     def cut(self, conn: sqlite3.Connection, deadline_s: float) -> Backup:
@@ -291,17 +302,26 @@ def control_times(bootstrap: str, source: str) -> dict[int, dict[str, int]]:
     return times
 
 
-def pause_parts_ms(at: dict[str, int], last_resume_us: int) -> dict[str, float | None]:
-    """Where a pause goes: partitions arriving (first to last REACHED), pinning (last
-    REACHED to PINNED) and releasing (PINNED to the last partition resumed)."""
+def partition_pauses_us(holds: dict[int, int], resumes: dict[int, int]) -> dict[int, int]:
+    """Per partition: its release minus its hold at the marker (microseconds)."""
+    return {p: resumes[p] - held for p, held in holds.items() if p in resumes}
 
-    def ms(start: str, end_us: int | None) -> float | None:
-        return None if end_us is None or start not in at else round((end_us - at[start]) / 1e3, 2)
 
+def pause_parts_ms(
+    at: dict[str, int], holds: dict[int, int], resumes: dict[int, int]
+) -> dict[str, float | None]:
+    """Where a marker's longest pause goes: partitions arriving (first to last held),
+    pinning (last held to PINNED) and releasing (PINNED to the last partition released)."""
+
+    def ms(start_us: int | None, end_us: int | None) -> float | None:
+        return None if start_us is None or end_us is None else round((end_us - start_us) / 1e3, 2)
+
+    first_held, last_held = min(holds.values()), max(holds.values())
     return {
-        "alignment_ms": ms("first_reached", at.get("last_reached")),
-        "pin_ms": ms("last_reached", at.get("pinned")),
-        "release_ms": ms("pinned", last_resume_us),
+        "alignment_ms": ms(first_held, last_held),
+        "pin_ms": ms(last_held, at.get("pinned")),
+        "release_ms": ms(at.get("pinned"), max(resumes.values())),
+        "all_stopped_ms": ms(last_held, min(resumes.values())),
     }
 
 
@@ -385,7 +405,7 @@ def size_json(
     primary_bytes: int,
     writer: LightWriter,
 ) -> dict[str, Any]:
-    pauses, to_published = [], []
+    pauses, to_published, partition_pauses = [], [], []
     backup_s: dict[str, list[float]] = {"full": [], "incremental": []}
     backup_bytes: dict[str, list[int]] = {"full": [], "incremental": []}
     changed_rows: list[int] = []
@@ -395,8 +415,12 @@ def size_json(
         at = times.get(m, {})
         if "first_reached" not in at or "published" not in at:
             raise BenchError(f"scale {run.rows}: marker {m} has no REACHED/PUBLISHED events")
-        last_resume_us = max(run.resumes[m].values())
-        pauses.append((last_resume_us - at["first_reached"]) / 1e6)
+        holds, resumes = run.holds.get(m, {}), run.resumes[m]
+        each = partition_pauses_us(holds, resumes)
+        if len(each) < PARTITIONS:
+            raise BenchError(f"scale {run.rows}: marker {m}: holds of partitions {sorted(holds)}")
+        partition_pauses.extend(us / 1e6 for us in each.values())
+        pauses.append(max(each.values()) / 1e6)
         to_published.append((at["published"] - at["first_reached"]) / 1e6)
         backup_s[backup.kind].append(float(backup.manifest["snapshot_ms"]) / 1000)
         backup_bytes[backup.kind].append(directory_bytes(backup.path))
@@ -407,7 +431,8 @@ def size_json(
                 "marker_id": m,
                 "kind": backup.kind,
                 "pause_ms": round(pauses[-1] * 1000, 2),
-                **pause_parts_ms(at, last_resume_us),
+                "partition_pause_ms": {p: round(us / 1e3, 2) for p, us in sorted(each.items())},
+                **pause_parts_ms(at, holds, resumes),
                 "backup_s": round(backup_s[backup.kind][-1], 3),
                 "bytes": backup_bytes[backup.kind][-1],
             }
@@ -421,6 +446,7 @@ def size_json(
         "primary_bytes": primary_bytes,
         "markers": len(cut),
         "pause_per_marker_ms": summary_ms(pauses),
+        "pause_per_partition_ms": summary_ms(partition_pauses),
         "reached_to_published_ms": summary_ms(to_published),
         "backup_full_s": seconds_summary(backup_s["full"]),
         "backup_incremental_s": seconds_summary(backup_s["incremental"]),
@@ -446,9 +472,10 @@ def size_json(
 
 def curve_line(size: dict[str, Any]) -> str:
     """One line per size for stderr: the curve at a glance."""
-    pause = size["pause_per_marker_ms"]
+    pause, each = size["pause_per_marker_ms"], size["pause_per_partition_ms"]
     return (
-        f"{size['rows']:>10,} rows: pause p50 {pause['p50']} ms p99 {pause['p99']} ms | "
+        f"{size['rows']:>10,} rows: pause p50 {pause['p50']} ms p99 {pause['p99']} ms "
+        f"(per partition p50 {each['p50']} p99 {each['p99']}) | "
         f"full {size['backup_full_s']['median']} s, incr {size['backup_incremental_s']['median']}"
         f" s | bytes full {size['backup_full_bytes']} incr {size['backup_incremental_bytes']} | "
         f"RSS {size['replicate_peak_rss_mb']} MB | load {size['initial_load_rows_per_s']} rows/s"

@@ -25,8 +25,12 @@ PUBLISHED event (the writer died in between) gets the event, from whoever finds 
 The pause is the time to pin the cut, not to copy it. The writer, under its lock, opens
 a read transaction on every shard while all are held at M (``pin_cut``), says PINNED(M)
 and writes the backup from those transactions while replication goes on (threads release
-their partitions on PINNED, committing marker offset + 1); then PUBLISHED, or FAILED with
-the reason. Outcomes are said before the lock is let go. Crash semantics:
+their partitions on PINNED, asking for marker offset + 1 to be committed); then PUBLISHED,
+or FAILED with the reason. The writer's own threads release as soon as the broker has
+acknowledged PINNED (it is durable: the same as reading it back); other processes release
+when they read it. The pause is then: partitions meeting M, REACHED read back, READY, the
+pin (a read transaction per shard: no work proportional to the replica's size) and one
+acknowledged produce. Outcomes are said before the lock is let go. Crash semantics:
 
 * the writer dies before PINNED: the shards are still held at M; whoever takes the lock
   next (another process, or this one after a restart) writes M, as before;
@@ -68,6 +72,7 @@ from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
 from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.durable import remove_stale_temps
+from consumers.prepin import PrePins
 from consumers.snapshotter import CutPlan, SnapshotError, pin_cut, write_backup
 from cutline import failpoints
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
@@ -85,6 +90,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cutline.coordinator")
 
 WRITER_LOCK = ".writer.lock"
+CONTROL_FETCH_WAIT_MS = 10
+SEND_DEADLINE_S = 15.0  # for the broker to acknowledge one control event
 _DIED_AFTER_PIN = (
     "writer died after releasing the partitions: its pinned snapshots died with it and the "
     "shards have moved past the cut, so this cut cannot be written; the next one will be"
@@ -192,6 +199,12 @@ class CutCoordinator:
         self._snapshotter: threading.Thread | None = None
         self._caught_up = threading.Event()
         self._replayed_ready: dict[int, CutPlan] = {}  # READY during the start-up replay
+        # cuts this process pinned and whose PINNED the broker acknowledged: its own threads
+        # release on that, without waiting for PINNED to come back from the control topic
+        self._pinned_here: set[int] = set()
+        # read transactions begun on this process's shards as each is held: the pin at
+        # READY only checks them (consumers.prepin)
+        self.prepins = PrePins(self.replica_dir, source)
         # set by the replicator: wakes its threads when a cut releases held partitions
         self.on_release: Callable[[], None] | None = None
 
@@ -229,6 +242,7 @@ class CutCoordinator:
                     "a snapshot was still being written %.0f s after stop; leaving it",
                     deadline_s,
                 )
+        self.prepins.close()
 
     # -- called by replication threads ----------------------------------------------------
 
@@ -244,6 +258,7 @@ class CutCoordinator:
                 tables=tuple(marker.tables),
             )
         )
+        self.prepins.open(marker.marker_id, partition)
 
     def failed(self, marker: ConsistencyMarker, partition: int, offset: int, detail: str) -> None:
         self.progress(f"cut {marker.marker_id} failed: {detail}")
@@ -263,8 +278,11 @@ class CutCoordinator:
         while they must stay held. Never blocks."""
         with self._lock:
             status = self.alignment.status(marker_id)
+            pinned_here = marker_id in self._pinned_here
         if status is not None and status.releases:
             return status
+        if pinned_here:  # PINNED is durable on the control topic: the same as reading it back
+            return CutStatus.PINNED
         if has_backup(self.backups_dir, self.source, marker_id):
             return CutStatus.PUBLISHED
         return None
@@ -273,10 +291,12 @@ class CutCoordinator:
 
     def _send(self, event: ControlEvent) -> None:
         refused: list = []
+        done = threading.Event()
 
         def delivered(err, _msg) -> None:
             if err is not None:
                 refused.append(err)
+            done.set()
 
         self.producer.produce(
             self.topics.control,
@@ -284,17 +304,36 @@ class CutCoordinator:
             str(event.marker_id).encode(),
             on_delivery=delivered,
         )
-        if self.producer.flush(15.0):
-            raise DeadlineExceeded(
-                f"control event for marker {event.marker_id} not acknowledged within 15 s"
-            )
-        if refused:  # e.g. no Write ACL on the control topic: the cut could never resolve
+        # wait for this event's acknowledgement only, not a flush of everything queued: the
+        # replication threads and the writer send at once, and each is on the pause's path.
+        # Whichever thread polls serves the callback, so the short poll is checked in a loop
+        end = time.monotonic() + SEND_DEADLINE_S
+        while not done.is_set():
+            if time.monotonic() > end:
+                raise DeadlineExceeded(
+                    f"control event for marker {event.marker_id} not acknowledged within "
+                    f"{SEND_DEADLINE_S:.0f} s"
+                )
+            self.producer.poll(0.001)
+        if refused and is_authorization(refused[0]):  # no Write ACL: cuts could never resolve
             reason = describe(refused[0], resource=self.topics.control, operation="Write")
             raise NotAuthorized(f"writing to {self.topics.control}: {reason}")
+        if refused:  # not acknowledged (e.g. message.timeout.ms ran out): the caller retries
+            raise DeadlineExceeded(
+                f"control event for marker {event.marker_id} not acknowledged: {refused[0].str()}"
+            )
 
     def _run(self) -> None:
         consumer = make_consumer(
-            self.bootstrap, f"{self.topics.control}.{self.member}", **{"enable.partition.eof": True}
+            self.bootstrap,
+            f"{self.topics.control}.{self.member}",
+            **{
+                "enable.partition.eof": True,
+                # REACHED/PINNED are on the pause's path: a fetch held at the broker answers
+                # within 10 ms, not 500 (one small partition: the extra fetches cost nothing).
+                # Only this consumer: the ops consumers keep their defaults
+                "fetch.wait.max.ms": CONTROL_FETCH_WAIT_MS,
+            },
         )
         consumer.assign([TopicPartition(self.topics.control, 0, OFFSET_BEGINNING)])
         try:
@@ -366,8 +405,11 @@ class CutCoordinator:
             resolved = transition is not None and transition.status.resolved
             if resolved:
                 self._open.discard(event.marker_id)
+                self._pinned_here.discard(event.marker_id)
             elif not self.alignment.cuts[event.marker_id].status.resolved:
                 self._open.add(event.marker_id)
+        if transition is not None and transition.status.releases:
+            self.prepins.discard(event.marker_id)  # pinned (by the writer, wherever) or over
         if self._caught_up.is_set():
             self.metrics.cuts_in_flight(len(self._open))
         if transition is None:
@@ -478,8 +520,6 @@ class CutCoordinator:
                 self._send(self._plan_event(ControlKind.FAILED, plan, f"no backup: {exc}"))
             return
         try:
-            # half-written backups of dead writers; only under the lock, never a live one's
-            remove_stale_temps(source_dir(self.backups_dir, self.source))
             if has_backup(self.backups_dir, self.source, plan.marker_id):
                 if self._still_open(plan.marker_id):  # its writer died before saying so
                     self._send(self._plan_event(ControlKind.PUBLISHED, plan, "found published"))
@@ -530,7 +570,7 @@ class CutCoordinator:
         """
         failpoints.hit("snapshot.before_pin")  # the lock is held, the partitions too
         try:
-            pinned = pin_cut(self.replica_dir, plan)
+            pinned = pin_cut(self.replica_dir, plan, self.prepins.take(plan.marker_id))
         except SnapshotError as exc:
             self._send(self._plan_event(ControlKind.FAILED, plan, str(exc)))
             return None
@@ -553,12 +593,11 @@ class CutCoordinator:
         watchdog.daemon = True
         watchdog.start()
         try:
-            try:
-                self._send(self._plan_event(ControlKind.PINNED, plan, "snapshots pinned"))
-            except (CutlineError, KafkaException, BufferError) as exc:
-                # the partitions stay held until the outcome: written as before pinning
-                log.warning("cannot announce cut %s pinned: %s", plan.marker_id, exc)
+            self._announce_pinned(plan)
             failpoints.hit("snapshot.after_pin")  # partitions released, nothing written
+            # half-written backups of dead writers; only under the lock, never a live one's.
+            # After PINNED: sweeping is no part of the pause
+            remove_stale_temps(source_dir(self.backups_dir, self.source))
             backup = write_backup(
                 self.replica_dir,
                 self.backups_dir,
@@ -584,6 +623,28 @@ class CutCoordinator:
             pinned.close()
         self._send(self._plan_event(ControlKind.PUBLISHED, plan, str(backup.path)))
         return backup
+
+    def _announce_pinned(self, plan: CutPlan) -> None:
+        """Say PINNED(M); once the broker has acknowledged it, release this process's own
+        held partitions at once.
+
+        Acknowledged means durable on the control topic, so a crash from here on has the
+        same meaning as if the threads had read PINNED back from Kafka (whoever takes the
+        lock next finds M PINNED and unpublished, and abandons it). Other processes still
+        release on the control topic. If PINNED cannot be said, nothing is released: the
+        partitions stay held until the outcome, and the backup is written as before pinning.
+        """
+        try:
+            self._send(self._plan_event(ControlKind.PINNED, plan, "snapshots pinned"))
+        except (CutlineError, KafkaException, BufferError) as exc:
+            log.warning("cannot announce cut %s pinned: %s", plan.marker_id, exc)
+            return
+        with self._lock:
+            status = self.alignment.status(plan.marker_id)
+            if status is not None and not status.resolved:
+                self._pinned_here.add(plan.marker_id)
+        if self.on_release is not None:
+            self.on_release()
 
     def _note_published(self, marker_id: int) -> None:
         """Set the last-backup gauges from the manifest (on this host's backups dir)."""

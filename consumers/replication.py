@@ -10,8 +10,9 @@ its offset, the lane stops applying (records behind the marker wait in its bound
 queue) and the coordinator announces "partition p reached M at offset o". Different: the cut fails
 loudly (invariant 5) and the lane goes on. When the cut is pinned (the writer holds a
 read transaction on every shard, taken at M: the backup no longer needs the shard to stay
-at M) or resolved, the lane commits the group offset at marker offset + 1 (only if the cut
-was pinned or published), then resumes: it applies records while backup M is written.
+at M) or resolved, the lane asks the poll loop to commit the group offset at marker offset + 1
+(only if the cut was pinned or published) and resumes at once, without waiting for Kafka's
+answer: it applies records while backup M is written.
 
 A lane whose shard was claimed by a newer owner (another process after a rebalance, or
 this process after a thread failed to stop in time) is *fenced*: its thread drops it
@@ -51,7 +52,6 @@ class Hold:
     marker: ConsistencyMarker
     offset: int
     since: float = field(default_factory=time.monotonic)
-    committed: threading.Event | None = None  # set by the poll loop once the commit is done
 
 
 @dataclass
@@ -347,11 +347,11 @@ class ReplicationThread(threading.Thread):
         if status is None:
             return False
         if status in (CutStatus.PINNED, CutStatus.PUBLISHED):  # the cut is safe: move on
-            if hold.committed is None:
-                failpoints.hit("commit.before", lane.partition)
-                hold.committed = self.commit(lane.partition, hold.offset + 1)
-            if not hold.committed.is_set():
-                return False
+            # asked for, not waited for: the commit is asynchronous and forward only, and the
+            # shard (not the group offset) says where the partition restarts, so waiting for
+            # Kafka's answer would only lengthen the pause (a poll-loop turn and a round trip)
+            failpoints.hit("commit.before", lane.partition)
+            self.commit(lane.partition, hold.offset + 1)
         lane.shard.release()
         lane.stats.pauses_s.append(time.monotonic() - hold.since)
         self.metrics.cut_pause(lane.stats.pauses_s[-1])

@@ -9,8 +9,10 @@ committed offset: the shard's offset was recorded with the data, so resuming fro
 can neither lose nor repeat a change. A partition without a
 shard is rebuilt from the start of the topic.
 
-Group offsets are committed only at markers whose backup is published (marker offset +
-1), and only forward. On assignment the process claims each shard (a new owner epoch),
+Group offsets are committed only at markers whose cut is pinned or published (marker
+offset + 1), and only forward; threads ask for the commit and resume without waiting for
+Kafka's answer (the poll loop sends it on its next turn, and before partitions are let go).
+On assignment the process claims each shard (a new owner epoch),
 which fences any stale writer of it: a zombie process or a thread that did not stop.
 A zombie's offset commits are refused by Kafka itself (its group generation is stale).
 """
@@ -22,6 +24,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -64,6 +67,7 @@ from cutline.stopping import interruptible
 
 log = logging.getLogger("cutline.replicator")
 
+GIL_SWITCH_INTERVAL_S = 0.001
 CLAIM_DEADLINE_S = 120.0  # for all shard claims of one assignment (max.poll.interval: 300 s)
 
 
@@ -146,6 +150,10 @@ class Replicator:
                 cfg.bootstrap, [s for s in source_topic_specs(self.topics, 1) if s.name in mine]
             )
         warn_if_history_expires(cfg.bootstrap, self.topics.ops, self.progress)
+        # the cut's path (control events, the pin, waking held threads) runs on threads that
+        # wait for the GIL behind replication threads applying records: a 1 ms switch
+        # interval (Python's default is 5 ms) keeps each of its many hand-offs short
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._producer = make_producer(cfg.bootstrap, **{"linger.ms": 0})
         self.dead_letters = DeadLetters(self._producer, self.topics.dead_letter, self.metrics)
         self.coordinator = CutCoordinator(
@@ -410,6 +418,10 @@ class Replicator:
                 log.error(
                     "replication thread %s did not stop within %.0f s", thread.name, deadline_s
                 )
+        if self._consumer is not None:
+            # threads resume without waiting for their commit: send what they asked for while
+            # the partitions are still ours (closing the consumer waits for the answers)
+            self._drain_commits()
         for lane in self.lanes.values():
             self.stats.applied += lane.stats.applied
             self.stats.dead_letters += lane.stats.dead_letters

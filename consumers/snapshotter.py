@@ -191,13 +191,18 @@ class PinnedCut:
         self.connections = []
 
 
-def pin_cut(replica_dir: Path, plan: CutPlan) -> PinnedCut:
-    """Pin cut M: a read transaction on every shard, each checked to be held at M."""
-    connections = _check_shards(replica_dir, plan)
+def pin_cut(replica_dir: Path, plan: CutPlan, opened: dict[int, Any] | None = None) -> PinnedCut:
+    """Pin cut M: a read transaction on every shard, each checked to be held at M.
+
+    ``opened``: read transactions already begun on some shards (partition -> connection,
+    see :mod:`consumers.prepin`); they are checked like the others, and are the pin's to
+    close from now on.
+    """
+    connections = _check_shards(replica_dir, plan, dict(opened or {}))
     return PinnedCut(plan, connections, time.time_ns() // 1000)
 
 
-def _check_shards(replica_dir: Path, plan: CutPlan) -> list[Any]:
+def _check_shards(replica_dir: Path, plan: CutPlan, opened: dict[int, Any]) -> list[Any]:
     """Open every shard in a read transaction and check it is held at the cut.
 
     The read transaction pins each shard's content as of the check, so what is read
@@ -206,13 +211,18 @@ def _check_shards(replica_dir: Path, plan: CutPlan) -> list[Any]:
     connections: list[Any] = []
     try:
         for p in range(plan.partitions):
-            path = shard_path(replica_dir, plan.source, p)
-            if not path.is_file():
-                raise SnapshotError(f"replica shard for partition {p} is missing ({path})")
-            conn = open_readonly(path)
-            connections.append(conn)
-            conn.execute("BEGIN")
-            state = read_state(conn, p)
+            if p in opened:  # begun while the shard was held: checked below like any other
+                conn = opened.pop(p)
+                connections.append(conn)
+                state = read_state(conn, p)
+            else:
+                path = shard_path(replica_dir, plan.source, p)
+                if not path.is_file():
+                    raise SnapshotError(f"replica shard for partition {p} is missing ({path})")
+                conn = open_readonly(path)
+                connections.append(conn)
+                conn.execute("BEGIN")
+                state = read_state(conn, p)
             expected = plan.offsets.get(p)
             if state is None or not (
                 state.held and state.marker_id == plan.marker_id and state.offset == expected
@@ -222,13 +232,15 @@ def _check_shards(replica_dir: Path, plan: CutPlan) -> list[Any]:
                     f"(replica state: {state}); refusing to write a backup that is not the cut"
                 )
     except BaseException as exc:
-        for conn in connections:
+        for conn in [*connections, *opened.values()]:
             conn.close()
         if isinstance(exc, sqlite3.Error):
             raise SnapshotError(
                 f"cannot read the replica for marker {plan.marker_id}: {exc}"
             ) from exc
         raise
+    for conn in opened.values():  # partitions outside the cut's declared set
+        conn.close()
     return connections
 
 

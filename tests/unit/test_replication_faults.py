@@ -285,19 +285,30 @@ def test_a_replication_thread_outlives_a_transaction_sqlite_rolled_back_itself(
 
 
 class FlakyProducer:
-    """A producer whose first ``fail`` flushes leave messages unacknowledged."""
+    """A producer whose first ``fail`` messages are not acknowledged: their delivery reports
+    say so (as librdkafka's do once ``message.timeout.ms`` runs out)."""
 
     def __init__(self, fail: int):
         self.fail = fail
         self.produced: list[bytes] = []
+        self._reports: list = []
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery=None) -> None:
         self.produced.append(value)
+        self._reports.append(on_delivery)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        reports, self._reports = self._reports, []
+        for report in reports:
+            if self.fail:
+                self.fail -= 1
+                report(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                report(None, None)
+        return len(reports)
 
     def flush(self, timeout: float) -> int:
-        if self.fail:
-            self.fail -= 1
-            return 1
+        self.poll()
         return 0
 
 
