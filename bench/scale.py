@@ -39,6 +39,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from backups.catalog import Backup, backup_dir_name, read_backup, source_dir
 from bench.backup_bench import directory_bytes
 from bench.common import (
     PARTITIONS,
@@ -52,7 +53,6 @@ from bench.common import (
 )
 from bench.processes import CutlineProcess
 from bench.replication_bench import Background
-from consumers.catalog import Backup, backup_dir_name, read_backup, source_dir
 from cutline.settings import Topics
 from producers.markers import request_marker
 from producers.sqlite_changelog import connect, installed_tables

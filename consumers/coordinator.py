@@ -64,10 +64,10 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
+from backups.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
+from backups.storage.local.durable import remove_stale_temps
 from consumers.alignment import Alignment, Cut, CutStatus
-from consumers.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
 from consumers.digest_proof import DigestBook, DigestWaitStopped
-from consumers.durable import remove_stale_temps
 from consumers.snapshotter import CutPlan, SnapshotError, pin_cut, write_backup
 from cutline import failpoints
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
@@ -80,7 +80,7 @@ from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, MarkerDigest
 
 if TYPE_CHECKING:
-    from consumers.retention import RetentionPolicy
+    from backups.retention import RetentionPolicy
 
 log = logging.getLogger("cutline.coordinator")
 
@@ -513,7 +513,7 @@ class CutCoordinator:
 
     def _apply_retention(self, plan: CutPlan) -> None:
         """Prune after publishing backup M; M is published whatever happens here."""
-        from consumers.retention import apply_retention  # retention imports WriterLock
+        from backups.retention import apply_retention  # retention imports WriterLock
 
         assert self.retention is not None
         try:

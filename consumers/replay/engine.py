@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consumers.catalog import has_backup, source_dir
+from backups.catalog import has_backup, source_dir
 from consumers.coordinator import WriterLock
 from consumers.digest_proof import DigestWaitStopped, ProofSource
 from consumers.replay.config import ReplayConfig, ReplayError

@@ -10,13 +10,13 @@ import fastavro
 import pytest
 from test_chain import HISTORY, LOG_NAME, SOURCE, Replica
 
-from consumers import retention
-from consumers.catalog import MANIFEST, Backup, list_backups, source_dir
-from consumers.chain import resolved_database
+from backups import retention
+from backups.catalog import MANIFEST, Backup, list_backups, source_dir
+from backups.chain import resolved_database
+from backups.storage.local.durable import TEMP_PREFIX, sha256_of
+from backups.verify import verify_backup
 from consumers.coordinator import WriterLock
-from consumers.durable import TEMP_PREFIX, sha256_of
 from consumers.snapshotter import write_backup
-from consumers.verify import verify_backup
 from cutline.cli import main
 from producers.markers import format_time
 

@@ -8,7 +8,7 @@ else is removed. ``replicate --keep-last/--keep-within`` applies the same rules 
 each backup it publishes (:func:`prune_held`), under the writer lock it already holds.
 
 Removal never leaves a half backup visible: each directory is first renamed to a
-``.tmp-`` name (the catalog ignores those, see ``consumers.durable``), the rename made
+``.tmp-`` name (the catalog ignores those, see ``backups.storage.local.durable``), the rename made
 durable, and only then deleted. Backups are removed newest first, so if prune stops
 half way, no remaining backup is an incremental whose parent is already gone.
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.catalog import Backup, list_backups, source_dir
+from backups.catalog import Backup, list_backups, source_dir
+from backups.storage.local.durable import TEMP_PREFIX, fsync_dir
 from consumers.coordinator import WriterLock
-from consumers.durable import TEMP_PREFIX, fsync_dir
 from cutline.errors import ConfigError, CutlineError, DeadlineExceeded
 
 log = logging.getLogger("cutline.retention")
