@@ -51,9 +51,7 @@ held), ``snapshot.after_pin`` (PINNED said, nothing written), ``snapshot.mid_wri
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import queue
 import threading
 import time
@@ -66,6 +64,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPar
 
 from backups.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
 from backups.storage.local.durable import remove_stale_temps
+from backups.storage.local.lock import WriterLock
 from consumers.alignment import Alignment, Cut, CutStatus
 from consumers.digest_proof import DigestBook, DigestWaitStopped
 from consumers.snapshotter import CutPlan, SnapshotError, pin_cut, write_backup
@@ -84,7 +83,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cutline.coordinator")
 
-WRITER_LOCK = ".writer.lock"
 _DIED_AFTER_PIN = (
     "writer died after releasing the partitions: its pinned snapshots died with it and the "
     "shards have moved past the cut, so this cut cannot be written; the next one will be"
@@ -112,38 +110,6 @@ class CoordinatorStats:
     published: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     reports: dict[int, CutReport] = field(default_factory=dict)
-
-
-class WriterLock:
-    """An exclusive flock on ``<backups>/<source>/.writer.lock``, taken with a deadline."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / WRITER_LOCK
-        self._fd: int | None = None
-
-    def acquire(self, deadline_s: float, stop: threading.Event) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        end = time.monotonic() + deadline_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return
-            except BlockingIOError:
-                if time.monotonic() > end or stop.is_set():
-                    os.close(fd)
-                    raise DeadlineExceeded(
-                        f"another process held the backup writer lock {self.path} for over "
-                        f"{deadline_s:.0f} s"
-                    ) from None
-                time.sleep(0.05)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 class CutCoordinator:

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from backups.catalog import has_backup, source_dir
+from backups.catalog import has_backup
+from backups.storage.local import LocalStorage
 from consumers.apply_path import apply_records
-from consumers.coordinator import WriterLock
 from consumers.digest_proof import DigestWaitStopped, ProofSource
 from consumers.replay.config import ReplayConfig, ReplayError
 from consumers.replay.feed import Feed, FeedItem
@@ -355,7 +355,7 @@ class ReplayEngine:
             offsets={p: cut.reached[p] for p in range(marker.partitions)},
             tables=tuple(marker.tables),
         )
-        lock = WriterLock(source_dir(cfg.backups_dir, cfg.source))
+        lock = LocalStorage(cfg.backups_dir).lock(cfg.source)
         started = self.clock()
         try:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -258,13 +259,13 @@ def test_prune_json(chain, tmp_path, capsys):
 def test_prune_hides_a_backup_before_deleting_it(chain, tmp_path, monkeypatch):
     """When deletion starts, the backup is already out of the catalog, under a .tmp- name."""
     seen: list[tuple[str, list[int]]] = []
-    real_rmtree = retention.shutil.rmtree
+    real_rmtree = shutil.rmtree
 
     def observing_rmtree(path, *args, **kwargs):
         seen.append((Path(path).name, marker_ids(tmp_path)))
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(retention.shutil, "rmtree", observing_rmtree)
+    monkeypatch.setattr(shutil, "rmtree", observing_rmtree)  # the store deletes
     retention.prune(tmp_path / "backups", 2)
     assert [name.startswith(f"{TEMP_PREFIX}prune-marker-") for name, _ in seen] == [True] * 3
     # Newest first, and each one is gone from the listing before it is deleted.
