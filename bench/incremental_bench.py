@@ -17,9 +17,9 @@ from typing import Any
 
 import duckdb
 
+from backups.chain import resolved_database
 from bench.backup_bench import MARKER_ID, build_held_shards, directory_bytes
 from bench.common import PARTITIONS, TABLE, BenchError, Row, account_rows, log, timed
-from consumers.chain import resolved_database
 from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, write_backup
 from producers.operations import message_key, partition_for

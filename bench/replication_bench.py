@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 from confluent_kafka import Consumer, KafkaError
 
+from backups.catalog import list_backups
 from bench.common import (
     PARTITIONS,
     TABLE,
@@ -39,7 +40,6 @@ from bench.common import (
     timed,
     wait_until,
 )
-from consumers.catalog import list_backups
 from consumers.replicator import ReplicateConfig, Replicator
 from cutline.kafka_config import client_properties
 from cutline.settings import Topics

@@ -48,6 +48,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from backups.catalog import Backup, backup_dir_name, read_backup, source_dir
 from bench.backup_bench import directory_bytes
 from bench.common import (
     PARTITIONS,
@@ -61,7 +62,6 @@ from bench.common import (
 )
 from bench.processes import CutlineProcess
 from bench.replication_bench import Background
-from consumers.catalog import Backup, backup_dir_name, read_backup, source_dir
 from cutline.settings import Topics
 from producers.markers import request_marker
 from producers.sqlite_changelog import connect, installed_tables

@@ -55,9 +55,7 @@ held), ``snapshot.after_pin`` (PINNED said, nothing written), ``snapshot.mid_wri
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import queue
 import threading
 import time
@@ -68,10 +66,11 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
+from backups.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
+from backups.storage.local.durable import remove_stale_temps
+from backups.storage.local.lock import WriterLock
 from consumers.alignment import Alignment, Cut, CutStatus
-from consumers.catalog import Backup, backup_dir_name, has_backup, read_backup, source_dir
 from consumers.digest_proof import DigestBook, DigestWaitStopped
-from consumers.durable import remove_stale_temps
 from consumers.prepin import PrePins
 from consumers.snapshotter import CutPlan, SnapshotError, pin_cut, write_backup
 from cutline import failpoints
@@ -85,11 +84,10 @@ from schemas.codec import CodecError, decode, encode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, MarkerDigest
 
 if TYPE_CHECKING:
-    from consumers.retention import RetentionPolicy
+    from backups.retention import RetentionPolicy
 
 log = logging.getLogger("cutline.coordinator")
 
-WRITER_LOCK = ".writer.lock"
 CONTROL_FETCH_WAIT_MS = 10
 SEND_DEADLINE_S = 15.0  # for the broker to acknowledge one control event
 _DIED_AFTER_PIN = (
@@ -119,38 +117,6 @@ class CoordinatorStats:
     published: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     reports: dict[int, CutReport] = field(default_factory=dict)
-
-
-class WriterLock:
-    """An exclusive flock on ``<backups>/<source>/.writer.lock``, taken with a deadline."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / WRITER_LOCK
-        self._fd: int | None = None
-
-    def acquire(self, deadline_s: float, stop: threading.Event) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        end = time.monotonic() + deadline_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return
-            except BlockingIOError:
-                if time.monotonic() > end or stop.is_set():
-                    os.close(fd)
-                    raise DeadlineExceeded(
-                        f"another process held the backup writer lock {self.path} for over "
-                        f"{deadline_s:.0f} s"
-                    ) from None
-                time.sleep(0.05)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 class CutCoordinator:
@@ -553,7 +519,7 @@ class CutCoordinator:
 
     def _apply_retention(self, plan: CutPlan) -> None:
         """Prune after publishing backup M; M is published whatever happens here."""
-        from consumers.retention import apply_retention  # retention imports WriterLock
+        from backups.retention import apply_retention  # retention imports WriterLock
 
         assert self.retention is not None
         try:

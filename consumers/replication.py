@@ -31,18 +31,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import methodcaller
 
 from confluent_kafka import Message
 
 from consumers.alignment import CutStatus
+from consumers.apply_path import apply_records, stale_marker  # noqa: F401  (stale_marker: moved)
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
-from consumers.replica import ApplyError, Shard, ShardFenced
+from consumers.replica import Shard, ShardFenced
 from cutline import failpoints
 from cutline.kafka_errors import NotAuthorized
 from cutline.metrics import NO_METRICS, Metrics
-from schemas.codec import CodecError, decode
-from schemas.records import ConsistencyMarker, Operation, TableDefinition
+from schemas.records import ConsistencyMarker
 
 log = logging.getLogger("cutline.replication")
 
@@ -106,29 +107,6 @@ class Lane:
 
     def __len__(self) -> int:
         return len(self._queue)
-
-
-def stale_marker(marker: ConsistencyMarker, last_id: int, partition: int) -> str | None:
-    """Why ``marker`` must not start a cut on ``partition``, or None if it may.
-
-    Capture numbers markers in the primary's commit order, so on one partition each
-    marker id is greater than the last. An id already reached (or lower) is a duplicate
-    or a stray record: starting its cut again could publish a second, different backup M.
-    """
-    if marker.marker_id < 1:
-        return f"marker id {marker.marker_id} is not positive: capture numbers markers from 1"
-    if marker.marker_id > last_id:
-        return None
-    if marker.marker_id == last_id:
-        return (
-            f"duplicated marker id {marker.marker_id}: partition {partition} already reached "
-            f"marker {last_id} at an earlier offset; this copy is set aside and cut "
-            f"{marker.marker_id} is left as it was"
-        )
-    return (
-        f"marker {marker.marker_id} arrived after marker {last_id} on partition {partition}: "
-        "marker ids only grow, so this one is a duplicate or out of order; set aside"
-    )
 
 
 class ReplicationThread(threading.Thread):
@@ -223,77 +201,21 @@ class ReplicationThread(threading.Thread):
         # what the shard holds, read under its write lock: apply stays idempotent even if
         # this lane's memory is behind the shard
         done_up_to = max(shard.begin(), lane.applied_offset)
-        last: int | None = None
-        applied = dead = 0
-        # consecutive operations wait here and go to the shard together, in bulk; anything
-        # else (a definition, a marker, a dead letter) first flushes them, so the order of
-        # every effect stays the order of the partition
-        pending: list[Operation] = []
-        pending_messages: list[Message] = []
-
-        def flush() -> None:
-            nonlocal applied, dead
-            if not pending:
-                return
-            failures = shard.apply_all(pending)
-            for i, exc in failures:
-                self.dead_letters.send(pending_messages[i], f"cannot apply operation: {exc}")
-            applied += len(pending) - len(failures)
-            dead += len(failures)
-            pending.clear()
-            pending_messages.clear()
-
-        for index, message in enumerate(batch):
-            offset = message.offset()
-            if offset <= done_up_to:
-                continue  # redelivered after a rebalance or restart: already in the shard
-            try:
-                record = decode(message.value())
-            except CodecError as exc:
-                flush()
-                self.dead_letters.send(message, f"{exc.reason}: {exc}")
-                dead, last = dead + 1, offset
-                continue
-            if type(record) is Operation and record.source == self.source:
-                pending.append(record)
-                pending_messages.append(message)
-                last = offset
-                continue
-            flush()
-            if getattr(record, "source", self.source) != self.source:
-                self.dead_letters.send(
-                    message, f"record of source {record.source!r} on source {self.source!r}'s topic"
-                )
-                dead, last = dead + 1, offset
-                continue
-            if isinstance(record, TableDefinition):
-                try:
-                    shard.define(record)
-                except ApplyError as exc:
-                    self.dead_letters.send(message, f"cannot apply table definition: {exc}")
-                    dead += 1
-                last = offset
-            elif isinstance(record, ConsistencyMarker):
-                stale = stale_marker(record, shard.state().marker_id, lane.partition)
-                if stale is not None:  # never re-opens (or overwrites) a cut: set aside
-                    self.dead_letters.send(message, stale)
-                    dead, last = dead + 1, offset
-                    continue
-                self._finish_batch(lane, last, dead)
-                lane.stats.applied += applied
-                self.metrics.applied(lane.partition, applied)
-                self._reach(lane, record, offset)  # if it fails, the whole batch is retried
-                lane.push_front(batch[index + 1 :])
-                return
-            else:
-                self.dead_letters.send(
-                    message, f"a {type(record).__name__} record does not belong on the ops topic"
-                )
-                dead, last = dead + 1, offset
-        flush()
-        self._finish_batch(lane, last, dead)
-        lane.stats.applied += applied
-        self.metrics.applied(lane.partition, applied)
+        result = apply_records(
+            shard,
+            self.source,
+            batch,
+            offset_of=methodcaller("offset"),
+            value_of=methodcaller("value"),
+            done_up_to=done_up_to,
+            reject=self.dead_letters.send,
+        )
+        self._finish_batch(lane, result.last, result.rejected)
+        lane.stats.applied += result.applied
+        self.metrics.applied(lane.partition, result.applied)
+        if result.marker is not None:
+            self._reach(lane, result.marker, result.marker_offset)  # if it fails, all is retried
+            lane.push_front(list(result.rest))
 
     def _finish_batch(self, lane: Lane, last: int | None, dead: int) -> None:
         if last is not None:

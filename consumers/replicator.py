@@ -34,6 +34,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from backups.retention import RetentionPolicy
 from consumers.coordinator import CutCoordinator
 from consumers.dead_letter import DeadLetters
 from consumers.health import check_threads
@@ -46,7 +47,6 @@ from consumers.history import (
 from consumers.offset_commits import PendingCommits
 from consumers.replica import Shard, shard_path
 from consumers.replication import Lane, ReplicationThread
-from consumers.retention import RetentionPolicy
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.directories import writable_directory
 from cutline.errors import BrokerError, ConfigError

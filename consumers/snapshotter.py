@@ -9,13 +9,13 @@ Order of steps (each one only after the previous is durable):
    releases the partitions) and what is read below is still exactly the cut. While it is
    open, no checkpoint can go past M in that shard: the WAL grows by what replication
    writes meanwhile, and shrinks back at the next checkpoint after the pin is closed;
-2. read each table from all shards, streaming in Arrow batches (``consumers.table_stream``,
-   types decided first by ``consumers.column_types``), and write it to a DuckDB database
+2. read each table from all shards, streaming in Arrow batches (``backups.writer.table_stream``,
+   types decided first by ``backups.writer.column_types``), and write it to a DuckDB database
    (one table per captured table, plus ``_cutline_backup`` and ``_cutline_tables``
-   metadata) and to one Avro object container file per table (``consumers.avro_blocks``),
+   metadata) and to one Avro object container file per table (``backups.writer.avro_blocks``),
    whose header names marker, T1, T2 and source (an incremental, see
-   ``consumers.incremental`` and ``consumers.keyed_changes``, keeps only the rows changed
-   since the previous backup, and the keys deleted; ``consumers.chain`` describes the
+   ``backups.incremental`` and ``backups.writer.keyed_changes``, keeps only the rows changed
+   since the previous backup, and the keys deleted; ``backups.chain`` describes the
    layout);
 3. write the manifest (files with SHA-256, sizes, row counts) last, inside a temp dir;
 4. fsync and rename the temp dir into the catalog (``durable.publish_directory``).
@@ -40,30 +40,10 @@ from typing import Any
 
 import duckdb
 
-from consumers import changed_keys
-from consumers.avro_blocks import ContainerWriter
-from consumers.backup_digest import restored_digest
-from consumers.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
-from consumers.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
-from consumers.column_types import (  # noqa: F401  (affinity, column_type: the typing API)
-    DOUBLE,
-    TEXT_FALLBACK,
-    ColumnType,
-    affinity,
-    column_type,
-    column_types_of,
-)
-from consumers.digest_proof import (
-    DigestMismatch,
-    DigestMissing,
-    DigestWaitStopped,
-    ProofSource,
-    prove,
-    replica_digests,
-)
-from consumers.duckdb_format import writer_config, written_with
-from consumers.durable import TEMP_PREFIX, publish_directory, sha256_of
-from consumers.incremental import (
+from backups.backup_digest import restored_digest
+from backups.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
+from backups.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
+from backups.incremental import (
     BLOCK_SIZE,
     PREVIOUS,
     KindChoice,
@@ -72,9 +52,29 @@ from consumers.incremental import (
     types_mismatch,
     write_changes,
 )
-from consumers.keyed_changes import KeyedChanges, write_keyed_changes
+from backups.storage.local.durable import TEMP_PREFIX, publish_directory, sha256_of
+from backups.writer.avro_blocks import ContainerWriter
+from backups.writer.column_types import (  # noqa: F401  (affinity, column_type: the typing API)
+    DOUBLE,
+    TEXT_FALLBACK,
+    ColumnType,
+    affinity,
+    column_type,
+    column_types_of,
+)
+from backups.writer.duckdb_format import writer_config, written_with
+from backups.writer.keyed_changes import KeyedChanges, write_keyed_changes
+from backups.writer.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
+from consumers import changed_keys
+from consumers.digest_proof import (
+    DigestMismatch,
+    DigestMissing,
+    DigestWaitStopped,
+    ProofSource,
+    prove,
+    replica_digests,
+)
 from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
-from consumers.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
 from cutline import failpoints
 from cutline.errors import CutlineError
 from producers.digest import DigestAccumulator
@@ -274,7 +274,7 @@ def write_backup(
 
     ``full_every`` N > 1 makes the backup an incremental (only what changed since the
     previous backup) while the chain since the last full is shorter than N; see
-    ``consumers.incremental``. ``proof`` gives the primary's digest of the marker: the
+    ``backups.incremental``. ``proof`` gives the primary's digest of the marker: the
     backup is published only if the replica rows have the same digests
     (``consumers.digest_proof``).
     """
@@ -349,7 +349,7 @@ def _write_files(
     """Write the DuckDB file and the Avro files into ``temp``, full or incremental.
 
     An incremental takes each table's changes from the keys the shards recorded
-    (``consumers.keyed_changes``: reads only those rows); a table where that cannot be
+    (``backups.writer.keyed_changes``: reads only those rows); a table where that cannot be
     exact is diffed in full against the previous backup resolved, as before, and its
     manifest entry says why (``changes_from``).
     """

@@ -183,8 +183,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
+    from backups.retention import retention_policy
     from consumers.replicator import ReplicateConfig, Replicator
-    from consumers.retention import retention_policy
     from cutline.metrics import NO_METRICS
     from cutline.metrics_server import serve_metrics
 
@@ -272,7 +272,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
-    from consumers.catalog import list_backups
+    from backups.catalog import list_backups
 
     found = list_backups(args.backups, args.source)
     if args.json:
@@ -299,7 +299,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
 
 def _reader_source(args: argparse.Namespace) -> str:
     """``--source``, else the backups directory's only source; bad input is checked first."""
-    from consumers.catalog import default_source, parse_instant
+    from backups.catalog import default_source, parse_instant
 
     if args.source:
         return validate_source(args.source)
@@ -309,8 +309,8 @@ def _reader_source(args: argparse.Namespace) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from consumers.catalog import backups_of_source, select_backup
-    from consumers.query import run_query, run_query_all
+    from backups.catalog import backups_of_source, select_backup
+    from backups.readers.query import run_query, run_query_all
 
     source = _reader_source(args)
     if args.all:
@@ -333,8 +333,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from consumers.catalog import select_backup
-    from consumers.restore import restore_backup
+    from backups.catalog import select_backup
+    from backups.readers.restore import restore_backup
 
     tables = None
     if args.tables is not None:
@@ -352,8 +352,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from consumers.catalog import select_backup
-    from consumers.diff import diff_backups, summary_lines
+    from backups.catalog import select_backup
+    from backups.readers.diff import diff_backups, summary_lines
 
     source = _reader_source(args)
     before = select_backup(args.backups, source, marker_id=args.from_marker)
@@ -368,8 +368,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from consumers.catalog import CatalogError
-    from consumers.verify import verify_catalog
+    from backups.catalog import CatalogError
+    from backups.verify import verify_catalog
 
     source = validate_source(args.source) if args.source else None
     results = verify_catalog(args.backups, source, args.marker)
@@ -395,7 +395,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from consumers.retention import RetentionPolicy, prune
+    from backups.retention import RetentionPolicy, prune
 
     source = validate_source(args.source) if args.source else None
     policy = RetentionPolicy(keep_last=args.keep_last, keep_within_s=args.keep_within)

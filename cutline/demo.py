@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from consumers.catalog import list_backups
-from consumers.query import run_query
+from backups.catalog import list_backups
+from backups.readers.query import run_query
 from cutline.broker.provision import provide_cluster
 from cutline.errors import CutlineError, DeadlineExceeded
 from cutline.kafka_config import env_for_children, resolve_client_settings

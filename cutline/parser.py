@@ -115,7 +115,7 @@ def _positive_int(text: str) -> int:
 
 
 def _duration(text: str) -> float:
-    from consumers.retention import parse_duration
+    from backups.retention import parse_duration
 
     try:
         return parse_duration(text)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backups.catalog import list_backups
 from consumers.alignment import Alignment, CutStatus
-from consumers.catalog import list_backups
 from consumers.topic_reader import (
     existing_topics,
     group_committed,

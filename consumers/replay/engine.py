@@ -22,19 +22,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
-from consumers.catalog import has_backup, source_dir
-from consumers.coordinator import WriterLock
+from backups.catalog import has_backup
+from backups.storage.local import LocalStorage
+from consumers.apply_path import apply_records
 from consumers.digest_proof import DigestWaitStopped, ProofSource
 from consumers.replay.config import ReplayConfig, ReplayError
 from consumers.replay.feed import Feed, FeedItem
 from consumers.replay.report import CutOutcome, ReplayReport, ReplayStatus
-from consumers.replica import ApplyError, Shard, shard_path
+from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, SnapshotError, write_backup
 from cutline.errors import DeadlineExceeded
 from cutline.settings import Topics
-from schemas.codec import CodecError, decode
-from schemas.records import ConsistencyMarker, Operation, TableDefinition
+from schemas.records import ConsistencyMarker
 
 log = logging.getLogger("cutline.replay")
 
@@ -219,42 +220,29 @@ class ReplayEngine:
         limit = self._limit(lane)
         if lane.queue[0][0] >= limit:
             return False
+        batch: list[tuple[int, bytes]] = []
+        while lane.queue and len(batch) < self.config.batch_size and lane.queue[0][0] < limit:
+            batch.append(lane.queue.popleft())
         shard = lane.shard
-        shard.begin()
-        last: int | None = None
-        applied = 0
+        done_up_to = max(shard.begin(), lane.applied_offset)
         try:
-            for _ in range(self.config.batch_size):
-                if not lane.queue or lane.queue[0][0] >= limit:
-                    break
-                offset, value = lane.queue.popleft()
-                if offset <= lane.applied_offset:
-                    continue
-                record = self._decode(lane.partition, offset, value)
-                if isinstance(record, ConsistencyMarker):
-                    self._finish_batch(lane, last)
-                    last = None
-                    self.report.applied += applied
-                    applied = 0
-                    self._reach(lane, record, offset)
-                    return True
-                if isinstance(record, Operation):
-                    try:
-                        shard.apply(record)
-                        applied += 1
-                    except ApplyError as exc:
-                        self._skip(lane.partition, offset, f"cannot apply operation: {exc}")
-                elif isinstance(record, TableDefinition):
-                    try:
-                        shard.define(record)
-                    except ApplyError as exc:
-                        self._skip(lane.partition, offset, f"cannot apply table definition: {exc}")
-                last = offset
+            result = apply_records(
+                shard,
+                self.config.source,
+                batch,
+                offset_of=itemgetter(0),
+                value_of=itemgetter(1),
+                done_up_to=done_up_to,
+                reject=lambda item, reason: self._skip(lane.partition, item[0], reason),
+            )
+            self._finish_batch(lane, result.last)
+            self.report.applied += result.applied
+            if result.marker is not None:
+                lane.queue.extendleft(reversed(result.rest))
+                self._reach(lane, result.marker, result.marker_offset)
         except BaseException:
             shard.rollback()
             raise
-        self._finish_batch(lane, last)
-        self.report.applied += applied
         return True
 
     def _finish_batch(self, lane: _Lane, last: int | None) -> None:
@@ -263,22 +251,6 @@ class ReplayEngine:
             return
         lane.shard.commit(last)
         lane.applied_offset = last
-
-    def _decode(self, partition: int, offset: int, value: bytes) -> object | None:
-        """The record, or None (after a warning) for one replay cannot use."""
-        try:
-            record = decode(value)
-        except CodecError as exc:
-            self._skip(partition, offset, f"{exc.reason}: {exc}")
-            return None
-        source = getattr(record, "source", self.config.source)
-        if source != self.config.source:
-            self._skip(partition, offset, f"a record of source {source!r}")
-            return None
-        if not isinstance(record, Operation | TableDefinition | ConsistencyMarker):
-            self._skip(partition, offset, f"a {type(record).__name__} does not belong here")
-            return None
-        return record
 
     def _skip(self, partition: int, offset: int, reason: str) -> None:
         """Count a record replay moves past. It is not sent to the dead letters again:
@@ -383,7 +355,7 @@ class ReplayEngine:
             offsets={p: cut.reached[p] for p in range(marker.partitions)},
             tables=tuple(marker.tables),
         )
-        lock = WriterLock(source_dir(cfg.backups_dir, cfg.source))
+        lock = LocalStorage(cfg.backups_dir).lock(cfg.source)
         started = self.clock()
         try:
             try:

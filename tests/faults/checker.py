@@ -31,9 +31,9 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from backups.catalog import Backup, list_backups
+from backups.storage.local.durable import sha256_of
 from consumers.alignment import Alignment, CutStatus
-from consumers.catalog import Backup, list_backups
-from consumers.durable import sha256_of
 from consumers.replica import STATE, ShardState, open_readonly, read_state, shard_path
 from cutline.kafka_clients import make_consumer
 from cutline.settings import Topics

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from backups.catalog import has_backup
 from consumers.alignment import CutStatus
-from consumers.catalog import has_backup
 from tests.faults.checker import shard_state
 from tests.faults.runner import FaultRun, RunConfig, RunReport
 from tests.faults.statements import EXTRA_KINDS

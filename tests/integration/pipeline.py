@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import fastavro
 
-from consumers.catalog import Backup, list_backups
+from backups.catalog import Backup, list_backups
 from producers.markers import MarkerTicket, request_marker_in_transaction
 from producers.sqlite_changelog import quote_identifier
 

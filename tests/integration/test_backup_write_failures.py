@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from backups.catalog import has_backup, source_dir
 from consumers.alignment import CutStatus
-from consumers.catalog import has_backup, source_dir
 from consumers.replicator import ReplicateConfig, Replicator
 from tests.integration.pipeline import TABLES, Pipeline, backup_rows, wait_until
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from consumers.catalog import has_backup
+from backups.catalog import has_backup
 from consumers.dead_letter import ORIGIN_PARTITION, REASON
 from cutline.kafka_clients import make_producer
 from cutline.settings import Topics

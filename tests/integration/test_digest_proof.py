@@ -11,10 +11,10 @@ from pathlib import Path
 
 import duckdb
 
-from consumers.catalog import Backup, list_backups
-from consumers.durable import sha256_of
+from backups.catalog import Backup, list_backups
+from backups.readers.restore import restore_backup
+from backups.storage.local.durable import sha256_of
 from consumers.replica import shard_path
-from consumers.restore import restore_backup
 from producers.digest import digest_rows
 from producers.markers import request_marker
 from schemas.records import ControlKind

@@ -9,7 +9,7 @@ import sqlite3
 
 import duckdb
 
-from consumers.chain import resolved_database
+from backups.chain import resolved_database
 from tests.integration.pipeline import TABLES, Pipeline, table_rows
 
 

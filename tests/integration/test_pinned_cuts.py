@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from backups.catalog import has_backup
 from consumers.alignment import CutStatus
-from consumers.catalog import has_backup
 from cutline.failpoints import ENV as FAILPOINTS_ENV
 from schemas.records import ControlEvent, ControlKind
 from tests.faults.checker import control_events, final_statuses, shard_state

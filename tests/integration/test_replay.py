@@ -14,7 +14,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from consumers.catalog import list_backups, source_dir
+from backups.catalog import list_backups, source_dir
 from consumers.coordinator import WriterLock
 from consumers.replica import shard_path
 from cutline.kafka_clients import (

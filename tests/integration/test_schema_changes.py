@@ -18,8 +18,8 @@ import time
 
 import duckdb
 
-from consumers.catalog import list_backups
-from consumers.chain import resolved_database
+from backups.catalog import list_backups
+from backups.chain import resolved_database
 from producers.markers import request_marker_in_transaction
 from tests.faults.checker import verify_run
 from tests.integration.pipeline import (

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AclOperation, ResourceType
 
-from consumers.catalog import list_backups
+from backups.catalog import list_backups
 from cutline.broker.secure import (
     Grant,
     SecureCluster,

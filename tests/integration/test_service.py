@@ -15,8 +15,8 @@ from pathlib import Path
 
 import duckdb
 
-from consumers.chain import resolved_database
-from consumers.duckdb_format import STORAGE_COMPATIBILITY
+from backups.chain import resolved_database
+from backups.writer.duckdb_format import STORAGE_COMPATIBILITY
 from tests.integration.old_duckdb import OLD_DUCKDB, read_with_old_duckdb
 from tests.integration.pipeline import (
     CUTLINE,

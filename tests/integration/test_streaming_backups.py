@@ -18,8 +18,8 @@ import avro.datafile
 import avro.io
 import duckdb
 
-from consumers.catalog import Backup
-from consumers.chain import resolved_database
+from backups.catalog import Backup
+from backups.chain import resolved_database
 from tests.integration.pipeline import TABLES, Pipeline, avro_rows, table_rows
 
 KEYED = "the keys the replica recorded as changed"

@@ -20,9 +20,9 @@ import fastavro
 import pyarrow as pa
 import pytest
 
+from backups.writer.avro_blocks import ContainerWriter, encode_rows
+from backups.writer.column_types import column_type, column_types_of
 from consumers import snapshotter
-from consumers.avro_blocks import ContainerWriter, encode_rows
-from consumers.column_types import column_type, column_types_of
 from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, write_backup
 from producers.operations import message_key, partition_for

@@ -13,16 +13,16 @@ import duckdb
 import fastavro
 import pytest
 
-from consumers.catalog import MANIFEST, Backup, backup_dir_name, list_backups
-from consumers.chain import (
+from backups.catalog import MANIFEST, Backup, backup_dir_name, list_backups
+from backups.chain import (
     DELETED_SCHEMA,
     ChainError,
     chain_of,
     resolved_database,
 )
+from backups.verify import verify_backup
 from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, write_backup
-from consumers.verify import verify_backup
 from producers.sqlite_changelog import quote_identifier
 from schemas.records import Column, ConsistencyMarker, TableDefinition
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from backups.catalog import Backup
+from backups.chain import resolved_database
+from backups.verify import verify_backup
 from consumers import changed_keys
-from consumers.catalog import Backup
-from consumers.chain import resolved_database
 from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, write_backup
-from consumers.verify import verify_backup
 from producers.operations import message_key, partition_for
 from producers.sqlite_changelog import quote_identifier
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition

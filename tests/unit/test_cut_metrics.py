@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from consumers.catalog import backup_dir_name
+from backups.catalog import backup_dir_name
 from consumers.coordinator import CutCoordinator
 from cutline.metrics import PrometheusMetrics
 from schemas.codec import encode

@@ -19,7 +19,8 @@ from test_replica_and_snapshot import (  # tests/unit is on sys.path (rootdir mo
     build_replica,
 )
 
-from consumers.catalog import list_backups
+from backups.catalog import list_backups
+from backups.verify import verify_backup
 from consumers.digest_proof import (
     DigestBook,
     DigestMismatch,
@@ -30,7 +31,6 @@ from consumers.digest_proof import (
     prove,
 )
 from consumers.snapshotter import SnapshotError, write_backup
-from consumers.verify import verify_backup
 from producers.digest import TableDigest, digest_tables
 from producers.sqlite_changelog import quote_identifier
 from schemas.records import DigestEntry, MarkerDigest

@@ -8,8 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from backups.catalog import has_backup
 from consumers.alignment import CutStatus
-from consumers.catalog import has_backup
 from consumers.coordinator import CutCoordinator
 from consumers.snapshotter import pin_cut, write_backup
 from cutline import failpoints

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from consumers.catalog import backup_dir_name, has_backup, list_backups, source_dir
+from backups.catalog import backup_dir_name, has_backup, list_backups, source_dir
 from consumers.coordinator import WriterLock
 from consumers.replay import (
     FeedItem,

@@ -14,8 +14,7 @@ import duckdb
 import fastavro
 import pytest
 
-from consumers import snapshotter
-from consumers.catalog import (
+from backups.catalog import (
     MANIFEST,
     CatalogError,
     backup_dir_name,
@@ -24,8 +23,9 @@ from consumers.catalog import (
     parse_instant,
     select_backup,
 )
-from consumers.durable import TEMP_PREFIX
-from consumers.query import QueryError, run_query
+from backups.readers.query import QueryError, run_query
+from backups.storage.local.durable import TEMP_PREFIX
+from consumers import snapshotter
 from consumers.replica import ApplyError, Shard, ShardState, shard_path
 from consumers.snapshotter import CutPlan, SnapshotError, column_type, write_backup
 from producers.markers import format_time

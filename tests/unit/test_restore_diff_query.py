@@ -21,12 +21,12 @@ import duckdb
 import fastavro
 import pytest
 
-from consumers import restore as restore_module
-from consumers.catalog import Backup
-from consumers.diff import diff_backups, summary_lines
-from consumers.query import QueryError, check_read_only, run_query, run_query_all
+from backups.catalog import Backup
+from backups.readers import restore as restore_module
+from backups.readers.diff import diff_backups, summary_lines
+from backups.readers.query import QueryError, check_read_only, run_query, run_query_all
+from backups.readers.restore import RestoreError, restore_backup
 from consumers.replica import Shard, shard_path
-from consumers.restore import RestoreError, restore_backup
 from consumers.snapshotter import CutPlan, write_backup
 from cutline import cli
 from cutline.errors import ConfigError

@@ -8,8 +8,8 @@ from test_chain import SOURCE
 from test_cli import _published_backup
 from test_verify_prune import marker_ids, prune, write_history
 
-from consumers.catalog import CatalogError, default_source, list_backups
-from consumers.retention import RetentionPolicy, apply_retention, parse_duration
+from backups.catalog import CatalogError, default_source, list_backups
+from backups.retention import RetentionPolicy, apply_retention, parse_duration
 from cutline import cli
 
 

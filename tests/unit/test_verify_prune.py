@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import fastavro
 import pytest
 from test_chain import HISTORY, LOG_NAME, SOURCE, Replica
 
-from consumers import retention
-from consumers.catalog import MANIFEST, Backup, list_backups, source_dir
-from consumers.chain import resolved_database
+from backups import retention
+from backups.catalog import MANIFEST, Backup, list_backups, source_dir
+from backups.chain import resolved_database
+from backups.storage.local.durable import TEMP_PREFIX, sha256_of
+from backups.verify import verify_backup
 from consumers.coordinator import WriterLock
-from consumers.durable import TEMP_PREFIX, sha256_of
 from consumers.snapshotter import write_backup
-from consumers.verify import verify_backup
 from cutline.cli import main
 from producers.markers import format_time
 
@@ -258,13 +259,13 @@ def test_prune_json(chain, tmp_path, capsys):
 def test_prune_hides_a_backup_before_deleting_it(chain, tmp_path, monkeypatch):
     """When deletion starts, the backup is already out of the catalog, under a .tmp- name."""
     seen: list[tuple[str, list[int]]] = []
-    real_rmtree = retention.shutil.rmtree
+    real_rmtree = shutil.rmtree
 
     def observing_rmtree(path, *args, **kwargs):
         seen.append((Path(path).name, marker_ids(tmp_path)))
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(retention.shutil, "rmtree", observing_rmtree)
+    monkeypatch.setattr(shutil, "rmtree", observing_rmtree)  # the store deletes
     retention.prune(tmp_path / "backups", 2)
     assert [name.startswith(f"{TEMP_PREFIX}prune-marker-") for name, _ in seen] == [True] * 3
     # Newest first, and each one is gone from the listing before it is deleted.

@@ -4,7 +4,7 @@ For table T and parent backup P (see :mod:`consumers.changed_keys`): read the ke
 after P's cut and their current rows from the pinned shards (key lookups); take P's rows
 of those keys from P's chain (its base restricted to the touched keys, then each link's
 changes, in a scratch DuckDB); the incremental is the same diff as a full comparison
-(:func:`consumers.incremental.write_changes`) restricted to the touched keys, which is the
+(:func:`backups.incremental.write_changes`) restricted to the touched keys, which is the
 same result: a key nobody touched since P holds the row it held at P.
 
 Returns a reason instead when this cannot be exact (no record, NULLs or rowid as key, a
@@ -22,11 +22,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from backups.catalog import Backup
+from backups.chain import DELETED_SCHEMA, MATCH_KEY, apply_link_table, chain_of
+from backups.writer.column_types import ColumnType, column_type, stable_type
+from backups.writer.table_stream import arrow_schema, to_array
 from consumers import changed_keys
-from consumers.catalog import Backup
-from consumers.chain import DELETED_SCHEMA, MATCH_KEY, apply_link_table, chain_of
-from consumers.column_types import ColumnType, column_type, stable_type
-from consumers.table_stream import arrow_schema, to_array
 from producers.sqlite_changelog import quote_identifier, quote_text
 from schemas.records import TableDefinition
 

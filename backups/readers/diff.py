@@ -22,8 +22,8 @@ from typing import Any
 
 import duckdb
 
-from consumers.catalog import Backup
-from consumers.chain import resolved_database
+from backups.catalog import Backup
+from backups.chain import resolved_database
 from cutline.errors import ConfigError, CutlineError
 from producers.sqlite_changelog import quote_identifier
 

@@ -7,9 +7,9 @@ of that chain still matches its manifest, and its tables have the same columns a
 Otherwise the backup is full and the manifest says why (``kind_reason``).
 
 What changed comes, per table, from the keys the replica shards recorded as changed
-(:mod:`consumers.keyed_changes`); where that cannot be exact, :func:`write_changes`
+(:mod:`backups.writer.keyed_changes`); where that cannot be exact, :func:`write_changes`
 compares the table's content at the cut with the previous backup resolved in full, by
-primary key. The layout is described in :mod:`consumers.chain`.
+primary key. The layout is described in :mod:`backups.chain`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import duckdb
 
-from consumers.catalog import Backup, list_backups
-from consumers.chain import (
+from backups.catalog import Backup, list_backups
+from backups.chain import (
     DELETED_SCHEMA,
     FULL,
     INCREMENTAL,
@@ -30,7 +30,7 @@ from consumers.chain import (
     ChainError,
     chain_of,
 )
-from consumers.verify import verify_files
+from backups.verify import verify_files
 from producers.sqlite_changelog import quote_identifier
 from schemas.records import TableDefinition
 

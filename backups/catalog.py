@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backups.storage.local import LocalStorage
 from cutline.errors import ConfigError, CutlineError
 
 MANIFEST = "manifest.json"
@@ -123,7 +124,8 @@ def manifest_problem(path: Path) -> str | None:
 def _load_manifest(path: Path) -> dict[str, Any] | str:
     """The manifest of the backup in ``path``, or why it cannot be used."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        with LocalStorage(path).open_read(MANIFEST) as f:
+            manifest = json.load(f)
     except FileNotFoundError:
         return f"{MANIFEST} is missing"
     except (OSError, ValueError) as exc:
@@ -149,13 +151,13 @@ def _backup_dirs(backups: Path, source: str | None) -> list[Path]:
         return []
     if not root.is_dir():
         raise CatalogError(f"--backups {root} is not a directory")
-    sources = [root / source] if source else sorted(p for p in root.iterdir() if p.is_dir())
+    store = LocalStorage(root)
+    sources = [source] if source else store.list()  # a file lists nothing: not a source
     return [
-        path
-        for sdir in sources
-        if sdir.is_dir()
-        for path in sorted(sdir.iterdir())
-        if path.name.startswith("marker-")
+        store.local_path(f"{name}/{entry}")
+        for name in sources
+        for entry in store.list(name)
+        if entry.startswith("marker-")
     ]
 
 

@@ -8,7 +8,7 @@ else is removed. ``replicate --keep-last/--keep-within`` applies the same rules 
 each backup it publishes (:func:`prune_held`), under the writer lock it already holds.
 
 Removal never leaves a half backup visible: each directory is first renamed to a
-``.tmp-`` name (the catalog ignores those, see ``consumers.durable``), the rename made
+``.tmp-`` name (the catalog ignores those, see ``backups.storage.local.durable``), the rename made
 durable, and only then deleted. Backups are removed newest first, so if prune stops
 half way, no remaining backup is an incremental whose parent is already gone.
 
@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.catalog import Backup, list_backups, source_dir
-from consumers.coordinator import WriterLock
-from consumers.durable import TEMP_PREFIX, fsync_dir
+from backups.catalog import Backup, list_backups
+from backups.storage import StorageError
+from backups.storage.local import LocalStorage
 from cutline.errors import ConfigError, CutlineError, DeadlineExceeded
 
 log = logging.getLogger("cutline.retention")
@@ -145,16 +143,13 @@ def plan_prune(
 
 def remove_backup(backup: Backup) -> None:
     """Hide ``backup`` from the catalog atomically (rename to ``.tmp-``), then delete it."""
-    hidden = backup.path.parent / f"{TEMP_PREFIX}prune-{backup.path.name}-{uuid.uuid4().hex[:8]}"
     try:
-        backup.path.rename(hidden)
-        fsync_dir(backup.path.parent)
-    except OSError as exc:
+        LocalStorage(backup.path.parent).delete(backup.path.name)
+    except StorageError as exc:
         raise PruneError(
-            f"cannot remove backup {backup.marker_id} ({backup.path}): {exc}; check the "
-            "directory's permissions, then run prune again"
+            f"cannot remove backup {backup.marker_id} ({backup.path}): {exc.__cause__}; check "
+            "the directory's permissions, then run prune again"
         ) from exc
-    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def prune(
@@ -175,7 +170,7 @@ def prune(
         return plans
     done: list[SourcePlan] = []
     for name in [plan.source for plan in plans]:
-        lock = WriterLock(source_dir(backups_dir, name))
+        lock = LocalStorage(backups_dir).lock(name)
         try:
             lock.acquire(lock_deadline_s, threading.Event())
         except DeadlineExceeded as exc:

@@ -4,7 +4,7 @@ Order of steps, each one only after the previous succeeded:
 
 1. verify the backup (and, for an incremental, its chain) against its manifest, and
    refuse one with problems: a restore must never turn damaged bytes into a database;
-2. resolve the backup to full tables (:func:`consumers.chain.resolved_database`);
+2. resolve the backup to full tables (:func:`backups.chain.resolved_database`);
 3. write a temp file beside the target: each table is created from the primary's own
    ``CREATE TABLE`` statement (kept in the backup's ``_cutline_tables``), so columns,
    declared types, keys and constraints are the primary's, then filled in one transaction;
@@ -34,10 +34,10 @@ from typing import Any
 
 import duckdb
 
-from consumers.catalog import Backup
-from consumers.chain import resolved_database
-from consumers.durable import fsync_dir, fsync_file
-from consumers.verify import verify_backup
+from backups.catalog import Backup
+from backups.chain import resolved_database
+from backups.storage.local.durable import fsync_dir, fsync_file
+from backups.verify import verify_backup
 from cutline.errors import ConfigError, CutlineError
 from producers.sqlite_changelog import quote_identifier
 

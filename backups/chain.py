@@ -33,8 +33,8 @@ from typing import Any
 
 import duckdb
 
-from consumers.catalog import Backup, backup_dir_name, read_backup
-from consumers.duckdb_format import writer_config
+from backups.catalog import Backup, backup_dir_name, read_backup
+from backups.writer.duckdb_format import writer_config
 from cutline.errors import CutlineError
 from producers.sqlite_changelog import quote_identifier, quote_text
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from consumers.column_types import DOUBLE, ColumnType
+from backups.writer.column_types import DOUBLE, ColumnType
 from consumers.replica import iter_rows
 from schemas.records import TableDefinition
 

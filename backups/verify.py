@@ -15,7 +15,7 @@ it reads passed the earlier ones, so a damaged file is never opened by DuckDB):
    no checksum, so the checksummed files vouch for what it says the backup is);
 5. each table's digest, recomputed from the DuckDB content (an incremental: resolved
    through its chain), equals the one recorded at the cut, which the snapshotter proved
-   equal to the primary's at T1 (``consumers.backup_digest``).
+   equal to the primary's at T1 (``backups.backup_digest``).
 
 :func:`verify_catalog` also reports a backup directory whose manifest is missing,
 unreadable or incomplete: the catalog cannot list it, so nothing else would.
@@ -32,9 +32,9 @@ import duckdb
 import fastavro
 import pyarrow as pa
 
-from consumers.backup_digest import digest_problems
-from consumers.catalog import Backup, damaged_backup_dirs, list_backups, marker_id_of_dir
-from consumers.chain import (
+from backups.backup_digest import digest_problems
+from backups.catalog import Backup, damaged_backup_dirs, list_backups, marker_id_of_dir
+from backups.chain import (
     DELETED_SCHEMA,
     INCREMENTAL,
     ChainError,
@@ -42,7 +42,7 @@ from consumers.chain import (
     deleted_avro_path,
     resolved_database,
 )
-from consumers.durable import sha256_of
+from backups.storage.local.durable import sha256_of
 from producers.markers import format_time
 from producers.sqlite_changelog import quote_identifier
 

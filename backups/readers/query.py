@@ -28,8 +28,8 @@ from typing import Any
 
 import duckdb
 
-from consumers.catalog import Backup
-from consumers.chain import resolved_database
+from backups.catalog import Backup
+from backups.chain import resolved_database
 from cutline.errors import CutlineError
 from producers.markers import format_time
 from producers.sqlite_changelog import quote_identifier, quote_text

@@ -36,7 +36,7 @@ def restored_digest(
     table: str, ddl: str, columns: Sequence[str], rows: Iterable[tuple]
 ) -> TableDigest:
     """The digest of ``rows`` once inserted through the primary's own DDL (as restore does)."""
-    from consumers.restore import _sqlite_value  # restore imports verify, which imports us
+    from backups.readers.restore import _sqlite_value  # restore imports verify, which imports us
 
     scratch = sqlite_connect(":memory:", isolation_level=None)
     try:
@@ -80,7 +80,7 @@ def _plain(value: Any) -> Any:
     """DuckDB gives BLOBs as bytes already; anything else unusual as restore would."""
     if value is None or type(value) in (int, float, str, bytes):
         return value
-    from consumers.restore import _sqlite_value
+    from backups.readers.restore import _sqlite_value
 
     return _sqlite_value(value)
 

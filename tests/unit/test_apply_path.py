@@ -1,0 +1,99 @@
+"""The apply step replicate and replay share, on a real shard, without a broker."""
+
+from __future__ import annotations
+
+from operator import itemgetter
+
+from consumers.apply_path import Applied, apply_records
+from consumers.replica import Shard, iter_rows, open_readonly, shard_path
+from schemas.codec import encode
+from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
+
+SOURCE = "shop"
+ACCOUNTS = TableDefinition(
+    SOURCE,
+    "accounts",
+    "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER)",
+    (Column("id", "INTEGER"), Column("balance", "INTEGER")),
+    ("id",),
+)
+
+
+def _op(account: int, balance: int, kind: OpType = OpType.INSERT, source: str = SOURCE) -> bytes:
+    image = {"id": account, "balance": balance}
+    return encode(Operation(source, 1, "accounts", kind, {"id": account}, None, image, 1))
+
+
+def _marker(marker_id: int, count: int) -> bytes:
+    return encode(ConsistencyMarker(SOURCE, marker_id, 1_000 + marker_id, 1, 1, (count,), ()))
+
+
+def _run(shard: Shard, values: list[bytes], done_up_to: int = -1):
+    rejected: list[tuple[int, str]] = []
+    records = list(enumerate(values))
+    shard.begin()
+    result: Applied = apply_records(
+        shard,
+        SOURCE,
+        records,
+        offset_of=itemgetter(0),
+        value_of=itemgetter(1),
+        done_up_to=done_up_to,
+        reject=lambda item, reason: rejected.append((item[0], reason)),
+    )
+    if result.last is not None:
+        shard.commit(result.last)
+    else:
+        shard.rollback()
+    return result, rejected
+
+
+def _balances(shard_file) -> list[tuple]:
+    conn = open_readonly(shard_file)
+    try:
+        chunks = iter_rows(conn, "accounts", ("id", "balance"))
+        return sorted(row for rows in chunks for row in rows)
+    finally:
+        conn.close()
+
+
+def test_records_apply_in_order_bad_ones_are_rejected_and_the_run_stops_at_a_marker(tmp_path):
+    path = shard_path(tmp_path, SOURCE, 0)
+    shard = Shard(path, 0)
+    values = [
+        encode(ACCOUNTS),  # 0
+        _op(1, 10),  # 1
+        b"not avro at all",  # 2: cannot be decoded
+        _op(2, 20, source="elsewhere"),  # 3: another source's record
+        _op(3, 30),  # 4
+        _op(9, 90, OpType.UPDATE),  # 5: updates a row that is not there
+        _marker(1, 2),  # 6
+        _op(4, 40),  # 7: after the marker, not looked at
+    ]
+    result, rejected = _run(shard, values)
+    assert (result.applied, result.rejected, result.last) == (2, 3, 5)
+    assert result.marker is not None and result.marker.marker_id == 1
+    assert result.marker_offset == 6
+    assert list(result.rest) == [(7, values[7])]
+    assert [offset for offset, _ in rejected] == [2, 3, 5]
+    assert "of source 'elsewhere'" in rejected[1][1]
+    assert rejected[2][1].startswith("cannot apply operation")
+    shard.close()
+    assert _balances(path) == [(1, 10), (3, 30)]
+
+
+def test_redelivered_records_are_passed_over_and_a_stale_marker_is_set_aside(tmp_path):
+    path = shard_path(tmp_path, SOURCE, 0)
+    shard = Shard(path, 0)
+    first = [encode(ACCOUNTS), _op(1, 10), _marker(1, 1)]
+    result, _ = _run(shard, first)
+    assert result.marker is not None
+    shard.reach_marker(result.marker, result.marker_offset, hold=False)
+    # the same history again (a redelivery), then a duplicate of marker 1 and a new row
+    again = [*first, _marker(1, 1), _op(2, 20)]
+    result, rejected = _run(shard, again, done_up_to=2)
+    assert result.marker is None and result.applied == 1 and result.last == 4
+    assert [offset for offset, _ in rejected] == [3]
+    assert "duplicated marker id 1" in rejected[0][1]
+    shard.close()
+    assert _balances(path) == [(1, 10), (2, 20)]
