@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cutline.errors import ConfigError, CutlineError
+from producers.initial_snapshot import forget_snapshots, start_snapshot
 from producers.sqlite_changelog import (
     CHANGES,
     KIND_SCHEMA,
@@ -36,7 +37,6 @@ from producers.sqlite_changelog import (
     installed_tables,
     now_us,
     read_changes,
-    snapshot_table,
 )
 from schemas.records import CapturePosition, TableDefinition
 
@@ -274,6 +274,7 @@ def install_source(
         conn.execute(f"INSERT INTO {DATABASE} VALUES (?, ?)", (str(uuid.uuid4()), now_us()))
     registered = source_record(conn, source)
     if plan.start in (Start.FRESH, Start.NEW_INCARNATION):
+        forget_snapshots(conn, source)
         conn.execute(f"DELETE FROM {CHANGES} WHERE only_source = ?", (source,))
         conn.execute(f"DELETE FROM {SOURCES} WHERE source = ?", (source,))
         registered = None
@@ -302,7 +303,7 @@ def install_source(
             # before its own snapshot of the table (they are in it)
             if registered is not None:
                 starts[definition.table] = issued_seq(conn)
-            snapshot_table(conn, definition, source)
+            start_snapshot(conn, source, definition, issued_seq(conn))
     starts = {t: n for t, n in starts.items() if n > cursor}
     baseline = cursor if registered is None else registered.baseline_seq
     record = SourceRecord(
@@ -406,6 +407,7 @@ def drop_source(conn: sqlite3.Connection, source: str) -> bool:
         return False
     conn.execute(f"DELETE FROM {SOURCES} WHERE source = ?", (source,))
     conn.execute(f"DELETE FROM {CHANGES} WHERE only_source = ?", (source,))
+    forget_snapshots(conn, source)
     if not all_sources(conn):
         conn.execute(f"DELETE FROM {CHANGES}")
     else:
