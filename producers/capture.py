@@ -54,7 +54,7 @@ from producers.background_marks import BackgroundMarks
 from producers.backlog import capture_backlog
 from producers.chunk_records import chunk_records
 from producers.digest_records import digest_record
-from producers.initial_snapshot import Chunk, InitialSnapshots, changes_after
+from producers.initial_snapshot import CHUNK_ROWS, Chunk, InitialSnapshots, changes_after
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.schema_changes import (
     ensure_schema,
@@ -115,6 +115,7 @@ class CaptureConfig:
     digest_every: int = 1  # markers of --mark-every: the primary's digest on every N-th
     new_incarnation: bool = False  # this database is the source's primary restored from a backup
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # install's wait for the primary's write lock
+    snapshot_chunk_rows: int = CHUNK_ROWS  # rows per chunk of an initial snapshot
 
 
 class RecordTooLarge(CutlineError):
@@ -173,7 +174,8 @@ class Capture:
         self._lock_noted = 0.0
         self._table_starts: dict[str, int] = {}
         self._tables: tuple[str, ...] = ()  # this source's tables (others may capture more)
-        self._snapshots = InitialSnapshots(config.source)  # chunked initial snapshots under way
+        # chunked initial snapshots under way (producers/initial_snapshot.py)
+        self._snapshots = InitialSnapshots(config.source, config.snapshot_chunk_rows)
         self._chunk: Chunk | None = None  # the next chunk, read with the batch
 
     # -- set-up ---------------------------------------------------------------------------
@@ -275,7 +277,9 @@ class Capture:
                 db_path=cfg.db_path,
             )
             last_marker = position.marker_id if position else 0
-            record, _ = install_source(conn, cfg.source, cfg.tables, plan, last_marker)
+            record, _ = install_source(
+                conn, cfg.source, cfg.tables, plan, last_marker, cfg.snapshot_chunk_rows
+            )
             database = database_id(conn) or ""
             conn.execute("COMMIT")
         except BaseException:

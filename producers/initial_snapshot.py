@@ -238,14 +238,18 @@ def ensure_snapshot_table(conn: sqlite3.Connection) -> None:
 
 
 def start_snapshot(
-    conn: sqlite3.Connection, source: str, definition: TableDefinition, started_seq: int
+    conn: sqlite3.Connection,
+    source: str,
+    definition: TableDefinition,
+    started_seq: int,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> bool:
     """In the install's write transaction: record a chunked snapshot of the table for
     ``source``; or, for a table that fits in one chunk or whose key order cannot be
     reproduced, copy it into the change log as before. True if chunked."""
     ensure_snapshot_table(conn)
     table = quote_identifier(definition.table)
-    big = conn.execute(f"SELECT 1 FROM {table} LIMIT 1 OFFSET ?", (CHUNK_ROWS,)).fetchone()
+    big = conn.execute(f"SELECT 1 FROM {table} LIMIT 1 OFFSET ?", (chunk_rows,)).fetchone()
     order = KeyOrder.of(conn, definition) if big else None
     if order is None:
         snapshot_table(conn, definition, source)
@@ -341,8 +345,9 @@ class InitialSnapshots:
     Owned by capture's thread. ``save()``/``restore()`` bracket a Kafka transaction.
     """
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, chunk_rows: int = CHUNK_ROWS):
         self.source = source
+        self.chunk_rows = chunk_rows
         self._tables: dict[str, _Table] = {}
 
     # state ------------------------------------------------------------------------------
@@ -427,14 +432,14 @@ class InitialSnapshots:
         definitions: dict[str, TableDefinition],
         seq: int,
         skip: set[str],
-        limit: int = CHUNK_ROWS,
+        limit: int | None = None,
     ) -> Chunk | None:
         """The next chunk of the first table under way, inside the caller's read transaction
         (the one that read the change batch, which reached the end of the log at ``seq``)."""
         for table, t in self._tables.items():
             if t.progress.done or table in skip or table not in definitions:
                 continue
-            return self._read(conn, definitions[table], t, seq, limit)
+            return self._read(conn, definitions[table], t, seq, limit or self.chunk_rows)
         return None
 
     def _order(self, conn: sqlite3.Connection, t: _Table, table: str) -> KeyOrder:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cutline.errors import ConfigError, CutlineError
-from producers.initial_snapshot import forget_snapshots, start_snapshot
+from producers.initial_snapshot import CHUNK_ROWS, forget_snapshots, start_snapshot
 from producers.sqlite_changelog import (
     CHANGES,
     KIND_SCHEMA,
@@ -250,7 +250,12 @@ def plan_start(
 
 
 def install_source(
-    conn: sqlite3.Connection, source: str, tables: list[str], plan: StartPlan, last_marker: int
+    conn: sqlite3.Connection,
+    source: str,
+    tables: list[str],
+    plan: StartPlan,
+    last_marker: int,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[SourceRecord, list[TableDefinition]]:
     """Carry out ``plan`` inside the caller's write transaction; return the source's record.
 
@@ -292,7 +297,9 @@ def install_source(
     captured = set(installed_tables(conn))
     let_go = [t for t in owned if t not in captured and t not in tables]  # cutline migrate
     wanted = [t for t in wanted if t not in let_go]
-    definitions, snapshotted = install_in_transaction(conn, source, wanted, only_source=source)
+    definitions, snapshotted = install_in_transaction(
+        conn, source, wanted, only_source=source, chunk_rows=chunk_rows
+    )
     # a table let go stays the source's until it has published the 'S' row that drops it
     wanted += [t for t in let_go if t in released_after(conn, cursor)]
     starts = dict(registered.table_starts) if registered is not None else {}
@@ -303,7 +310,7 @@ def install_source(
             # before its own snapshot of the table (they are in it)
             if registered is not None:
                 starts[definition.table] = issued_seq(conn)
-            start_snapshot(conn, source, definition, issued_seq(conn))
+            start_snapshot(conn, source, definition, issued_seq(conn), chunk_rows)
     starts = {t: n for t, n in starts.items() if n > cursor}
     baseline = cursor if registered is None else registered.baseline_seq
     record = SourceRecord(

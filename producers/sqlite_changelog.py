@@ -278,7 +278,11 @@ def ensure_changelog_tables(conn: sqlite3.Connection) -> None:
 
 
 def install_in_transaction(
-    conn: sqlite3.Connection, source: str, tables: list[str], only_source: str | None = None
+    conn: sqlite3.Connection,
+    source: str,
+    tables: list[str],
+    only_source: str | None = None,
+    chunk_rows: int = 20_000,
 ) -> tuple[list[TableDefinition], set[str]]:
     """Install inside the caller's write transaction; also return the tables snapshotted.
 
@@ -309,7 +313,7 @@ def install_in_transaction(
         else:  # the source's own initial snapshot: in chunks by capture if the table is big
             from producers.initial_snapshot import issued_seq, start_snapshot
 
-            start_snapshot(conn, only_source, definition, issued_seq(conn))
+            start_snapshot(conn, only_source, definition, issued_seq(conn), chunk_rows)
         snapshotted.add(table)
         conn.execute(
             f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) VALUES (?, ?, ?, ?)",
