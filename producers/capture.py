@@ -52,7 +52,7 @@ from cutline.settings import Topics
 from cutline.stopping import interruptible
 from producers.background_marks import BackgroundMarks
 from producers.backlog import capture_backlog
-from producers.chunk_records import chunk_records
+from producers.chunk_records import chunk_records, partitions_of
 from producers.digest_records import digest_record
 from producers.initial_snapshot import CHUNK_ROWS, Chunk, InitialSnapshots, changes_after
 from producers.operations import TableLayout, partition_for, to_operations
@@ -556,16 +556,15 @@ class Capture:
                 chunk.table,
             )
         produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
-        partitions, limit = self.partitions, self._max_record
-        records = chunk_records(chunk, self.config.source, OPERATION_HEADER, now_us())
-        for key, value in records:
-            if len(value) + len(key) > limit:
-                raise RecordTooLarge(
-                    f"a row of table {chunk.table!r} is a {len(value) + len(key):,}-byte record, "
-                    f"over the {limit:,} bytes topic {topic} takes; capture stopped without "
-                    "skipping it. Shrink that row, or raise the topic's max.message.bytes"
-                )
-            p = partition_for(key, partitions)
+        keys, values = chunk_records(chunk, self.config.source, OPERATION_HEADER, now_us())
+        largest = max(map(len, values), default=0) + max(map(len, keys), default=0)
+        if largest > self._max_record:
+            raise RecordTooLarge(
+                f"a row of table {chunk.table!r} makes a record of up to {largest:,} bytes, "
+                f"over the {self._max_record:,} bytes topic {topic} takes; capture stopped "
+                "without skipping it. Shrink that row, or raise the topic's max.message.bytes"
+            )
+        for key, value, p in zip(keys, values, partitions_of(keys, self.partitions), strict=True):
             try:
                 produce(topic, value, key, p)
             except BufferError:

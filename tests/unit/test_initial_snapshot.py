@@ -158,7 +158,8 @@ def test_chunk_records_are_what_the_change_path_sends(tmp_path) -> None:
         snapshots.load(conn, [])
         chunk = snapshots.read_chunk(conn, {table: definition}, 42, set())
         assert chunk is not None and chunk.last
-        records = list(chunk_records(chunk, "src", OPERATION_HEADER, 1234))
+        keys, values = chunk_records(chunk, "src", OPERATION_HEADER, 1234)
+        records = list(zip(keys, values, strict=True))
         # the change path: the same rows through the change log's text images
         from producers.sqlite_changelog import image_sql
 
@@ -237,3 +238,17 @@ def test_a_moved_key_is_judged_half_by_half(tmp_path) -> None:
     kept = snapshots.keep(conn, back, layout, to_operations(back, layout, "s"))
     assert [(op.op, op.key) for _, op in kept] == [(OpType.INSERT, {"id": 3})]
     assert isinstance(kept[0][1], Operation)
+
+
+def test_whole_column_encodings_equal_the_per_value_one() -> None:
+    from producers.chunk_records import _value, column_bytes
+
+    rng = random.Random(4)
+    edges = [0, -1, 63, 64, -65, 8191, -8193, 2**63 - 1, -(2**63)]
+    ints = (*edges, *(rng.randint(-(2**62), 2**62) for _ in range(500)))
+    floats = (*(rng.uniform(-1e9, 1e9) for _ in range(200)), float("inf"), -0.0)
+    strings = (*("é" * rng.randint(0, 3000) for _ in range(40)), "")
+    for column in (ints, floats, strings, (1, None, "x", b"\x00", 2.5)):
+        assert column_bytes(column) == [_value(v) for v in column]
+    with pytest.raises(ValueError, match="does not fit an Avro long"):
+        column_bytes((1, 2**64))
