@@ -308,7 +308,7 @@ def _under_way(pending: list[tuple[str, str, int]]) -> str:
     names = ", ".join(f"{t} for source {s!r} ({n:,} rows so far)" for s, t, n in pending)
     return (
         f"an initial snapshot is under way ({names}): a marker now would cut a table that is "
-        "only partly replicated; cut it once capture has finished (see `cutline sources`)"
+        "only partly replicated; cut it once capture has finished it"
     )
 
 
