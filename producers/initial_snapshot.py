@@ -55,7 +55,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from cutline.errors import ConfigError, CutlineError
+from cutline.errors import CutlineError
 from producers.operations import TableLayout
 from producers.sqlite_changelog import (
     CHANGES,
@@ -83,8 +83,9 @@ _SCHEMA = (
 SortKey = tuple
 
 
-class SnapshotInProgress(ConfigError):
-    """A marker was asked for while an initial snapshot is under way on the database."""
+class SnapshotInProgress(CutlineError):
+    """A marker was asked for while an initial snapshot is under way on the database (not
+    a configuration error: the same command succeeds once the snapshot is done)."""
 
 
 class SnapshotCut(CutlineError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import random
 import sqlite3
+import subprocess
+import sys
 
 import fastavro
 import pytest
@@ -252,3 +254,21 @@ def test_whole_column_encodings_equal_the_per_value_one() -> None:
         assert column_bytes(column) == [_value(v) for v in column]
     with pytest.raises(ValueError, match="does not fit an Avro long"):
         column_bytes((1, 2**64))
+
+
+def test_mark_during_a_snapshot_waits_then_says_why_in_one_line(tmp_path) -> None:
+    conn = _connect(tmp_path)
+    conn.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO big VALUES (?, ?)", [(i, "v") for i in range(11)])
+    conn.execute("BEGIN IMMEDIATE")
+    install_source(conn, "s", ["big"], StartPlan(Start.FRESH, 0), 0, chunk_rows=10)
+    conn.execute("COMMIT")
+    conn.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "cutline.cli", "mark", "--db", str(tmp_path / "p.sqlite"),
+         "--lock-timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "initial snapshot is under way (big for source 's'" in lines[0]
