@@ -28,9 +28,11 @@ strict INSERT/UPDATE/DELETE semantics unchanged on the replica. "<= F" must be S
 order of the key: :class:`KeyOrder` reads the key's collations from the primary-key index
 and compares keys as SQLite does (storage class NULL < numbers < TEXT < BLOB; numbers by
 value; TEXT by its bytes under BINARY, NOCASE (ASCII folding) or RTRIM; BLOB by bytes). A
-table whose key order cannot be reproduced that way (another collation, or a key column
-that may hold NULL), or one that fits in one chunk, keeps the old copy inside the install's
-transaction (a re-install after a schema change too: ``schema_changes.copy_rows``).
+table whose key order cannot be reproduced that way (another collation), one with a row
+whose key holds a NULL (a rowid table allows it; chunks never read such rows, and changes
+of such rows are always published), or one that fits in one chunk, keeps the old copy
+inside the install's transaction (a re-install after a schema change too:
+``schema_changes.copy_rows``).
 
 F lives in the capture position (``CapturePosition.snapshots``), written in the same Kafka
 transaction as the chunk, so a crash anywhere resumes exactly after the last chunk Kafka
@@ -108,12 +110,16 @@ class KeyOrder:
     """SQLite's order of a table's primary key, in SQL (for chunks) and in Python (for changes).
 
     ``rowid_alias``: the key is an INTEGER PRIMARY KEY (the rowid), so every key is an int.
+    ``nullable``: a key column of a rowid table may hold NULL (SQLite allows it). Chunks
+    never read a row with a NULL in its key, and every change of such a row is published:
+    so a snapshot starts only if no row has one (later ones reach the replica as changes).
     """
 
     table: str
     columns: tuple[str, ...]
     collations: tuple[str, ...]
     rowid_alias: bool
+    nullable: bool = False
 
     @classmethod
     def of(cls, conn: sqlite3.Connection, definition: TableDefinition) -> KeyOrder | None:
@@ -131,9 +137,12 @@ class KeyOrder:
         if any(c not in _COLLATIONS for c in collations):
             return None
         not_null = {c.name for c in definition.columns if c.not_null}
-        if _has_rowid(conn, table) and not set(keys) <= not_null:
-            return None  # a rowid table's key columns may hold NULL: row values cannot page
-        return cls(table, keys, collations, rowid_alias=False)
+        nullable = _has_rowid(conn, table) and not set(keys) <= not_null
+        return cls(table, keys, collations, rowid_alias=False, nullable=nullable)
+
+    def null_key_sql(self) -> str:
+        """SQL: a row's key holds a NULL."""
+        return " OR ".join(f"{quote_identifier(c)} IS NULL" for c in self.columns)
 
     def sort_key_of_literals(self, literals: Iterable[str]) -> SortKey:
         """A change image's key literals (``quote()`` form) as a comparable tuple."""
@@ -163,6 +172,8 @@ class KeyOrder:
             for c, coll in zip(self.columns, self.collations, strict=True)
         ]
         where, params = "", []
+        if self.nullable and not after:  # (a row value with a NULL never compares greater)
+            where = f"WHERE NOT ({self.null_key_sql()})"
         if after:
             marks = []
             for f in after:
@@ -252,6 +263,10 @@ def start_snapshot(
     table = quote_identifier(definition.table)
     big = conn.execute(f"SELECT 1 FROM {table} LIMIT 1 OFFSET ?", (chunk_rows,)).fetchone()
     order = KeyOrder.of(conn, definition) if big else None
+    if order is not None and order.nullable:
+        null_key = conn.execute(f"SELECT 1 FROM {table} WHERE {order.null_key_sql()} LIMIT 1")
+        if null_key.fetchone():
+            order = None  # rows no chunk would read: copied whole instead
     if order is None:
         snapshot_table(conn, definition, source)
         return False
@@ -383,8 +398,8 @@ class InitialSnapshots:
     def publishes(self, conn: sqlite3.Connection, table: str, key_literals: list[str]) -> bool:
         """True if a change of this key is published (its row was covered by a chunk)."""
         t = self._tables.get(table)
-        if t is None or t.progress.done:
-            return True
+        if t is None or t.progress.done or "NULL" in key_literals:
+            return True  # (a NULL in the key: no chunk reads the row, see KeyOrder.nullable)
         if not t.progress.after_key:
             return False
         order = self._order(conn, t, table)

@@ -103,11 +103,13 @@ def test_chunks_page_through_a_table_exactly(tmp_path) -> None:
         "PRIMARY KEY (name COLLATE NOCASE, n))"
     )
     conn.execute("CREATE TABLE r (id INTEGER PRIMARY KEY, v)")
+    conn.execute("CREATE TABLE n (name TEXT PRIMARY KEY, v)")  # its key may hold NULL
+    conn.executemany("INSERT INTO n VALUES (?, ?)", [(f"k{i}", i) for i in range(200)])
     rows = [(f"{'aB'[i % 2]}{i % 7}", i, i) for i in range(300)]
     conn.executemany("INSERT INTO c VALUES (?, ?, ?)", rows)
     conn.executemany("INSERT INTO r VALUES (?, ?)", [(i * 3, i) for i in range(300)])
     snapshots = InitialSnapshots("s")
-    for table, total in (("c", 300), ("r", 300)):
+    for table, total in (("c", 300), ("r", 300), ("n", 200)):
         definition = describe_table(conn, "s", table)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS _cutline_snapshots (source TEXT NOT NULL, tbl TEXT "
@@ -125,7 +127,7 @@ def test_chunks_page_through_a_table_exactly(tmp_path) -> None:
         assert len(seen) == total == len(set(seen))
         expected = conn.execute(
             f"SELECT * FROM {table} ORDER BY "
-            + ("name COLLATE NOCASE, n" if table == "c" else "id")
+            + {"c": "name COLLATE NOCASE, n", "r": "id", "n": "name"}[table]
         ).fetchall()
         assert seen == expected
         conn.execute("DELETE FROM _cutline_snapshots")
@@ -216,6 +218,17 @@ def test_install_records_big_tables_and_copies_small_ones(tmp_path) -> None:
     conn.execute("ROLLBACK")
     # the same table, too small for chunks, is not recorded at all
     assert not start_snapshot(conn, "t", describe_table(conn, "t", "small"), 0)
+    # a key that may hold NULL: chunked unless a row holds one (no chunk would read it)
+    conn.execute("CREATE TABLE named (name TEXT PRIMARY KEY, v)")
+    conn.executemany("INSERT INTO named VALUES (?, 1)", [(f"k{i}",) for i in range(20)])
+    named = describe_table(conn, "t", "named")
+    assert start_snapshot(conn, "t", named, 0, chunk_rows=10)
+    conn.execute("INSERT INTO named VALUES (NULL, 1)")
+    assert not start_snapshot(conn, "u", named, 0, chunk_rows=10)
+    snapshots = InitialSnapshots("t")
+    snapshots.load(conn, [])
+    assert snapshots.publishes(conn, "named", ["NULL"])  # such a row reaches it as changes
+    assert not snapshots.publishes(conn, "named", ["'k1'"])
 
 
 def test_a_moved_key_is_judged_half_by_half(tmp_path) -> None:
