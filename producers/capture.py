@@ -20,7 +20,9 @@ Failpoints (``cutline.failpoints``) inside the transaction: ``capture.before_mar
 (committed, not yet forgotten on the primary).
 
 The primary is only read (WAL readers do not block writers), plus one short DELETE of
-change-log rows already durable in Kafka.
+change-log rows already durable in Kafka. A big table's initial snapshot is read by capture
+itself, in chunks, each published in the same transaction as the change batch read with
+it and with its progress in the position record (``producers/initial_snapshot.py``).
 """
 
 from __future__ import annotations
