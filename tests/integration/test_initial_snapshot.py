@@ -220,3 +220,29 @@ def _assert_no_dead_letters(pipeline: Pipeline) -> None:
     )
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["count"] == 0, listed.stdout
+
+
+def test_a_schema_change_mid_snapshot_ends_it_with_the_reinstall_copy(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADD COLUMN while accounts is half snapshotted: capture re-installs the table (its
+    whole content copied after the 'S' row, for every source), which finishes the chunks;
+    the next backup is the primary at its cut, in the new layout."""
+    _big_primary(pipeline)
+    monkeypatch.setenv("CUTLINE_FAILPOINTS", "capture.batch_produced=sleep:0.25")
+    pipeline.start_capture(3, "--snapshot-chunk-rows", CHUNK)
+    monkeypatch.delenv("CUTLINE_FAILPOINTS")
+    pipeline.start_replicator("replicate")
+    conn = pipeline.connect()
+    conn.execute("BEGIN IMMEDIATE")  # while the chunks are under way (see the first test)
+    assert "accounts" in [t for _, t, _ in snapshots_under_way(conn)]
+    conn.execute("ALTER TABLE accounts ADD COLUMN extra TEXT DEFAULT 'x'")
+    conn.execute("UPDATE accounts SET extra = 'changed' WHERE id % 1000 = 7")
+    conn.execute("COMMIT")
+    wait_until(lambda: not _under_way(pipeline), 120, "the snapshots to finish")
+    final = pipeline.cut(conn)
+    conn.close()
+    _assert_backup_is_the_cut(pipeline, final.marker_id)
+    backup = pipeline.published()[final.marker_id]
+    assert [c["name"] for c in backup.tables["accounts"]["columns"]][-1] == "extra"
+    _assert_no_dead_letters(pipeline)
