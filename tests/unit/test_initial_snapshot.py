@@ -17,13 +17,11 @@ from producers.chunk_records import chunk_records
 from producers.initial_snapshot import (
     CHUNK_ROWS,
     InitialSnapshots,
-    KeyOrder,
     SnapshotInProgress,
-    frontier_literal,
-    frontier_value,
     snapshots_under_way,
     start_snapshot,
 )
+from producers.key_order import KeyOrder, frontier_literal, frontier_value
 from producers.markers import request_marker, request_marker_in_transaction
 from producers.operations import TableLayout, to_operations
 from producers.sources import Start, StartPlan, install_source
