@@ -2,7 +2,7 @@
 
 Per size N, on a fresh source: a primary with one five-column table of N rows is written
 first (no capture yet). Then, as an operator would start it, ``cutline capture`` (which
-installs capture: today that logs every existing row) and ``cutline replicate
+installs capture: a big table is then snapshotted in chunks by capture) and ``cutline replicate
 --full-every 2`` run as processes of their own, and a marker is requested; the
 **initial load** is the time from starting them until a published backup holds all N
 rows. Then a light writer (about 200 single-row updates per second) runs while
@@ -261,7 +261,8 @@ class SizeRun:
 
     def cut(self, conn: sqlite3.Connection, deadline_s: float) -> Backup:
         """Request a marker; wait for its backup and for every partition to resume."""
-        marker_id = request_marker(conn, note="bench scale").marker_id
+        # the first marker waits for the initial snapshot (initial_snapshot.py) to finish
+        marker_id = request_marker(conn, note="bench scale", lock_timeout_s=deadline_s).marker_id
 
         def done() -> bool:
             self.healthy()

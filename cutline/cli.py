@@ -118,6 +118,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         digest_every=args.digest_every,
         new_incarnation=args.new_incarnation,
         lock_timeout_s=args.lock_timeout,
+        snapshot_chunk_rows=args.snapshot_chunk_rows,
     )
     holder: list[Capture] = []
     metrics, server = serve_metrics(

@@ -208,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the source's next incarnation (its content replaces the replica's; marker ids go on "
         "after the last one published)",
     )
+    capture.add_argument(
+        "--snapshot-chunk-rows",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="rows per chunk of a table's initial snapshot, read while applications write "
+        "(default 20000); a table of at most N rows is copied in the install's transaction",
+    )
     _add_lock_timeout(capture)
     _add_kafka(capture)
     _add_source(capture)

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from producers.initial_snapshot import SnapshotInProgress
 from producers.markers import request_marker
 from producers.sqlite_changelog import connect
 from producers.write_lock import DEFAULT_LOCK_TIMEOUT_S, PrimaryLocked
@@ -68,6 +69,8 @@ class BackgroundMarks:
                 conn.close()
         except PrimaryLocked as exc:  # an application's long write: not capture's failure
             self.on_locked(f"the next --mark-every marker: {exc}")
+        except SnapshotInProgress as exc:  # the initial snapshot is not finished yet: later
+            log.info("the next --mark-every marker waits: %s", exc)
         except BaseException as exc:  # reported on capture's thread
             self._failure = exc
 

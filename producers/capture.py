@@ -20,7 +20,9 @@ Failpoints (``cutline.failpoints``) inside the transaction: ``capture.before_mar
 (committed, not yet forgotten on the primary).
 
 The primary is only read (WAL readers do not block writers), plus one short DELETE of
-change-log rows already durable in Kafka.
+change-log rows already durable in Kafka. A big table's initial snapshot is read by capture
+itself, in chunks, each published in the same transaction as the change batch read with
+it and with its progress in the position record (``producers/initial_snapshot.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ from cutline.settings import Topics
 from cutline.stopping import interruptible
 from producers.background_marks import BackgroundMarks
 from producers.backlog import capture_backlog
+from producers.chunk_records import chunk_records, partitions_of
 from producers.digest_records import digest_record
+from producers.initial_snapshot import CHUNK_ROWS, Chunk, InitialSnapshots, changes_after
 from producers.operations import TableLayout, partition_for, to_operations
 from producers.schema_changes import (
     ensure_schema,
@@ -77,6 +81,7 @@ from producers.sqlite_changelog import (
     ChangeRow,
     connect,
     describe_table,
+    now_us,
 )
 from producers.triggers import forget_pending
 from producers.write_lock import (
@@ -112,6 +117,7 @@ class CaptureConfig:
     digest_every: int = 1  # markers of --mark-every: the primary's digest on every N-th
     new_incarnation: bool = False  # this database is the source's primary restored from a backup
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S  # install's wait for the primary's write lock
+    snapshot_chunk_rows: int = CHUNK_ROWS  # rows per chunk of an initial snapshot
 
 
 class RecordTooLarge(CutlineError):
@@ -170,6 +176,9 @@ class Capture:
         self._lock_noted = 0.0
         self._table_starts: dict[str, int] = {}
         self._tables: tuple[str, ...] = ()  # this source's tables (others may capture more)
+        # chunked initial snapshots under way (producers/initial_snapshot.py)
+        self._snapshots = InitialSnapshots(config.source, config.snapshot_chunk_rows)
+        self._chunk: Chunk | None = None  # the next chunk, read with the batch
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -270,7 +279,9 @@ class Capture:
                 db_path=cfg.db_path,
             )
             last_marker = position.marker_id if position else 0
-            record, _ = install_source(conn, cfg.source, cfg.tables, plan, last_marker)
+            record, _ = install_source(
+                conn, cfg.source, cfg.tables, plan, last_marker, cfg.snapshot_chunk_rows
+            )
             database = database_id(conn) or ""
             conn.execute("COMMIT")
         except BaseException:
@@ -283,6 +294,17 @@ class Capture:
             )
         self._database_id = database
         self.use_source(record)
+        self._load_snapshots(position)
+
+    def _load_snapshots(self, position: CapturePosition | None) -> None:
+        """The chunked snapshots under way, from the primary, with the progress the last
+        committed position gives (only if it is this database's, this incarnation's)."""
+        mine = (
+            position is not None
+            and position.database_id == self._database_id
+            and position.incarnation == self._incarnation
+        )
+        self._snapshots.load(self._conn, position.snapshots if mine and position else ())
 
     def use_source(self, record: SourceRecord) -> None:
         """Capture what the source's record says: its tables, from its cursor."""
@@ -376,50 +398,58 @@ class Capture:
                 self._retry_later(failed)
                 return 0
         rows = self._read_batch()
-        if not rows:
-            if self._saved_cursor < self._seq:
-                self._save_cursor()
+        chunk, self._chunk = self._chunk, None
+        if not rows and chunk is None:
+            if self._saved_cursor < self._seq or self._snapshots.active():
+                self._save_cursor()  # (a finished snapshot not forgotten on the primary yet)
             return 0
         saved = (self._marker_id, list(self._counts))
+        saved_snapshots = self._snapshots.save()
         saved_layouts = dict(self._layouts)
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
             for row in rows:
                 if row.kind == KIND_MARKER:
+                    self._snapshots.check_marker(row)
                     self._produce_marker(row.marker_id or 0, row.at_us, row.seq)
                     produced["markers"] += 1
                 elif row.kind == KIND_SCHEMA:
+                    self._snapshots.schema_changed(row)
                     self._produce_schema_change(row)
                 elif row.kind == KIND_DIGEST:
                     self._produce(self.topics.control, *digest_record(self.config.source, row))
                 else:
                     produced["ops"] += self._produce_change(row)
+            if chunk is not None:
+                produced["ops"] += self._produce_chunk(chunk)
             failpoints.hit("capture.batch_produced")
 
         try:
-            self._transaction(body, position=True, last_seq=rows[-1].seq)
+            self._transaction(body, position=True, last_seq=rows[-1].seq if rows else self._seq)
         except BaseException as exc:
             self._layouts = saved_layouts  # definitions sent in the aborted batch are void
             if isinstance(exc, TransactionFailed):
                 if not exc.position_reloaded:
                     self._marker_id, self._counts = saved
+                    self._snapshots.restore(saved_snapshots)
                 else:
                     self._layouts = self._layouts_at_position()
                 self._retry_later(exc)
                 return 0
             self._marker_id, self._counts = saved
+            self._snapshots.restore(saved_snapshots)
             raise
         self._failing_since = None
         failpoints.hit("capture.after_commit")
-        self._seq = rows[-1].seq
+        self._seq = rows[-1].seq if rows else self._seq
         self._save_cursor()
         self.stats.changes += len(rows)
         self.stats.operations += produced["ops"]
         self.stats.markers += produced["markers"]
         self.stats.last_seq = self._seq
         self.metrics.captured(produced["ops"], produced["markers"], self._seq)
-        return len(rows)
+        return len(rows) + (len(chunk.rows) if chunk is not None else 0)
 
     def ready(self) -> tuple[bool, str]:
         """Readiness: opened, Kafka answers, and takes its transactions (none failing now).
@@ -453,10 +483,12 @@ class Capture:
         try:
             save_cursor(self._conn, self.config.source, self._seq)
             forget_pending(self._conn)  # no application statement is mid-way: we hold the lock
+            finished = self._snapshots.record(self._conn)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        self._snapshots.recorded(finished)
         self._saved_cursor = self._seq
         self._lock_waiting_since = None
 
@@ -484,9 +516,11 @@ class Capture:
             conn.execute("BEGIN")
             try:
                 if not schema_moved(conn):
-                    return read_registered_changes(
+                    rows = read_registered_changes(
                         conn, self.config.source, self._seq, self.config.batch_size
                     )
+                    self._chunk = self._read_chunk(rows)  # same read transaction: same instant
+                    return rows
             finally:
                 conn.execute("COMMIT")
             if not try_begin_write(conn):
@@ -500,6 +534,46 @@ class Capture:
                 raise
             if reinstalled:
                 self.progress(f"schema change followed: re-installed {', '.join(reinstalled)}")
+
+    def _read_chunk(self, rows: list[ChangeRow]) -> Chunk | None:
+        """Inside the batch's read transaction: the next chunk of an initial snapshot under
+        way, if the batch reaches the end of the log (``initial_snapshot.py``)."""
+        if not self._snapshots.active():
+            return None
+        last = rows[-1].seq if rows else self._seq
+        if len(rows) >= self.config.batch_size or changes_after(
+            self._conn, last, self.config.source
+        ):
+            return None  # catch up first: the chunk must follow every change before it
+        reinstalled = {r.table or "" for r in rows if r.kind == KIND_SCHEMA}
+        definitions = {t: layout.definition for t, layout in self._layouts.items()}
+        return self._snapshots.read_chunk(self._conn, definitions, last, reinstalled)
+
+    def _produce_chunk(self, chunk: Chunk) -> int:
+        """A chunk's rows as INSERTs (in the open transaction); then its table's F moves."""
+        if chunk.raw_text:
+            log.warning(
+                "a chunk of table %r holds TEXT that is not valid UTF-8: captured byte for "
+                "byte as BLOBs (Avro and DuckDB strings must be UTF-8)",
+                chunk.table,
+            )
+        produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
+        keys, values = chunk_records(chunk, self.config.source, OPERATION_HEADER, now_us())
+        largest = max(map(len, values), default=0) + max(map(len, keys), default=0)
+        if largest > self._max_record:
+            raise RecordTooLarge(
+                f"a row of table {chunk.table!r} makes a record of up to {largest:,} bytes, "
+                f"over the {self._max_record:,} bytes topic {topic} takes; capture stopped "
+                "without skipping it. Shrink that row, or raise the topic's max.message.bytes"
+            )
+        for key, value, p in zip(keys, values, partitions_of(keys, self.partitions), strict=True):
+            try:
+                produce(topic, value, key, p)
+            except BufferError:
+                self._produce(topic, value, key, p)  # waits for room in the queue
+            counts[p] += 1
+        self._snapshots.chunk_published(chunk)
+        return len(chunk.rows)
 
     def _layouts_at_position(self) -> dict[str, TableLayout]:
         """This source's tables' layouts as of the position: change rows after it are in
@@ -558,6 +632,8 @@ class Capture:
         if row.seq <= self._table_starts.get(row.table, 0):
             return 0  # before this source's own snapshot of a table it added later
         pairs = to_operations(row, layout, self.config.source)
+        if self._snapshots.under_way(row.table):  # a key no chunk covered yet: not published
+            pairs = self._snapshots.keep(self._conn, row, layout, pairs)
         # the per-operation path, with every lookup hoisted: it runs once per captured row
         produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
         partitions, limit = self.partitions, self._max_record
@@ -628,6 +704,7 @@ class Capture:
                     counts=tuple(self._counts),
                     database_id=self._database_id,
                     incarnation=self._incarnation,
+                    snapshots=self._snapshots.progress(),
                 )
                 self._produce(self.topics.capture_position, encode(record), POSITION_KEY, 0)
             failpoints.hit("capture.before_commit")
@@ -700,7 +777,7 @@ class Capture:
         """A new producer, which fences the old one and ends its transaction, and the
         position read back from Kafka. The producer is kept only once both succeeded."""
         producer = self._new_producer()
-        self._recover_position()
+        self._load_snapshots(self._recover_position())
         self._producer = producer
 
     def close(self, timeout_s: float = 10.0) -> None:

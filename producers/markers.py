@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cutline.errors import ConfigError
+from producers.initial_snapshot import refuse_marker_while_snapshotting, wait_for_snapshots
 from producers.marker_digest import MarkerProof
 from producers.schema_changes import ensure_schema
 from producers.sqlite_changelog import CHANGES, KIND_MARKER, MARKERS, installed_tables, now_us
@@ -54,6 +55,7 @@ def request_marker_in_transaction(
     write nothing after the marker in it.
     """
     ensure_schema(conn)  # a marker never falls between a DDL and its fix-up
+    refuse_marker_while_snapshotting(conn)  # it would cut a partly replicated table
     t1 = now_us()
     cursor = conn.execute(f"INSERT INTO {MARKERS}(t1_us, note) VALUES (?, ?)", (t1, note))
     marker_id = int(cursor.lastrowid or 0)
@@ -75,7 +77,9 @@ def request_marker(
     """Commit one marker request on the primary and return its id and T1.
 
     Waits up to ``lock_timeout_s`` for an application's write transaction to end (a
-    marker must sit at a commit boundary, so it needs the write lock), logging meanwhile.
+    marker must sit at a commit boundary, so it needs the write lock), logging meanwhile,
+    and, before that, as long again for any initial snapshot under way to finish
+    (``initial_snapshot.py``: a marker must not cut a partly replicated table).
     The primary's table digests at the marker follow it in a second short transaction,
     read from a snapshot pinned under the marker's write lock (see ``marker_digest``).
     """
@@ -84,6 +88,7 @@ def request_marker(
             "capture is not installed on this database: run `cutline capture --db PATH "
             "--tables ...` first, then cut markers"
         )
+    wait_for_snapshots(conn, lock_timeout_s)  # an initial snapshot under way finishes first
     proof = MarkerProof(conn, digest_every, lock_timeout_s=lock_timeout_s)
     begin_write(conn, "cutting a marker", lock_timeout_s)  # then pin, ensure_schema, marker
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cutline.errors import ConfigError, CutlineError
+from producers.initial_snapshot import CHUNK_ROWS, forget_snapshots, start_snapshot
 from producers.sqlite_changelog import (
     CHANGES,
     KIND_SCHEMA,
@@ -36,7 +37,6 @@ from producers.sqlite_changelog import (
     installed_tables,
     now_us,
     read_changes,
-    snapshot_table,
 )
 from schemas.records import CapturePosition, TableDefinition
 
@@ -250,7 +250,12 @@ def plan_start(
 
 
 def install_source(
-    conn: sqlite3.Connection, source: str, tables: list[str], plan: StartPlan, last_marker: int
+    conn: sqlite3.Connection,
+    source: str,
+    tables: list[str],
+    plan: StartPlan,
+    last_marker: int,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[SourceRecord, list[TableDefinition]]:
     """Carry out ``plan`` inside the caller's write transaction; return the source's record.
 
@@ -274,6 +279,7 @@ def install_source(
         conn.execute(f"INSERT INTO {DATABASE} VALUES (?, ?)", (str(uuid.uuid4()), now_us()))
     registered = source_record(conn, source)
     if plan.start in (Start.FRESH, Start.NEW_INCARNATION):
+        forget_snapshots(conn, source)
         conn.execute(f"DELETE FROM {CHANGES} WHERE only_source = ?", (source,))
         conn.execute(f"DELETE FROM {SOURCES} WHERE source = ?", (source,))
         registered = None
@@ -291,7 +297,9 @@ def install_source(
     captured = set(installed_tables(conn))
     let_go = [t for t in owned if t not in captured and t not in tables]  # cutline migrate
     wanted = [t for t in wanted if t not in let_go]
-    definitions, snapshotted = install_in_transaction(conn, source, wanted, only_source=source)
+    definitions, snapshotted = install_in_transaction(
+        conn, source, wanted, only_source=source, chunk_rows=chunk_rows
+    )
     # a table let go stays the source's until it has published the 'S' row that drops it
     wanted += [t for t in let_go if t in released_after(conn, cursor)]
     starts = dict(registered.table_starts) if registered is not None else {}
@@ -302,7 +310,7 @@ def install_source(
             # before its own snapshot of the table (they are in it)
             if registered is not None:
                 starts[definition.table] = issued_seq(conn)
-            snapshot_table(conn, definition, source)
+            start_snapshot(conn, source, definition, issued_seq(conn), chunk_rows)
     starts = {t: n for t, n in starts.items() if n > cursor}
     baseline = cursor if registered is None else registered.baseline_seq
     record = SourceRecord(
@@ -406,6 +414,7 @@ def drop_source(conn: sqlite3.Connection, source: str) -> bool:
         return False
     conn.execute(f"DELETE FROM {SOURCES} WHERE source = ?", (source,))
     conn.execute(f"DELETE FROM {CHANGES} WHERE only_source = ?", (source,))
+    forget_snapshots(conn, source)
     if not all_sources(conn):
         conn.execute(f"DELETE FROM {CHANGES}")
     else:

@@ -278,7 +278,11 @@ def ensure_changelog_tables(conn: sqlite3.Connection) -> None:
 
 
 def install_in_transaction(
-    conn: sqlite3.Connection, source: str, tables: list[str], only_source: str | None = None
+    conn: sqlite3.Connection,
+    source: str,
+    tables: list[str],
+    only_source: str | None = None,
+    chunk_rows: int = 20_000,
 ) -> tuple[list[TableDefinition], set[str]]:
     """Install inside the caller's write transaction; also return the tables snapshotted.
 
@@ -286,7 +290,8 @@ def install_in_transaction(
     new triggers, content copied for every source), so snapshots taken here are in the
     current layout and come after them. Snapshot rows are tagged ``only_source`` when
     given (that source's own initial snapshot, which other sources capturing the database
-    skip).
+    skip); a table bigger than one chunk is then not copied at all: capture snapshots it
+    in chunks (``producers/initial_snapshot.py``).
     """
     from producers.schema_changes import ensure_schema  # it builds on this module
 
@@ -303,7 +308,12 @@ def install_in_transaction(
         if known is not None:
             continue  # changed layouts, missing or outdated triggers: ensure_schema's job
         create_triggers(conn, definition)
-        snapshot_table(conn, definition, only_source)
+        if only_source is None:
+            snapshot_table(conn, definition, None)
+        else:  # the source's own initial snapshot: in chunks by capture if the table is big
+            from producers.initial_snapshot import issued_seq, start_snapshot
+
+            start_snapshot(conn, only_source, definition, issued_seq(conn), chunk_rows)
         snapshotted.add(table)
         conn.execute(
             f"INSERT INTO {TABLES}(tbl, columns, key_columns, installed_at_us) VALUES (?, ?, ?, ?)",

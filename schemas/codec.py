@@ -32,6 +32,7 @@ from schemas.records import (
     Operation,
     OpType,
     Record,
+    SnapshotProgress,
     TableDefinition,
 )
 
@@ -196,6 +197,16 @@ def _position_datum(r: CapturePosition) -> dict[str, Any]:
         "counts": list(r.counts),
         "database_id": r.database_id,
         "incarnation": r.incarnation,
+        "snapshots": [
+            {
+                "table": s.table,
+                "id": s.id,
+                "after_key": list(s.after_key),
+                "rows": s.rows,
+                "done": s.done,
+            }
+            for s in r.snapshots
+        ],
     }
 
 
@@ -208,6 +219,10 @@ def _position(d: dict[str, Any]) -> CapturePosition:
         counts=tuple(d["counts"]),
         database_id=d["database_id"],
         incarnation=d["incarnation"],
+        snapshots=tuple(
+            SnapshotProgress(s["table"], s["id"], tuple(s["after_key"]), s["rows"], s["done"])
+            for s in d["snapshots"]
+        ),
     )
 
 
@@ -246,7 +261,7 @@ SCHEMA_FILES: dict[type, str] = {
 # fields have defaults): records written before the change stay readable.
 OLDER_SCHEMA_FILES: dict[type, tuple[str, ...]] = {
     TableDefinition: ("table_definition.v1.avsc",),
-    CapturePosition: ("capture_position.v1.avsc",),
+    CapturePosition: ("capture_position.v1.avsc", "capture_position.v2.avsc"),  # v2: no snapshots
     ControlEvent: ("control_event.v1.avsc",),  # before PINNED
 }
 

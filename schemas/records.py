@@ -89,6 +89,17 @@ class ControlEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotProgress:
+    """How far one chunked initial snapshot got (``producers/initial_snapshot.py``)."""
+
+    table: str
+    id: str
+    after_key: tuple[str, ...] = ()  # the last published row's key literals; (): none yet
+    rows: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CapturePosition:
     source: str
     seq: int
@@ -97,6 +108,7 @@ class CapturePosition:
     counts: tuple[int, ...]
     database_id: str = ""  # the captured database's identity ("" before it was recorded)
     incarnation: int = 0
+    snapshots: tuple[SnapshotProgress, ...] = ()  # initial snapshots in chunks under way
 
 
 @dataclass(frozen=True, slots=True)

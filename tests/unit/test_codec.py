@@ -34,6 +34,7 @@ from schemas.records import (
     MarkerDigest,
     Operation,
     OpType,
+    SnapshotProgress,
     TableDefinition,
 )
 
@@ -118,6 +119,9 @@ OTHER_RECORDS = [
     ControlEvent(ControlKind.ABANDONED, "shop", 8, 3, "m", 7),
     ControlEvent(ControlKind.FAILED, "shop", 9, 3, "m", 8, tables=()),
     CapturePosition("shop", 10, 0, 4, (1, 2, 3, 4)),
+    CapturePosition(
+        "shop", 11, 0, 2, (1, 2), "db", 1, (SnapshotProgress("t", "x", ("i:9", "t:61"), 9),)
+    ),
     MarkerDigest("shop", 7, False, (DigestEntry("a", 2**40, "ffffffffffffffff"),), 5, None),
     MarkerDigest("shop", 8, True, (), 6, "--digest-every 2: this marker has no digest"),
 ]
@@ -255,6 +259,16 @@ def test_apache_avro_reads_the_datum(record):
             "counts": list(record.counts),
             "database_id": record.database_id,
             "incarnation": record.incarnation,
+            "snapshots": [
+                {
+                    "table": s.table,
+                    "id": s.id,
+                    "after_key": list(s.after_key),
+                    "rows": s.rows,
+                    "done": s.done,
+                }
+                for s in record.snapshots
+            ],
         }
 
 
