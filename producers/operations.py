@@ -11,6 +11,13 @@ import logging
 import zlib
 from dataclasses import dataclass
 
+from producers.row_images import (
+    element_literal,
+    element_value,
+    is_json_image,
+    json_elements,
+    needs_untagging,
+)
 from producers.sqlite_changelog import (
     KIND_DELETE,
     KIND_INSERT,
@@ -41,10 +48,6 @@ class TableLayout:
         return cls(definition, columns, tuple(columns.index(k) for k in definition.key_columns))
 
 
-def _parse_raw_text(text: str) -> Value:
-    return raw_text_value(parse_literal(text))
-
-
 def message_key(table: str, key_literals: list[str]) -> bytes:
     return KEY_SEPARATOR.join([table, *key_literals]).encode("utf-8", "surrogateescape")
 
@@ -54,57 +57,63 @@ def partition_for(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
+def _image(text: str, layout: TableLayout, change: ChangeRow) -> tuple[list[Value], list[str]]:
+    """An image's values and its key columns' literals, in either change-log format."""
+    if is_json_image(text):
+        elements = json_elements(text)
+        values = [element_value(e) for e in elements] if needs_untagging(text) else elements
+        literals = [element_literal(elements[i]) for i in layout.key_positions]
+    else:
+        literals = split_literals(text)
+        values = [parse_literal(x) for x in literals]
+        literals = [literals[i] for i in layout.key_positions]
+    if len(values) != len(layout.columns):
+        raise ValueError(
+            f"change {change.seq} on {change.table!r} has {len(values)} values for "
+            f"{len(layout.columns)} columns"
+        )
+    if change.raw_text:
+        values = [raw_text_value(v) for v in values]
+    return values, literals
+
+
 def to_operations(
     change: ChangeRow, layout: TableLayout, source: str
 ) -> list[tuple[bytes, Operation]]:
     """One change-log row as (Kafka key, operation) pairs: one, or two for a key change."""
     columns = layout.columns
-    before_lits = split_literals(change.before) if change.before is not None else None
-    after_lits = split_literals(change.after) if change.after is not None else None
-    for lits in (before_lits, after_lits):
-        if lits is not None and len(lits) != len(columns):
-            raise ValueError(
-                f"change {change.seq} on {change.table!r} has {len(lits)} values for "
-                f"{len(columns)} columns"
-            )
-    parse = parse_literal
+    before = after = None
+    before_key: list[str] = []
+    after_key: list[str] = []
     if change.raw_text:
-        parse = _parse_raw_text
         log.warning(
             "change %s on table %r holds TEXT that is not valid UTF-8: it is captured byte "
             "for byte as a BLOB (Avro and DuckDB strings must be UTF-8)",
             change.seq,
             change.table,
         )
-    before = dict(zip(columns, map(parse, before_lits), strict=True)) if before_lits else None
-    after = dict(zip(columns, map(parse, after_lits), strict=True)) if after_lits else None
+    if change.before is not None:
+        values, before_key = _image(change.before, layout, change)
+        before = dict(zip(columns, values, strict=True))
+    if change.after is not None:
+        values, after_key = _image(change.after, layout, change)
+        after = dict(zip(columns, values, strict=True))
     table = layout.definition.table
     keys = layout.definition.key_columns
+    seq, at_us = change.seq, change.at_us
 
-    def op(kind: OpType, lits: list[str], b, a) -> tuple[bytes, Operation]:
-        key_lits = [lits[i] for i in layout.key_positions]
+    def op(kind: OpType, key_lits: list[str], b, a) -> tuple[bytes, Operation]:
         image = a if a is not None else b
-        record = Operation(
-            source=source,
-            seq=change.seq,
-            table=table,
-            op=kind,
-            key={k: image[k] for k in keys},
-            before=b,
-            after=a,
-            commit_time_us=change.at_us,
-        )
-        return message_key(table, key_lits), record
+        key = {k: image[k] for k in keys}
+        return message_key(table, key_lits), Operation(source, seq, table, kind, key, b, a, at_us)
 
     if change.kind == KIND_INSERT:
-        return [op(OpType.INSERT, after_lits, None, after)]
+        return [op(OpType.INSERT, after_key, None, after)]
     if change.kind == KIND_DELETE:
-        return [op(OpType.DELETE, before_lits, before, None)]
-    old_key = [before_lits[i] for i in layout.key_positions]
-    new_key = [after_lits[i] for i in layout.key_positions]
-    if old_key == new_key:
-        return [op(OpType.UPDATE, after_lits, before, after)]
+        return [op(OpType.DELETE, before_key, before, None)]
+    if before_key == after_key:
+        return [op(OpType.UPDATE, after_key, before, after)]
     return [
-        op(OpType.DELETE, before_lits, before, None),
-        op(OpType.INSERT, after_lits, None, after),
+        op(OpType.DELETE, before_key, before, None),
+        op(OpType.INSERT, after_key, None, after),
     ]
