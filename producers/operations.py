@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from producers.row_images import (
     element_literal,
-    element_value,
     is_json_image,
     json_elements,
     needs_untagging,
+    untagged,
 )
 from producers.sqlite_changelog import (
     KIND_DELETE,
@@ -27,6 +27,7 @@ from producers.sqlite_changelog import (
     raw_text_value,
     split_literals,
 )
+from schemas.operation_codec import RowEncoder
 from schemas.records import Operation, OpType, TableDefinition, Value
 
 KEY_SEPARATOR = "\x1f"
@@ -61,7 +62,7 @@ def _image(text: str, layout: TableLayout, change: ChangeRow) -> tuple[list[Valu
     """An image's values and its key columns' literals, in either change-log format."""
     if is_json_image(text):
         elements = json_elements(text)
-        values = [element_value(e) for e in elements] if needs_untagging(text) else elements
+        values = untagged(elements) if needs_untagging(text) else elements
         literals = [element_literal(elements[i]) for i in layout.key_positions]
     else:
         literals = split_literals(text)
@@ -77,6 +78,15 @@ def _image(text: str, layout: TableLayout, change: ChangeRow) -> tuple[list[Valu
     return values, literals
 
 
+def _warn_raw_text(change: ChangeRow) -> None:
+    log.warning(
+        "change %s on table %r holds TEXT that is not valid UTF-8: it is captured byte "
+        "for byte as a BLOB (Avro and DuckDB strings must be UTF-8)",
+        change.seq,
+        change.table,
+    )
+
+
 def to_operations(
     change: ChangeRow, layout: TableLayout, source: str
 ) -> list[tuple[bytes, Operation]]:
@@ -86,12 +96,7 @@ def to_operations(
     before_key: list[str] = []
     after_key: list[str] = []
     if change.raw_text:
-        log.warning(
-            "change %s on table %r holds TEXT that is not valid UTF-8: it is captured byte "
-            "for byte as a BLOB (Avro and DuckDB strings must be UTF-8)",
-            change.seq,
-            change.table,
-        )
+        _warn_raw_text(change)
     if change.before is not None:
         values, before_key = _image(change.before, layout, change)
         before = dict(zip(columns, values, strict=True))
@@ -117,3 +122,44 @@ def to_operations(
         op(OpType.DELETE, before_key, before, None),
         op(OpType.INSERT, after_key, None, after),
     ]
+
+
+class RecordBuilder:
+    """One table's change-log rows straight to Kafka (key, value) pairs, for capture.
+
+    The same records as :func:`to_operations` then ``encode_operation`` (unit-tested),
+    without a dict or an ``Operation`` per change: the per-operation path of capture.
+    """
+
+    def __init__(self, layout: TableLayout, source: str, header: bytes):
+        self.layout = layout
+        self._table = layout.definition.table
+        self._encoder = RowEncoder(
+            header, source, self._table, layout.columns, layout.key_positions
+        )
+
+    def records(self, change: ChangeRow) -> list[tuple[bytes, bytes]]:
+        layout, encode, table = self.layout, self._encoder.encode, self._table
+        if change.raw_text:
+            _warn_raw_text(change)
+        before = after = None
+        before_key: list[str] = []
+        after_key: list[str] = []
+        if change.before is not None:
+            before, before_key = _image(change.before, layout, change)
+        if change.after is not None:
+            after, after_key = _image(change.after, layout, change)
+        seq, at_us, kind = change.seq, change.at_us, change.kind
+        if kind == KIND_INSERT:
+            return [(message_key(table, after_key), encode(seq, OpType.INSERT, None, after, at_us))]
+        if kind == KIND_DELETE:
+            return [
+                (message_key(table, before_key), encode(seq, OpType.DELETE, before, None, at_us))
+            ]
+        if before_key == after_key:
+            value = encode(seq, OpType.UPDATE, before, after, at_us)
+            return [(message_key(table, after_key), value)]
+        return [
+            (message_key(table, before_key), encode(seq, OpType.DELETE, before, None, at_us)),
+            (message_key(table, after_key), encode(seq, OpType.INSERT, None, after, at_us)),
+        ]
