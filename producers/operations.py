@@ -37,7 +37,7 @@ log = logging.getLogger("cutline.capture")
 
 @dataclass(frozen=True)
 class TableLayout:
-    """What capture needs per table to turn literal images into records, precomputed."""
+    """What capture needs per table to turn row images into records, precomputed."""
 
     definition: TableDefinition
     columns: tuple[str, ...]

@@ -141,7 +141,7 @@ def connect(db_path: str | Path, *, must_exist: bool = True, timeout_s: float = 
 
 @dataclass(frozen=True)
 class ChangeRow:
-    """One row of the change log, still as stored (images are literal lists)."""
+    """One row of the change log, still as stored (images as text: JSON or literal lists)."""
 
     seq: int
     kind: str
