@@ -29,12 +29,20 @@ _OP_INDEX = {OpType.INSERT: 0, OpType.UPDATE: 2, OpType.DELETE: 4}  # zig-zag of
 _NULL, _LONG, _DOUBLE_BRANCH, _STRING, _BYTES = 0, 2, 4, 6, 8
 
 
+# 14 bits of a varint that has more to follow, as its two continued bytes: a long's
+# varint then takes one table lookup per 14 bits instead of a loop step per 7 bits
+_FOURTEEN = tuple(bytes([(x & 0x7F) | 0x80, (x >> 7) | 0x80]) for x in range(1 << 14))
+
+
 def _write_long(n: int, out: bytearray) -> None:
     z = (n << 1) ^ (n >> 63)
     if 0 <= z <= 0x7F:
         out.append(z)
         return
-    while z > 0x7F:
+    while z > 0x3FFF:
+        out += _FOURTEEN[z & 0x3FFF]
+        z >>= 14
+    if z > 0x7F:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
