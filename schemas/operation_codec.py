@@ -22,7 +22,6 @@ import struct
 from schemas.records import Operation, OpType, RowImage
 
 _DOUBLE = struct.Struct("<d")
-_pack_double = _DOUBLE.pack
 _unpack_double = _DOUBLE.unpack_from
 _OP_INDEX = {OpType.INSERT: 0, OpType.UPDATE: 2, OpType.DELETE: 4}  # zig-zag of 0, 1, 2
 # value union ["null", "long", "double", "string", "bytes"]: branch index, zig-zag encoded
@@ -82,6 +81,8 @@ def _varint(n: int) -> bytes:
 _SMALL = 1 << 13  # longs in [-8192, 8192): their value-union encoding, precomputed
 _SMALL_LONGS = tuple(bytes([_LONG]) + _varint(n) for n in range(-_SMALL, _SMALL))
 _COUNTS = tuple(_varint(n) for n in range(256))  # map block counts
+_SHORT_STRINGS = tuple(bytes([_STRING, n << 1]) for n in range(64))  # branch + length < 64
+_pack_branch_double = struct.Struct("<Bd").pack  # branch index byte, then the double
 
 
 def _write_map(m: RowImage, out: bytearray) -> None:
@@ -97,11 +98,20 @@ def _write_entries(names, values, size: int, out: bytearray) -> None:
         out.append(0)  # an empty map is its end alone
         return
     out += _COUNTS[size] if size < 256 else _varint(size)
-    small, pack = _SMALL_LONGS, _pack_double
+    small, short, pack = _SMALL_LONGS, _SHORT_STRINGS, _pack_branch_double
     for encoded, v in zip(names, values, strict=True):
         out += encoded
         t = type(v)
-        if t is int:
+        if t is str:
+            b = v.encode("utf-8")
+            n = len(b)
+            if n < 64:
+                out += short[n]
+            else:
+                out.append(_STRING)
+                _write_long(n, out)
+            out += b
+        elif t is int:
             if -_SMALL <= v < _SMALL:
                 out += small[v + _SMALL]
                 continue
@@ -109,18 +119,8 @@ def _write_entries(names, values, size: int, out: bytearray) -> None:
                 raise ValueError(f"integer {v} does not fit an Avro long")
             out.append(_LONG)
             _write_long(v, out)
-        elif t is str:
-            b = v.encode("utf-8")
-            if len(b) < 64:
-                out.append(_STRING)
-                out.append(len(b) << 1)
-            else:
-                out.append(_STRING)
-                _write_long(len(b), out)
-            out += b
         elif t is float:
-            out.append(_DOUBLE_BRANCH)
-            out += pack(v)
+            out += pack(_DOUBLE_BRANCH, v)
         elif v is None:
             out.append(_NULL)
         elif t is bytes:
