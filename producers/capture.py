@@ -57,7 +57,7 @@ from producers.backlog import capture_backlog
 from producers.chunk_records import chunk_records, partitions_of
 from producers.digest_records import digest_record
 from producers.initial_snapshot import CHUNK_ROWS, Chunk, InitialSnapshots, changes_after
-from producers.operations import TableLayout, partition_for, to_operations
+from producers.operations import RecordBuilder, TableLayout, partition_for, to_operations
 from producers.schema_changes import (
     ensure_schema,
     layouts_at,
@@ -91,7 +91,6 @@ from producers.write_lock import (
     use_wal,
 )
 from schemas.codec import OPERATION_HEADER, CodecError, decode, encode
-from schemas.operation_codec import encode_operation
 from schemas.records import CapturePosition, ConsistencyMarker, TableDefinition
 
 log = logging.getLogger("cutline.capture")
@@ -162,6 +161,7 @@ class Capture:
         self._conn = None
         self._producer = None
         self._layouts: dict[str, TableLayout] = {}
+        self._builders: dict[str, RecordBuilder] = {}  # per table, for its current layout
         self.partitions = 0
         self._seq = 0
         self._marker_id = 0
@@ -631,16 +631,22 @@ class Capture:
             return 0  # a table another source on this database captures, not this one
         if row.seq <= self._table_starts.get(row.table, 0):
             return 0  # before this source's own snapshot of a table it added later
-        pairs = to_operations(row, layout, self.config.source)
+        builder = self._builders.get(row.table)
+        if builder is None or builder.layout is not layout:
+            builder = RecordBuilder(layout, self.config.source, OPERATION_HEADER)
+            self._builders[row.table] = builder
+        records = builder.records(row)
         if self._snapshots.under_way(row.table):  # a key no chunk covered yet: not published
-            pairs = self._snapshots.keep(self._conn, row, layout, pairs)
+            records = self._snapshots.keep(self._conn, row, layout, records)
         # the per-operation path, with every lookup hoisted: it runs once per captured row
         produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
         partitions, limit = self.partitions, self._max_record
-        for key, operation in pairs:
+        for key, value in records:
             p = partition_for(key, partitions)
-            value = encode_operation(operation, OPERATION_HEADER)
             if len(value) + len(key) > limit:
+                operation = next(  # the operation behind this record, for the message
+                    op for k, op in to_operations(row, layout, self.config.source) if k == key
+                )
                 raise RecordTooLarge(
                     f"change {row.seq} ({operation.op} on table {row.table!r}, key "
                     f"{_short(operation.key)}) is a {len(value) + len(key):,}-byte record, over "
@@ -654,7 +660,7 @@ class Capture:
             except BufferError:
                 self._produce(topic, value, key, p)  # waits for room in the queue
             counts[p] += 1
-        return len(pairs)
+        return len(records)
 
     def _produce_marker(self, marker_id: int, t1_us: int, seq: int) -> None:
         marker = ConsistencyMarker(

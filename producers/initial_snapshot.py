@@ -59,17 +59,16 @@ from dataclasses import dataclass, replace
 
 from cutline.errors import CutlineError
 from producers.key_order import KeyOrder, SortKey, frontier_literal
-from producers.operations import TableLayout
+from producers.operations import TableLayout, image_key_literals, message_key
 from producers.sqlite_changelog import (
     CHANGES,
     ChangeRow,
     describe_table,
     quote_identifier,
     snapshot_table,
-    split_literals,
     value_sql,
 )
-from schemas.records import OpType, SnapshotProgress, TableDefinition
+from schemas.records import SnapshotProgress, TableDefinition
 
 log = logging.getLogger("cutline.capture")
 
@@ -257,18 +256,22 @@ class InitialSnapshots:
         return order.sort_key_of_literals(key_literals) <= t.frontier
 
     def keep(
-        self, conn: sqlite3.Connection, row: ChangeRow, layout: TableLayout, pairs: list
-    ) -> list:
-        """The (key, operation) pairs of one change row that are published: those whose key
-        a chunk already covered (an UPDATE that moves the key is judged half by half)."""
-        kept = []
-        for pair in pairs:
-            image = row.before if pair[1].op is OpType.DELETE else row.after
-            literals = split_literals(image or "")
-            key = [literals[i] for i in layout.key_positions]
-            if self.publishes(conn, layout.definition.table, key):
-                kept.append(pair)
-        return kept
+        self,
+        conn: sqlite3.Connection,
+        row: ChangeRow,
+        layout: TableLayout,
+        records: list[tuple[bytes, bytes]],
+    ) -> list[tuple[bytes, bytes]]:
+        """The (key, value) records of one change row that are published: those whose key
+        a chunk already covered (an UPDATE that moves the key is judged half by half: its
+        DELETE carries the before-image's key, its INSERT the after-image's)."""
+        table = layout.definition.table
+        keys = {}
+        for image in (row.before, row.after):
+            if image is not None:
+                literals = image_key_literals(image, layout, row)
+                keys[message_key(table, literals)] = literals
+        return [r for r in records if self.publishes(conn, table, keys[r[0]])]
 
     def check_marker(self, row: ChangeRow) -> None:
         """A marker must not cut a table whose snapshot is under way (markers refuse to)."""

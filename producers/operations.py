@@ -11,6 +11,13 @@ import logging
 import zlib
 from dataclasses import dataclass
 
+from producers.row_images import (
+    element_literal,
+    is_json_image,
+    json_elements,
+    needs_untagging,
+    untagged,
+)
 from producers.sqlite_changelog import (
     KIND_DELETE,
     KIND_INSERT,
@@ -20,6 +27,7 @@ from producers.sqlite_changelog import (
     raw_text_value,
     split_literals,
 )
+from schemas.operation_codec import RowEncoder
 from schemas.records import Operation, OpType, TableDefinition, Value
 
 KEY_SEPARATOR = "\x1f"
@@ -29,7 +37,7 @@ log = logging.getLogger("cutline.capture")
 
 @dataclass(frozen=True)
 class TableLayout:
-    """What capture needs per table to turn literal images into records, precomputed."""
+    """What capture needs per table to turn row images into records, precomputed."""
 
     definition: TableDefinition
     columns: tuple[str, ...]
@@ -41,10 +49,6 @@ class TableLayout:
         return cls(definition, columns, tuple(columns.index(k) for k in definition.key_columns))
 
 
-def _parse_raw_text(text: str) -> Value:
-    return raw_text_value(parse_literal(text))
-
-
 def message_key(table: str, key_literals: list[str]) -> bytes:
     return KEY_SEPARATOR.join([table, *key_literals]).encode("utf-8", "surrogateescape")
 
@@ -54,57 +58,113 @@ def partition_for(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
+def _image(text: str, layout: TableLayout, change: ChangeRow) -> tuple[list[Value], list[str]]:
+    """An image's values and its key columns' literals, in either change-log format."""
+    if is_json_image(text):
+        elements = json_elements(text)
+        values = untagged(elements) if needs_untagging(text) else elements
+        literals = [element_literal(elements[i]) for i in layout.key_positions]
+    else:
+        literals = split_literals(text)
+        values = [parse_literal(x) for x in literals]
+        literals = [literals[i] for i in layout.key_positions]
+    if len(values) != len(layout.columns):
+        raise ValueError(
+            f"change {change.seq} on {change.table!r} has {len(values)} values for "
+            f"{len(layout.columns)} columns"
+        )
+    if change.raw_text:
+        values = [raw_text_value(v) for v in values]
+    return values, literals
+
+
+def image_key_literals(text: str, layout: TableLayout, change: ChangeRow) -> list[str]:
+    """The SQL literals of an image's key columns (what its Kafka key is built from)."""
+    return _image(text, layout, change)[1]
+
+
+def _warn_raw_text(change: ChangeRow) -> None:
+    log.warning(
+        "change %s on table %r holds TEXT that is not valid UTF-8: it is captured byte "
+        "for byte as a BLOB (Avro and DuckDB strings must be UTF-8)",
+        change.seq,
+        change.table,
+    )
+
+
 def to_operations(
     change: ChangeRow, layout: TableLayout, source: str
 ) -> list[tuple[bytes, Operation]]:
     """One change-log row as (Kafka key, operation) pairs: one, or two for a key change."""
     columns = layout.columns
-    before_lits = split_literals(change.before) if change.before is not None else None
-    after_lits = split_literals(change.after) if change.after is not None else None
-    for lits in (before_lits, after_lits):
-        if lits is not None and len(lits) != len(columns):
-            raise ValueError(
-                f"change {change.seq} on {change.table!r} has {len(lits)} values for "
-                f"{len(columns)} columns"
-            )
-    parse = parse_literal
+    before = after = None
+    before_key: list[str] = []
+    after_key: list[str] = []
     if change.raw_text:
-        parse = _parse_raw_text
-        log.warning(
-            "change %s on table %r holds TEXT that is not valid UTF-8: it is captured byte "
-            "for byte as a BLOB (Avro and DuckDB strings must be UTF-8)",
-            change.seq,
-            change.table,
-        )
-    before = dict(zip(columns, map(parse, before_lits), strict=True)) if before_lits else None
-    after = dict(zip(columns, map(parse, after_lits), strict=True)) if after_lits else None
+        _warn_raw_text(change)
+    if change.before is not None:
+        values, before_key = _image(change.before, layout, change)
+        before = dict(zip(columns, values, strict=True))
+    if change.after is not None:
+        values, after_key = _image(change.after, layout, change)
+        after = dict(zip(columns, values, strict=True))
     table = layout.definition.table
     keys = layout.definition.key_columns
+    seq, at_us = change.seq, change.at_us
 
-    def op(kind: OpType, lits: list[str], b, a) -> tuple[bytes, Operation]:
-        key_lits = [lits[i] for i in layout.key_positions]
+    def op(kind: OpType, key_lits: list[str], b, a) -> tuple[bytes, Operation]:
         image = a if a is not None else b
-        record = Operation(
-            source=source,
-            seq=change.seq,
-            table=table,
-            op=kind,
-            key={k: image[k] for k in keys},
-            before=b,
-            after=a,
-            commit_time_us=change.at_us,
-        )
-        return message_key(table, key_lits), record
+        key = {k: image[k] for k in keys}
+        return message_key(table, key_lits), Operation(source, seq, table, kind, key, b, a, at_us)
 
     if change.kind == KIND_INSERT:
-        return [op(OpType.INSERT, after_lits, None, after)]
+        return [op(OpType.INSERT, after_key, None, after)]
     if change.kind == KIND_DELETE:
-        return [op(OpType.DELETE, before_lits, before, None)]
-    old_key = [before_lits[i] for i in layout.key_positions]
-    new_key = [after_lits[i] for i in layout.key_positions]
-    if old_key == new_key:
-        return [op(OpType.UPDATE, after_lits, before, after)]
+        return [op(OpType.DELETE, before_key, before, None)]
+    if before_key == after_key:
+        return [op(OpType.UPDATE, after_key, before, after)]
     return [
-        op(OpType.DELETE, before_lits, before, None),
-        op(OpType.INSERT, after_lits, None, after),
+        op(OpType.DELETE, before_key, before, None),
+        op(OpType.INSERT, after_key, None, after),
     ]
+
+
+class RecordBuilder:
+    """One table's change-log rows straight to Kafka (key, value) pairs, for capture.
+
+    The same records as :func:`to_operations` then ``encode_operation`` (unit-tested),
+    without a dict or an ``Operation`` per change: the per-operation path of capture.
+    """
+
+    def __init__(self, layout: TableLayout, source: str, header: bytes):
+        self.layout = layout
+        self._table = layout.definition.table
+        self._encoder = RowEncoder(
+            header, source, self._table, layout.columns, layout.key_positions
+        )
+
+    def records(self, change: ChangeRow) -> list[tuple[bytes, bytes]]:
+        layout, encode, table = self.layout, self._encoder.encode, self._table
+        if change.raw_text:
+            _warn_raw_text(change)
+        before = after = None
+        before_key: list[str] = []
+        after_key: list[str] = []
+        if change.before is not None:
+            before, before_key = _image(change.before, layout, change)
+        if change.after is not None:
+            after, after_key = _image(change.after, layout, change)
+        seq, at_us, kind = change.seq, change.at_us, change.kind
+        if kind == KIND_INSERT:
+            return [(message_key(table, after_key), encode(seq, OpType.INSERT, None, after, at_us))]
+        if kind == KIND_DELETE:
+            return [
+                (message_key(table, before_key), encode(seq, OpType.DELETE, before, None, at_us))
+            ]
+        if before_key == after_key:
+            value = encode(seq, OpType.UPDATE, before, after, at_us)
+            return [(message_key(table, after_key), value)]
+        return [
+            (message_key(table, before_key), encode(seq, OpType.DELETE, before, None, at_us)),
+            (message_key(table, after_key), encode(seq, OpType.INSERT, None, after, at_us)),
+        ]

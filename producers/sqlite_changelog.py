@@ -5,11 +5,16 @@ AUTOINCREMENT sequence is exactly the primary's commit order, with no gaps from
 in-flight transactions. A marker request is one more row in the same log (see
 ``markers.py``), so its place among the changes is exact.
 
-Row images are stored as SQL literals (SQLite's ``quote()``, and ``printf('%!.20g')`` for
-REALs), comma separated: they round-trip every storage class exactly and need no JSON
-extension in the application's SQLite library. ``quote`` stops TEXT at a NUL character, so TEXT that
-holds one is written as ``T'<hex of its bytes>'`` instead, and TEXT that is not valid
-UTF-8 (which Python cannot read as text) is read byte for byte (see ``read_changes``).
+Row images are one JSON array per row, built by SQLite's ``json_array()`` in a single call
+(``image_sql``; see ``producers/row_images.py`` for the format and why): far cheaper for the
+application's writes than text assembled column by column, and decoded by Python's C JSON
+parser in bulk. Change-log rows written by an older cutline hold the earlier format, SQL
+literals (SQLite's ``quote()``, and ``printf('%!.20g')`` for REALs), comma separated, which
+``parse_literal``/``split_literals`` still read; a JSON image starts with ``[``, which no
+literal list does. ``quote`` stops TEXT at a NUL character, so that format writes TEXT
+holding one as ``T'<hex of its bytes>'``. TEXT that is not valid UTF-8 (which Python cannot
+read as text) is read byte for byte in either format (see ``read_changes``). The literal
+form also still names each row's Kafka key (``value_sql``), so keys never change.
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ def connect(db_path: str | Path, *, must_exist: bool = True, timeout_s: float = 
 
 @dataclass(frozen=True)
 class ChangeRow:
-    """One row of the change log, still as stored (images are literal lists)."""
+    """One row of the change log, still as stored (images as text: JSON or literal lists)."""
 
     seq: int
     kind: str
@@ -212,6 +217,16 @@ def value_sql(expression: str) -> str:
 
 
 def image_sql(definition: TableDefinition, alias: str) -> str:
+    """SQL for one row image: a JSON array (``row_images.json_image_sql``), or for a table
+    too wide for one ``json_array()`` call, the literal list of the earlier format."""
+    from producers.row_images import json_image_sql  # it builds on this module's SQL
+
+    json_image = json_image_sql(definition, alias)
+    return json_image if json_image is not None else literal_image_sql(definition, alias)
+
+
+def literal_image_sql(definition: TableDefinition, alias: str) -> str:
+    """SQL for a row image in the earlier format: the values' literals, comma separated."""
     parts = [value_sql(f"{alias}.{quote_identifier(c)}") for c in definition.column_names]
     if definition.key_columns == (ROWID,):
         parts.append(f"quote({alias}.rowid)")

@@ -17,6 +17,7 @@ from consumers.replica import ApplyError, Shard
 from cutline.errors import ConfigError
 from producers.markers import format_time, request_marker
 from producers.operations import TableLayout, message_key, partition_for, to_operations
+from producers.row_images import image_values
 from producers.sqlite_changelog import (
     CHANGES,
     KIND_MARKER,
@@ -26,10 +27,8 @@ from producers.sqlite_changelog import (
     forget_changes,
     install,
     installed_tables,
-    parse_literal,
     quote_identifier,
     read_changes,
-    split_literals,
 )
 from schemas.records import OpType
 
@@ -97,8 +96,8 @@ def layouts(definitions):
     return {d.table: TableLayout.of(d) for d in definitions}
 
 
-def image(change_literals: str) -> list:
-    return [parse_literal(x) for x in split_literals(change_literals)]
+def image(change_image: str) -> list:
+    return image_values(change_image)
 
 
 # -- install ---------------------------------------------------------------------------------
@@ -223,9 +222,8 @@ def test_every_storage_class_round_trips_through_literals(conn, app):
     changes = read_changes(conn, start_seq, 1000)
     assert len(changes) == len(STORAGE_VALUES)
     for change, value in zip(changes, STORAGE_VALUES, strict=True):
-        literals = split_literals(change.after)
-        assert len(literals) == 4, (value, change.after)
-        got = [parse_literal(x) for x in literals]
+        got = image(change.after)
+        assert len(got) == 4, (value, change.after)
         assert same(got[1], value), (value, got[1], change.after)
         assert same(got[2], value)
         assert got[3] == "tail"
@@ -688,6 +686,6 @@ def test_reals_round_trip_exactly_where_quote_would_round_them(conn, app):
     app.executemany("INSERT INTO reals(x) VALUES (?)", [(v,) for v in bound])
     stored = [r[0] for r in app.execute("SELECT x FROM reals ORDER BY id")]
     changes = read_changes(conn, start_seq, 10_000)
-    captured = [parse_literal(split_literals(c.after)[1]) for c in changes]
+    captured = [image(c.after)[1] for c in changes]
     assert len(captured) == len(stored)
     assert [same(a, b) for a, b in zip(captured, stored, strict=True)] == [True] * len(stored)

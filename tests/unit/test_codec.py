@@ -403,6 +403,47 @@ def test_hand_written_operation_encoder_matches_fastavro_byte_for_byte():
         assert decode(encode(op)) == op
 
 
+def test_row_encoder_writes_exactly_the_operation_encoders_bytes():
+    """Capture's list-based encoder must match encode_operation (checked above against
+    fastavro) for the same operation, keys from the after image, else the before image."""
+    import random
+
+    from schemas.codec import OPERATION_HEADER
+    from schemas.operation_codec import RowEncoder, encode_operation
+
+    rng = random.Random(2027)
+    for _ in range(500):
+        columns = [f"c{i}" for i in range(rng.randrange(1, 9))] + ["é 'x'"]
+        positions = sorted(rng.sample(range(len(columns)), rng.randrange(1, len(columns) + 1)))
+        before = rng.choice([None, [_random_value(rng) for _ in columns]])
+        after = (
+            [_random_value(rng) for _ in columns]
+            if before is None
+            else rng.choice([None, [_random_value(rng) for _ in columns]])
+        )
+        source, table = rng.choice(["default", "shöp"]), rng.choice(["t", 'x"; --'])
+        seq, at_us, kind = (
+            rng.getrandbits(rng.choice([3, 20, 62])),
+            rng.getrandbits(52),
+            rng.choice(list(OpType)),
+        )
+        image = after if after is not None else before
+        op = Operation(
+            source,
+            seq,
+            table,
+            kind,
+            {columns[i]: image[i] for i in positions},
+            None if before is None else dict(zip(columns, before, strict=True)),
+            None if after is None else dict(zip(columns, after, strict=True)),
+            at_us,
+        )
+        encoder = RowEncoder(OPERATION_HEADER, source, table, columns, positions)
+        assert encoder.encode(seq, kind, before, after, at_us) == encode_operation(
+            op, OPERATION_HEADER
+        )
+
+
 def test_operation_encoder_refuses_values_avro_cannot_hold():
     with pytest.raises(ValueError, match="Avro long"):
         encode(Operation("s", 1, "t", OpType.INSERT, {"id": 2**63}, None, None, 0))
