@@ -3,7 +3,9 @@
 What counts, and as what:
 
 * **mismatch**: a backup (its DuckDB tables or its Avro files) that differs from the
-  primary at its marker's commit boundary; a backup whose manifest offsets are not where
+  primary at its marker's commit boundary, in rows or in layout (the tables it holds and
+  each table's columns: a backup cut after an ADD COLUMN has the column, one before it
+  has not); a backup whose manifest offsets are not where
   that marker sits in every partition of the ops topic (a cut not all partitions
   reached); a file whose SHA-256 differs from its manifest (a partial backup); a backup
   of a cut the control topic resolved as abandoned or failed; a cut left unresolved
@@ -40,7 +42,7 @@ from cutline.settings import Topics
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, Operation
 from tests.integration.ops_log import replica_rows
-from tests.integration.pipeline import TABLES, Rows, avro_rows, backup_rows
+from tests.integration.pipeline import Rows, avro_rows, backup_rows
 
 _GAP = re.compile(r"says (\d+) operations since the previous marker, the replica applied (\d+)")
 
@@ -210,6 +212,25 @@ def check_backup_files(backup: Backup) -> list[str]:
     return problems
 
 
+def layout_differences(backup: Backup, layout: dict[str, list[str]]) -> list[str]:
+    """How a backup's tables and columns differ from the primary's at its cut (none: [])."""
+    problems = []
+    if sorted(backup.tables) != sorted(layout):
+        problems.append(
+            f"backup {backup.marker_id} holds tables {sorted(backup.tables)}, the source "
+            f"captured {sorted(layout)} at the cut"
+        )
+    for table, columns in layout.items():
+        info = backup.tables.get(table)
+        have = [c["name"] for c in info["columns"]] if info else None
+        if info and have != columns:
+            problems.append(
+                f"backup {backup.marker_id}: {table} has columns {have}, the primary had "
+                f"{columns} at the cut"
+            )
+    return problems
+
+
 def verify_run(
     *,
     bootstrap: str,
@@ -220,9 +241,14 @@ def verify_run(
     oracle: dict[int, Rows],
     primary_now: Rows,
     primary_columns: dict[str, list[str]],
+    layouts: dict[int, dict[str, list[str]]] | None = None,
     check_replica: bool = True,
 ) -> Verdict:
-    """Check one finished (drained) run; see the module docstring for what counts."""
+    """Check one source of a finished (drained) run; see the module docstring for what
+    counts. ``oracle`` and ``layouts`` hold, per marker, this source's tables' rows and
+    columns at the cut (without ``layouts``, every cut is taken to have the final
+    layout and layouts are not checked); ``primary_now`` and ``primary_columns`` the same
+    after the drain."""
     verdict = Verdict()
     events = control_events(bootstrap, source)
     statuses = final_statuses(events)
@@ -259,6 +285,9 @@ def verify_run(
         if proof.get("checked") is not True:  # every marker of the workload has a digest
             verdict.problem(f"backup {marker_id} was not proven against the primary: {proof}")
         expected = oracle[marker_id]
+        layout = layouts[marker_id] if layouts is not None else primary_columns
+        for text in layout_differences(backup, layout) if layouts is not None else ():
+            verdict.problem(text)
         for label, rows in (("DuckDB", backup_rows(backup)), ("Avro", avro_rows(backup)[0])):
             lost, extra = diff_rows(expected, rows)
             if lost or extra:
@@ -268,9 +297,9 @@ def verify_run(
                     f"backup {marker_id} ({label}) differs from the primary at its cut: "
                     f"{lost} rows missing, {extra} rows extra"
                 )
-                for table in TABLES if label == "DuckDB" else ():
-                    for row in list(Counter(expected[table]) - Counter(rows[table]))[:2]:
-                        why = explain_missing(records, table, row, primary_columns[table])
+                for table in layout if label == "DuckDB" else ():
+                    for row in list(Counter(expected[table]) - Counter(rows.get(table, [])))[:2]:
+                        why = explain_missing(records, table, row, layout[table])
                         verdict.problems.append(f"  {table} row {row!r} missing: {why}")
         verdict.backups_verified += 1
 
@@ -293,7 +322,7 @@ def verify_run(
             verdict.lost += lost
             verdict.duplicated += extra
             verdict.problem(f"the drained replica differs from the primary: -{lost} +{extra} rows")
-            for table in TABLES:
+            for table in primary_columns:
                 missing = Counter(primary_now[table]) - Counter(in_replica[table])
                 surplus = Counter(in_replica[table]) - Counter(primary_now[table])
                 for row in list(missing)[:3]:

@@ -18,6 +18,7 @@ from consumers.catalog import has_backup
 from tests.faults.checker import shard_state
 from tests.faults.runner import FaultRun, RunConfig, RunReport
 from tests.faults.statements import EXTRA_KINDS
+from tests.faults.workload import MID_RUN_EVENTS
 
 Scenario = Callable[[str, Path, int], RunReport]
 
@@ -227,16 +228,36 @@ def zombie_process(bootstrap: str, root: Path, seed: int) -> RunReport:
 
 
 def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """Every extra statement form (upserts, INSERT OR IGNORE, ...) in the mix, with SIGKILLs."""
+    """Every statement form and every mid-run event, with SIGKILLs, in one run.
+
+    The default mix (REPLACE in its forms, cascades, key changes, ...) plus the extra kinds
+    (upserts, INSERT OR IGNORE); between stretches of writing, at seeded points, each
+    mid-run event once: ADD, RENAME and DROP COLUMN (in that order), the tags migration,
+    and a long write transaction that a `cutline mark` waits out. A kind or an event that
+    never ran is a problem.
+    """
     config = RunConfig(seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS))
     with FaultRun(bootstrap, root, "statement-forms", config) as run:
         run.start()
-        run.write_for(8, chaos=0.15)
-        report = _finish(run)
         assert run.workload is not None
-        unused = [n for n in EXTRA_KINDS if not run.workload.stats.kinds[n]]
-        if unused:
-            report.verdict.problem(f"statement kinds never run: {unused}", mismatch=False)
+        events = ["add-column", "rename-column", "drop-column"]
+        for extra in ("migration", "long-transaction"):
+            events.insert(run.rng.randint(0, len(events)), extra)
+        for event in events:
+            run.write_for(run.rng.uniform(1.0, 2.0), chaos=0.15)
+            if event == "long-transaction":
+                run.workload.long_transaction()
+            else:
+                run.workload.schema_change(event)
+        run.write_for(1.5, chaos=0.15)
+        report = _finish(run)
+        stats = run.workload.stats
+        never = [k.name for k in run.workload.kinds if not stats.kinds[k.name]]
+        never += [e for e in MID_RUN_EVENTS if not stats.events[e]]
+        if never:
+            report.verdict.problem(f"statement kinds or events never run: {never}", mismatch=False)
+        if not stats.events["mark-waited"]:
+            report.verdict.problem("no `cutline mark` was seen waiting out a long transaction")
         return report
 
 
