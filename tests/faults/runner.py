@@ -118,12 +118,14 @@ class RunReport:
     cuts: int = 0
     kinds: Counter[str] = field(default_factory=Counter)  # statement kind -> times run
     events: Counter[str] = field(default_factory=Counter)  # mid-run event -> times run
+    second_source_backups: int = 0  # of backups_verified, the second source's
 
     def line(self) -> str:
         v = self.verdict
         return (
             f"{self.name} seed={self.seed}: {self.transactions} transactions, {self.cuts} cuts, "
-            f"{self.kills} kills, {v.backups_verified} backups verified, {v.mismatches} "
+            f"{self.kills} kills, {v.backups_verified} backups verified "
+            f"({self.second_source_backups} of the second source), {v.mismatches} "
             f"mismatches, {v.lost} lost, {v.duplicated} duplicated"
         )
 
@@ -417,7 +419,7 @@ class FaultRun:
             columns = first.layout(conn)
         finally:
             conn.close()
-        verdict = Verdict()
+        verdict, second_backups = Verdict(), 0
         for pipeline, partitions in self.sources():
             tables = pipeline.tables
             one = verify_run(
@@ -433,6 +435,7 @@ class FaultRun:
             )
             if pipeline is not first:
                 one.problems = [f"[second source] {text}" for text in one.problems]
+                second_backups = one.backups_verified
             verdict.merge(one)
             verdict.statuses = verdict.statuses or one.statuses  # the first source's fates
         for watch in self.watches:
@@ -448,6 +451,7 @@ class FaultRun:
             cuts=stats.cuts if stats else 0,
             kinds=Counter(stats.kinds) if stats else Counter(),
             events=Counter(stats.events) if stats else Counter(),
+            second_source_backups=second_backups,
         )
 
     def shutdown(self) -> None:

@@ -231,24 +231,25 @@ def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
     """Every statement form and every mid-run event, with SIGKILLs, in one run.
 
     The default mix (REPLACE in its forms, cascades, key changes, ...) plus the extra kinds
-    (upserts, INSERT OR IGNORE); between stretches of writing, at seeded points, each
-    mid-run event once: ADD, RENAME and DROP COLUMN (in that order), the tags migration,
-    and a long write transaction that a `cutline mark` waits out. A kind or an event that
-    never ran is a problem.
+    (upserts, INSERT OR IGNORE); between stretches of writing, at seeded points, four
+    schema changes (each step ADD, RENAME, DROP COLUMN, the tags migration not yet run,
+    while possible) and a long write transaction that a `cutline mark` waits out. A kind
+    or an event that never ran is a problem.
     """
     config = RunConfig(seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS))
     with FaultRun(bootstrap, root, "statement-forms", config) as run:
         run.start()
         assert run.workload is not None
-        events = ["add-column", "rename-column", "drop-column"]
-        for extra in ("migration", "long-transaction"):
-            events.insert(run.rng.randint(0, len(events)), extra)
+        events = ["schema-change"] * 4
+        events.insert(run.rng.randint(0, len(events)), "long-transaction")
         for event in events:
             run.write_for(run.rng.uniform(1.0, 2.0), chaos=0.15)
             if event == "long-transaction":
                 run.workload.long_transaction()
-            else:
-                run.workload.schema_change(event)
+            else:  # the workload makes some of its own: prefer a step not yet run
+                stats, possible = run.workload.stats, run.workload.next_schema_changes()
+                fresh = [step for step in possible if not stats.events[step]]
+                run.workload.schema_change(run.rng.choice(fresh or possible))
         run.write_for(1.5, chaos=0.15)
         report = _finish(run)
         stats = run.workload.stats
