@@ -2,7 +2,8 @@
 
 What counts, and as what:
 
-* **mismatch**: a backup (its DuckDB tables or its Avro files) that differs from the
+* **mismatch**: a backup (its DuckDB tables, its Avro files, or for a few backups per
+  run, one of each layout, a ``cutline restore``) that differs from the
   primary at its marker's commit boundary, in rows or in layout (the tables it holds and
   each table's columns: a backup cut after an ADD COLUMN has the column, one before it
   has not); a backup whose manifest offsets are not where
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,7 +44,8 @@ from cutline.settings import Topics
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, Operation
 from tests.integration.ops_log import replica_rows
-from tests.integration.pipeline import Rows, avro_rows, backup_rows
+from tests.integration.pipeline import CUTLINE, Rows, avro_rows, backup_rows
+from tests.integration.test_backups_in_use import restored_rows, typed
 
 _GAP = re.compile(r"says (\d+) operations since the previous marker, the replica applied (\d+)")
 
@@ -50,6 +53,7 @@ _GAP = re.compile(r"says (\d+) operations since the previous marker, the replica
 @dataclass
 class Verdict:
     backups_verified: int = 0
+    restores_verified: int = 0
     mismatches: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -67,6 +71,7 @@ class Verdict:
 
     def merge(self, other: Verdict) -> None:
         self.backups_verified += other.backups_verified
+        self.restores_verified += other.restores_verified
         self.mismatches += other.mismatches
         self.lost += other.lost
         self.duplicated += other.duplicated
@@ -231,6 +236,40 @@ def layout_differences(backup: Backup, layout: dict[str, list[str]]) -> list[str
     return problems
 
 
+def restores_to_check(layouts: dict[int, dict[str, list[str]]], published: list[int]) -> list[int]:
+    """Which backups to restore: the newest of each layout the published backups have (so
+    both sides of every schema change), at most three (the first, a middle, the last)."""
+    newest: dict[str, int] = {}
+    for marker_id in sorted(published):
+        newest[repr(sorted(layouts[marker_id].items()))] = marker_id
+    chosen = sorted(newest.values())
+    if len(chosen) > 3:
+        chosen = [chosen[0], chosen[len(chosen) // 2], chosen[-1]]
+    return chosen
+
+
+def check_restore(backups: Path, source: str, marker_id: int, expected: Rows, into: Path) -> str:
+    """`cutline restore` of one backup equals the primary at its cut, each value with its
+    storage class, and holds no other table; '' if so, else what differs."""
+    target = into / f"restore-{source[-12:]}-{marker_id}.sqlite"
+    target.unlink(missing_ok=True)
+    result = subprocess.run(
+        [*CUTLINE, "restore", "--backups", str(backups), "--source", source,
+         "--marker", str(marker_id), "--to", str(target)],
+        capture_output=True, text=True, timeout=120, cwd=into,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return f"restore of backup {marker_id} failed: {result.stderr.strip()}"
+    rows, _ = restored_rows(target)
+    target.unlink(missing_ok=True)
+    if sorted(rows) != sorted(expected):
+        return f"restore of backup {marker_id} holds tables {sorted(rows)}, not {sorted(expected)}"
+    differ = [t for t in expected if typed(rows[t]) != typed(expected[t])]
+    if differ:
+        return f"restore of backup {marker_id} differs from the primary at its cut in {differ}"
+    return ""
+
+
 def verify_run(
     *,
     bootstrap: str,
@@ -243,12 +282,14 @@ def verify_run(
     primary_columns: dict[str, list[str]],
     layouts: dict[int, dict[str, list[str]]] | None = None,
     check_replica: bool = True,
+    restore_into: Path | None = None,
 ) -> Verdict:
     """Check one source of a finished (drained) run; see the module docstring for what
     counts. ``oracle`` and ``layouts`` hold, per marker, this source's tables' rows and
     columns at the cut (without ``layouts``, every cut is taken to have the final
     layout and layouts are not checked); ``primary_now`` and ``primary_columns`` the same
-    after the drain."""
+    after the drain. With ``restore_into`` (a scratch directory) and ``layouts``, a few
+    backups (:func:`restores_to_check`) are also restored and compared."""
     verdict = Verdict()
     events = control_events(bootstrap, source)
     statuses = final_statuses(events)
@@ -302,6 +343,14 @@ def verify_run(
                         why = explain_missing(records, table, row, layout[table])
                         verdict.problems.append(f"  {table} row {row!r} missing: {why}")
         verdict.backups_verified += 1
+
+    if restore_into is not None and layouts is not None:
+        for marker_id in restores_to_check(layouts, [m for m in published if m in oracle]):
+            text = check_restore(backups, source, marker_id, oracle[marker_id], restore_into)
+            if text:
+                verdict.problem(text)
+            else:
+                verdict.restores_verified += 1
 
     for marker_id in sorted(oracle):
         status = statuses.get(marker_id)

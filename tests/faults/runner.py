@@ -125,7 +125,8 @@ class RunReport:
         return (
             f"{self.name} seed={self.seed}: {self.transactions} transactions, {self.cuts} cuts, "
             f"{self.kills} kills, {v.backups_verified} backups verified "
-            f"({self.second_source_backups} of the second source), {v.mismatches} "
+            f"({self.second_source_backups} of the second source, {v.restores_verified} "
+            f"also restored), {v.mismatches} "
             f"mismatches, {v.lost} lost, {v.duplicated} duplicated"
         )
 
@@ -432,6 +433,7 @@ class FaultRun:
                 layouts={m: {t: lay[t] for t in tables} for m, lay in first.layouts.items()},
                 primary_now={t: now[t] for t in tables},
                 primary_columns={t: columns[t] for t in tables},
+                restore_into=pipeline.root,
             )
             if pipeline is not first:
                 one.problems = [f"[second source] {text}" for text in one.problems]
