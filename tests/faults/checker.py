@@ -3,7 +3,7 @@
 What counts, and as what:
 
 * **mismatch**: a backup (its DuckDB tables, its Avro files, or for a few backups per
-  run, one of each layout, a ``cutline restore``) that differs from the
+  run, the newest of each layout, a ``cutline restore``) that differs from the
   primary at its marker's commit boundary, in rows or in layout (the tables it holds and
   each table's columns: a backup cut after an ADD COLUMN has the column, one before it
   has not); a backup whose manifest offsets are not where
@@ -236,16 +236,21 @@ def layout_differences(backup: Backup, layout: dict[str, list[str]]) -> list[str
     return problems
 
 
-def restores_to_check(layouts: dict[int, dict[str, list[str]]], published: list[int]) -> list[int]:
+def restores_to_check(
+    layouts: dict[int, dict[str, list[str]]], published: list[int], at_most: int
+) -> list[int]:
     """Which backups to restore: the newest of each layout the published backups have (so
-    both sides of every schema change), at most three (the first, a middle, the last)."""
+    both sides of a schema change), at most ``at_most``, the newest always among them."""
     newest: dict[str, int] = {}
     for marker_id in sorted(published):
         newest[repr(sorted(layouts[marker_id].items()))] = marker_id
     chosen = sorted(newest.values())
-    if len(chosen) > 3:
-        chosen = [chosen[0], chosen[len(chosen) // 2], chosen[-1]]
-    return chosen
+    if len(chosen) <= at_most:
+        return chosen
+    if at_most <= 1:
+        return chosen[-at_most:] if at_most else []
+    n = len(chosen) - 1  # evenly spread, the oldest and the newest layouts included
+    return sorted({chosen[round(i * n / (at_most - 1))] for i in range(at_most)})
 
 
 def check_restore(backups: Path, source: str, marker_id: int, expected: Rows, into: Path) -> str:
@@ -283,13 +288,14 @@ def verify_run(
     layouts: dict[int, dict[str, list[str]]] | None = None,
     check_replica: bool = True,
     restore_into: Path | None = None,
+    restores: int = 1,
 ) -> Verdict:
     """Check one source of a finished (drained) run; see the module docstring for what
     counts. ``oracle`` and ``layouts`` hold, per marker, this source's tables' rows and
     columns at the cut (without ``layouts``, every cut is taken to have the final
     layout and layouts are not checked); ``primary_now`` and ``primary_columns`` the same
-    after the drain. With ``restore_into`` (a scratch directory) and ``layouts``, a few
-    backups (:func:`restores_to_check`) are also restored and compared."""
+    after the drain. With ``restore_into`` (a scratch directory) and ``layouts``, up to
+    ``restores`` backups (:func:`restores_to_check`) are also restored and compared."""
     verdict = Verdict()
     events = control_events(bootstrap, source)
     statuses = final_statuses(events)
@@ -345,7 +351,8 @@ def verify_run(
         verdict.backups_verified += 1
 
     if restore_into is not None and layouts is not None:
-        for marker_id in restores_to_check(layouts, [m for m in published if m in oracle]):
+        chosen = restores_to_check(layouts, [m for m in published if m in oracle], restores)
+        for marker_id in chosen:
             text = check_restore(backups, source, marker_id, oracle[marker_id], restore_into)
             if text:
                 verdict.problem(text)

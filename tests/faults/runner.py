@@ -9,10 +9,10 @@ bounded, until every cut is resolved and every shard has passed the last marker.
 A supervisor restarts (unarmed) any replication process a failpoint killed, so a run
 always ends with every partition served.
 
-Every run has a second source capturing the same database (:data:`SECOND_TABLES`, its own
-topics, replica, backups and replication process ``second-0``, which chaos may kill too);
-the drain waits for both, and every published backup of both is checked against the
-primary recorded at its cut.
+A run may have a second source capturing the same database (``RunConfig.second_source``;
+:data:`SECOND_TABLES`, its own topics, replica, backups and replication process
+``second-0``, which chaos may kill too); the drain waits for both, and every published
+backup of both is checked against the primary recorded at its cut.
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ class RunConfig:
     alignment_timeout_s: float = 6.0
     session_timeout_s: float = 6.0
     arms: dict[str, str] = field(default_factory=dict)  # process name -> failpoint spec
-    second_source: bool = True  # a second source on the same database, checked too
+    # a second source on the same database, checked too (its replication process is never
+    # armed, so it is on where chaos may kill it or as a baseline: it doubles a run's work)
+    second_source: bool = False
+    restores: int = 1  # per source, backups also restored (the newest of each layout)
     # extra statement kinds (tests/faults/statements.py EXTRA_KINDS) beside the default mix
     statements: tuple[str, ...] = field(
         default_factory=lambda: tuple(n for n in os.environ.get(STATEMENTS_ENV, "").split(",") if n)
@@ -434,6 +437,7 @@ class FaultRun:
                 primary_now={t: now[t] for t in tables},
                 primary_columns={t: columns[t] for t in tables},
                 restore_into=pipeline.root,
+                restores=self.config.restores,
             )
             if pipeline is not first:
                 one.problems = [f"[second source] {text}" for text in one.problems]

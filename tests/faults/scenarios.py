@@ -40,8 +40,9 @@ def _any_held(run: FaultRun) -> bool:
 
 
 def kill_mid_apply(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """SIGKILL inside a shard batch (changes applied, not committed), then a restart."""
-    config = RunConfig(seed, processes=2)
+    """SIGKILL inside a shard batch (changes applied, not committed), then a restart; a
+    second source on the same database goes on meanwhile."""
+    config = RunConfig(seed, processes=2, second_source=True)
     nth = 3 + seed % 20
     config.arms = {"replicate-0": f"apply.batch=kill@{nth}", "replicate-1": "apply.batch=kill@40"}
     with FaultRun(bootstrap, root, "kill-mid-apply", config) as run:
@@ -200,8 +201,9 @@ def idle_partitions(bootstrap: str, root: Path, seed: int) -> RunReport:
 
 
 def three_processes(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """Three processes on eight partitions, SIGKILLed at random moments and restarted."""
-    config = RunConfig(seed, partitions=8, processes=3)
+    """Three processes on eight partitions, SIGKILLed at random moments and restarted; a
+    second source on the same database, whose process chaos may kill too."""
+    config = RunConfig(seed, partitions=8, processes=3, second_source=True)
     with FaultRun(bootstrap, root, "three-processes", config) as run:
         run.start()
         run.write_for(12, chaos=0.3)
@@ -236,7 +238,10 @@ def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
     while possible) and a long write transaction that a `cutline mark` waits out. A kind
     or an event that never ran is a problem.
     """
-    config = RunConfig(seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS))
+    config = RunConfig(
+        seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS), second_source=True
+    )
+    config.restores = 3
     with FaultRun(bootstrap, root, "statement-forms", config) as run:
         run.start()
         assert run.workload is not None

@@ -15,7 +15,12 @@ import pytest
 
 from consumers.catalog import Backup
 from consumers.replica import Shard, shard_path
-from tests.faults.checker import layout_differences, shard_state, shards_settled
+from tests.faults.checker import (
+    layout_differences,
+    restores_to_check,
+    shard_state,
+    shards_settled,
+)
 from tests.faults.primary import ALL_TABLES, FaultPipeline
 from tests.faults.statements import (
     DEFAULT_KINDS,
@@ -245,3 +250,14 @@ def test_extra_kinds_are_chosen_by_name() -> None:
     assert [k.name for k in kinds_named(["upsert-tag"])][-1] == "upsert-tag"
     with pytest.raises(ValueError, match="unknown statement kinds \\['replace'\\]"):
         kinds_named(["replace"])
+
+
+def test_restores_are_spread_over_the_layouts_the_backups_have() -> None:
+    """The newest backup of each layout, at most ``at_most``: oldest and newest included."""
+    layouts = {m: {"events": ["id", *(["note"] * (m // 3))]} for m in range(1, 11)}
+    published = list(range(1, 11))  # four layouts: newest backups 2, 5, 8, 10
+    assert restores_to_check(layouts, published, 1) == [10]
+    assert restores_to_check(layouts, published, 3) == [2, 8, 10]
+    assert restores_to_check(layouts, published, 9) == [2, 5, 8, 10]
+    assert restores_to_check(layouts, [1, 2], 3) == [2]
+    assert restores_to_check(layouts, published, 0) == []
