@@ -1,7 +1,9 @@
 """``python -m tests.faults``: seeded fault runs, one summary line on stdout.
 
 Environment: ``KAFKA_BOOTSTRAP_SERVERS`` (else a cluster from ``provide_cluster``),
-``SOAK=1`` for a longer soak over every scenario, ``FAULTS_SECONDS`` for its length
+``SOAK=1`` for a longer soak over every scenario, each run with a second source on the
+same database (``FAULTS_SECOND_SOURCE=0`` to leave it to the scenarios that always have
+it), ``FAULTS_SECONDS`` for its length
 (default 300), ``FAULTS_SEED`` for the first seed (default 1), ``FAULTS_SCENARIOS`` for
 a comma-separated subset. Per-run lines and problems go to stderr, and at the end how
 many times each statement kind and each mid-run event ran. Exit 1 on any mismatch, loss
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from cutline.broker.provision import provide_cluster
 from tests.faults.checker import Verdict
+from tests.faults.runner import SECOND_SOURCE_ENV
 from tests.faults.scenarios import SCENARIOS
 
 SHORT = ["three-processes", "kill-while-snapshotting", "kill-after-pin"]
@@ -42,6 +45,8 @@ def main() -> int:
         _say(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
         return 2
     names = chosen or (list(SCENARIOS) if soak else SHORT)
+    if soak:
+        os.environ.setdefault(SECOND_SOURCE_ENV, "1")
     provided = provide_cluster(progress=_say)
     total, runs, kills = Verdict(), 0, 0
     kinds: Counter[str] = Counter()

@@ -50,6 +50,7 @@ SECOND_PARTITIONS = 3
 SECOND_PREFIX = "second-"  # its replication processes' names
 
 STATEMENTS_ENV = "FAULTS_STATEMENTS"  # comma-separated extra statement kinds for every run
+SECOND_SOURCE_ENV = "FAULTS_SECOND_SOURCE"  # 1: every run has the second source
 
 
 class OffsetWatch(threading.Thread):
@@ -101,9 +102,12 @@ class RunConfig:
     alignment_timeout_s: float = 6.0
     session_timeout_s: float = 6.0
     arms: dict[str, str] = field(default_factory=dict)  # process name -> failpoint spec
-    # a second source on the same database, checked too (its replication process is never
-    # armed, so it is on where chaos may kill it or as a baseline: it doubles a run's work)
-    second_source: bool = False
+    # a second source on the same database, checked too. It about doubles a run's work, so
+    # `make test` has it where it matters (its process is never armed: where chaos may kill
+    # it, and as a baseline); FAULTS_SECOND_SOURCE=1 (set by the soak) puts it everywhere.
+    second_source: bool = field(
+        default_factory=lambda: os.environ.get(SECOND_SOURCE_ENV, "") not in ("", "0")
+    )
     restores: int = 1  # per source, backups also restored (the newest of each layout)
     # extra statement kinds (tests/faults/statements.py EXTRA_KINDS) beside the default mix
     statements: tuple[str, ...] = field(

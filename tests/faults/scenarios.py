@@ -201,9 +201,8 @@ def idle_partitions(bootstrap: str, root: Path, seed: int) -> RunReport:
 
 
 def three_processes(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """Three processes on eight partitions, SIGKILLed at random moments and restarted; a
-    second source on the same database, whose process chaos may kill too."""
-    config = RunConfig(seed, partitions=8, processes=3, second_source=True)
+    """Three processes on eight partitions, SIGKILLed at random moments and restarted."""
+    config = RunConfig(seed, partitions=8, processes=3)
     with FaultRun(bootstrap, root, "three-processes", config) as run:
         run.start()
         run.write_for(12, chaos=0.3)
@@ -240,7 +239,7 @@ def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
     """
     config = RunConfig(
         seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS), second_source=True
-    )
+    )  # chaos may kill the second source's process too
     config.restores = 3
     with FaultRun(bootstrap, root, "statement-forms", config) as run:
         run.start()
