@@ -240,7 +240,7 @@ def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
     config = RunConfig(
         seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS), second_source=True
     )  # chaos may kill the second source's process too
-    config.restores = 3
+    config.restores = 2  # the oldest and the newest layout
     with FaultRun(bootstrap, root, "statement-forms", config) as run:
         run.start()
         assert run.workload is not None

@@ -155,10 +155,10 @@ class Workload:
         """
         conn, rng = self.conn, self.rng
         self._marks += 1
-        mark, log = self.pipeline.start_mark(f"mark-{self._marks}")
         hold_until = time.monotonic() + rng.uniform(*LONG_TRANSACTION_S)
         give_up = time.monotonic() + MARK_WAIT_DEADLINE_S
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # first: the mark must come after this transaction
+        mark, log = self.pipeline.start_mark(f"mark-{self._marks}")
         try:
             while time.monotonic() < hold_until or (
                 not self.pipeline.waits_logged(log) and time.monotonic() < give_up
