@@ -35,7 +35,7 @@ from tests.integration.pipeline import (
 
 KILLED = -signal.SIGKILL
 ALL_TABLES = [*TABLES, *FAULT_TABLES]
-MARK_WAITING = "waiting for the primary's write lock"
+MARK_WAITING = "waiting for the primary's write lock"  # what capture and mark log meanwhile
 
 Layout = dict[str, list[str]]  # table -> its columns, in the primary's order
 

@@ -38,7 +38,13 @@ from tests.faults.checker import (
     shards_settled,
     verify_run,
 )
-from tests.faults.primary import ALL_TABLES, KILLED, FaultPipeline, wait_installed
+from tests.faults.primary import (
+    ALL_TABLES,
+    KILLED,
+    MARK_WAITING,
+    FaultPipeline,
+    wait_installed,
+)
 from tests.faults.statements import kinds_named
 from tests.faults.workload import Workload
 from tests.integration.pipeline import Process
@@ -452,6 +458,8 @@ class FaultRun:
             for text in watch.backwards:
                 verdict.problem(text)
         stats = self.workload.stats if self.workload else None
+        events = Counter(stats.events) if stats else Counter()
+        events["capture-waited"] = self._capture_waits()
         return RunReport(
             self.name,
             self.config.seed,
@@ -460,8 +468,18 @@ class FaultRun:
             transactions=stats.transactions if stats else 0,
             cuts=stats.cuts if stats else 0,
             kinds=Counter(stats.kinds) if stats else Counter(),
-            events=Counter(stats.events) if stats else Counter(),
+            events=events,
             second_source_backups=second_backups,
+        )
+
+    def _capture_waits(self) -> int:
+        """How often the captures logged waiting for the primary's write lock (a long
+        transaction held it when they had to write)."""
+        return sum(
+            process.log.read_text(errors="replace").count(MARK_WAITING)
+            for pipeline, _ in self.sources()
+            for process in pipeline.processes
+            if process.name == "capture"
         )
 
     def shutdown(self) -> None:
