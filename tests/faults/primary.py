@@ -21,6 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from cutline.failpoints import ENV as FAILPOINTS_ENV
 from producers.markers import MarkerTicket
 from tests.faults.statements import FAULT_SCHEMA, FAULT_TABLES
 from tests.integration.pipeline import (
@@ -136,8 +137,6 @@ class FaultPipeline(Pipeline):
         )
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
-        from cutline.failpoints import ENV as FAILPOINTS_ENV
-
         log = self.root / f"{name}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if env is None or FAILPOINTS_ENV not in env:
