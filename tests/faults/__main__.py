@@ -1,10 +1,13 @@
 """``python -m tests.faults``: seeded fault runs, one summary line on stdout.
 
 Environment: ``KAFKA_BOOTSTRAP_SERVERS`` (else a cluster from ``provide_cluster``),
-``SOAK=1`` for a longer soak over every scenario, ``FAULTS_SECONDS`` for its length
+``SOAK=1`` for a longer soak over every scenario, each run with a second source on the
+same database (``FAULTS_SECOND_SOURCE=0`` to leave it to the scenarios that always have
+it), ``FAULTS_SECONDS`` for its length
 (default 300), ``FAULTS_SEED`` for the first seed (default 1), ``FAULTS_SCENARIOS`` for
-a comma-separated subset. Per-run lines and problems go to stderr. Exit 1 on any
-mismatch, loss or duplicate.
+a comma-separated subset. Per-run lines and problems go to stderr, and at the end how
+many times each statement kind and each mid-run event ran. Exit 1 on any mismatch, loss
+or duplicate.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from cutline.broker.provision import provide_cluster
 from tests.faults.checker import Verdict
+from tests.faults.runner import SECOND_SOURCE_ENV
 from tests.faults.scenarios import SCENARIOS
 
 SHORT = ["three-processes", "kill-while-snapshotting", "kill-after-pin"]
@@ -24,6 +29,10 @@ SHORT = ["three-processes", "kill-while-snapshotting", "kill-after-pin"]
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counter.items())) or "none"
 
 
 def main() -> int:
@@ -36,8 +45,12 @@ def main() -> int:
         _say(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}")
         return 2
     names = chosen or (list(SCENARIOS) if soak else SHORT)
+    if soak:
+        os.environ.setdefault(SECOND_SOURCE_ENV, "1")
     provided = provide_cluster(progress=_say)
     total, runs, kills = Verdict(), 0, 0
+    kinds: Counter[str] = Counter()
+    events: Counter[str] = Counter()
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="cutline-faults-") as tmp:
@@ -49,6 +62,8 @@ def main() -> int:
                     runs += 1
                     kills += report.kills
                     total.merge(report.verdict)
+                    kinds.update(report.kinds)
+                    events.update(report.events)
                     _say(report.line())
                     for problem in report.verdict.problems:
                         _say(f"  PROBLEM: {problem}")
@@ -59,6 +74,8 @@ def main() -> int:
                     break
     finally:
         provided.stop()
+    _say(f"statement kinds run: {_counts(kinds)}")
+    _say(f"mid-run events run: {_counts(events)}")
     print(
         f"faults: {runs} runs, {kills} kills, {total.backups_verified} backups verified, "
         f"{total.mismatches} mismatches, {total.lost} lost, {total.duplicated} duplicated"

@@ -2,8 +2,11 @@
 
 What counts, and as what:
 
-* **mismatch**: a backup (its DuckDB tables or its Avro files) that differs from the
-  primary at its marker's commit boundary; a backup whose manifest offsets are not where
+* **mismatch**: a backup (its DuckDB tables, its Avro files, or for a few backups per
+  run, the newest of each layout, a ``cutline restore``) that differs from the
+  primary at its marker's commit boundary, in rows or in layout (the tables it holds and
+  each table's columns: a backup cut after an ADD COLUMN has the column, one before it
+  has not); a backup whose manifest offsets are not where
   that marker sits in every partition of the ops topic (a cut not all partitions
   reached); a file whose SHA-256 differs from its manifest (a partial backup); a backup
   of a cut the control topic resolved as abandoned or failed; a cut left unresolved
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,7 +44,8 @@ from cutline.settings import Topics
 from schemas.codec import CodecError, decode
 from schemas.records import ConsistencyMarker, ControlEvent, ControlKind, Operation
 from tests.integration.ops_log import replica_rows
-from tests.integration.pipeline import TABLES, Rows, avro_rows, backup_rows
+from tests.integration.pipeline import CUTLINE, Rows, avro_rows, backup_rows
+from tests.integration.test_backups_in_use import restored_rows, typed
 
 _GAP = re.compile(r"says (\d+) operations since the previous marker, the replica applied (\d+)")
 
@@ -48,6 +53,7 @@ _GAP = re.compile(r"says (\d+) operations since the previous marker, the replica
 @dataclass
 class Verdict:
     backups_verified: int = 0
+    restores_verified: int = 0
     mismatches: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -65,6 +71,7 @@ class Verdict:
 
     def merge(self, other: Verdict) -> None:
         self.backups_verified += other.backups_verified
+        self.restores_verified += other.restores_verified
         self.mismatches += other.mismatches
         self.lost += other.lost
         self.duplicated += other.duplicated
@@ -210,6 +217,64 @@ def check_backup_files(backup: Backup) -> list[str]:
     return problems
 
 
+def layout_differences(backup: Backup, layout: dict[str, list[str]]) -> list[str]:
+    """How a backup's tables and columns differ from the primary's at its cut (none: [])."""
+    problems = []
+    if sorted(backup.tables) != sorted(layout):
+        problems.append(
+            f"backup {backup.marker_id} holds tables {sorted(backup.tables)}, the source "
+            f"captured {sorted(layout)} at the cut"
+        )
+    for table, columns in layout.items():
+        info = backup.tables.get(table)
+        have = [c["name"] for c in info["columns"]] if info else None
+        if info and have != columns:
+            problems.append(
+                f"backup {backup.marker_id}: {table} has columns {have}, the primary had "
+                f"{columns} at the cut"
+            )
+    return problems
+
+
+def restores_to_check(
+    layouts: dict[int, dict[str, list[str]]], published: list[int], at_most: int
+) -> list[int]:
+    """Which backups to restore: the newest of each layout the published backups have (so
+    both sides of a schema change), at most ``at_most``, the newest always among them."""
+    newest: dict[str, int] = {}
+    for marker_id in sorted(published):
+        newest[repr(sorted(layouts[marker_id].items()))] = marker_id
+    chosen = sorted(newest.values())
+    if len(chosen) <= at_most:
+        return chosen
+    if at_most <= 1:
+        return chosen[-at_most:] if at_most else []
+    n = len(chosen) - 1  # evenly spread, the oldest and the newest layouts included
+    return sorted({chosen[round(i * n / (at_most - 1))] for i in range(at_most)})
+
+
+def check_restore(backups: Path, source: str, marker_id: int, expected: Rows, into: Path) -> str:
+    """`cutline restore` of one backup equals the primary at its cut, each value with its
+    storage class, and holds no other table; '' if so, else what differs."""
+    target = into / f"restore-{source[-12:]}-{marker_id}.sqlite"
+    target.unlink(missing_ok=True)
+    result = subprocess.run(
+        [*CUTLINE, "restore", "--backups", str(backups), "--source", source,
+         "--marker", str(marker_id), "--to", str(target)],
+        capture_output=True, text=True, timeout=120, cwd=into,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return f"restore of backup {marker_id} failed: {result.stderr.strip()}"
+    rows, _ = restored_rows(target)
+    target.unlink(missing_ok=True)
+    if sorted(rows) != sorted(expected):
+        return f"restore of backup {marker_id} holds tables {sorted(rows)}, not {sorted(expected)}"
+    differ = [t for t in expected if typed(rows[t]) != typed(expected[t])]
+    if differ:
+        return f"restore of backup {marker_id} differs from the primary at its cut in {differ}"
+    return ""
+
+
 def verify_run(
     *,
     bootstrap: str,
@@ -220,9 +285,17 @@ def verify_run(
     oracle: dict[int, Rows],
     primary_now: Rows,
     primary_columns: dict[str, list[str]],
+    layouts: dict[int, dict[str, list[str]]] | None = None,
     check_replica: bool = True,
+    restore_into: Path | None = None,
+    restores: int = 1,
 ) -> Verdict:
-    """Check one finished (drained) run; see the module docstring for what counts."""
+    """Check one source of a finished (drained) run; see the module docstring for what
+    counts. ``oracle`` and ``layouts`` hold, per marker, this source's tables' rows and
+    columns at the cut (without ``layouts``, every cut is taken to have the final
+    layout and layouts are not checked); ``primary_now`` and ``primary_columns`` the same
+    after the drain. With ``restore_into`` (a scratch directory) and ``layouts``, up to
+    ``restores`` backups (:func:`restores_to_check`) are also restored and compared."""
     verdict = Verdict()
     events = control_events(bootstrap, source)
     statuses = final_statuses(events)
@@ -259,6 +332,9 @@ def verify_run(
         if proof.get("checked") is not True:  # every marker of the workload has a digest
             verdict.problem(f"backup {marker_id} was not proven against the primary: {proof}")
         expected = oracle[marker_id]
+        layout = layouts[marker_id] if layouts is not None else primary_columns
+        for text in layout_differences(backup, layout) if layouts is not None else ():
+            verdict.problem(text)
         for label, rows in (("DuckDB", backup_rows(backup)), ("Avro", avro_rows(backup)[0])):
             lost, extra = diff_rows(expected, rows)
             if lost or extra:
@@ -268,11 +344,20 @@ def verify_run(
                     f"backup {marker_id} ({label}) differs from the primary at its cut: "
                     f"{lost} rows missing, {extra} rows extra"
                 )
-                for table in TABLES if label == "DuckDB" else ():
-                    for row in list(Counter(expected[table]) - Counter(rows[table]))[:2]:
-                        why = explain_missing(records, table, row, primary_columns[table])
+                for table in layout if label == "DuckDB" else ():
+                    for row in list(Counter(expected[table]) - Counter(rows.get(table, [])))[:2]:
+                        why = explain_missing(records, table, row, layout[table])
                         verdict.problems.append(f"  {table} row {row!r} missing: {why}")
         verdict.backups_verified += 1
+
+    if restore_into is not None and layouts is not None:
+        chosen = restores_to_check(layouts, [m for m in published if m in oracle], restores)
+        for marker_id in chosen:
+            text = check_restore(backups, source, marker_id, oracle[marker_id], restore_into)
+            if text:
+                verdict.problem(text)
+            else:
+                verdict.restores_verified += 1
 
     for marker_id in sorted(oracle):
         status = statuses.get(marker_id)
@@ -293,7 +378,7 @@ def verify_run(
             verdict.lost += lost
             verdict.duplicated += extra
             verdict.problem(f"the drained replica differs from the primary: -{lost} +{extra} rows")
-            for table in TABLES:
+            for table in primary_columns:
                 missing = Counter(primary_now[table]) - Counter(in_replica[table])
                 surplus = Counter(in_replica[table]) - Counter(primary_now[table])
                 for row in list(missing)[:3]:

@@ -8,6 +8,11 @@ bounded, until every cut is resolved and every shard has passed the last marker.
 
 A supervisor restarts (unarmed) any replication process a failpoint killed, so a run
 always ends with every partition served.
+
+A run may have a second source capturing the same database (``RunConfig.second_source``;
+:data:`SECOND_TABLES`, its own topics, replica, backups and replication process
+``second-0``, which chaos may kill too); the drain waits for both, and every published
+backup of both is checked against the primary recorded at its cut.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,42 +38,25 @@ from tests.faults.checker import (
     shards_settled,
     verify_run,
 )
+from tests.faults.primary import (
+    ALL_TABLES,
+    KILLED,
+    MARK_WAITING,
+    FaultPipeline,
+    wait_installed,
+)
 from tests.faults.statements import kinds_named
 from tests.faults.workload import Workload
-from tests.integration.pipeline import CUTLINE, TABLES, Pipeline, Process, primary_columns
+from tests.integration.pipeline import Process
 
-KILLED = -signal.SIGKILL
+# the second source on the same primary: a subset of the tables, so it sees schema changes
+# (events), a REPLACE through UNIQUE (handles) and cascades (accounts -> cards) of its own
+SECOND_TABLES = ["accounts", "events", "handles", "cards"]
+SECOND_PARTITIONS = 3
+SECOND_PREFIX = "second-"  # its replication processes' names
 
 STATEMENTS_ENV = "FAULTS_STATEMENTS"  # comma-separated extra statement kinds for every run
-
-
-class FaultPipeline(Pipeline):
-    """The integration pipeline, with per-process environments and expected deaths."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.killed: set[int] = set()  # pids that died on purpose
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
-        log = self.root / f"{name}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        if env is None or FAILPOINTS_ENV not in env:
-            full_env.pop(FAILPOINTS_ENV, None)
-        handle = open(log, "ab")  # noqa: SIM115 - the child owns it; restarts append
-        popen = subprocess.Popen(
-            [*CUTLINE, *args], stdout=handle, stderr=subprocess.STDOUT, env=full_env, cwd=self.root
-        )
-        process = Process(name, popen, log)
-        self.processes.append(process)
-        return process
-
-    def check_alive(self) -> None:
-        for process in self.processes:
-            code = process.popen.poll()
-            if code is not None and code != 0 and process.popen.pid not in self.killed:
-                if code == KILLED:  # a failpoint kill: expected, the supervisor restarts it
-                    continue
-                raise AssertionError(f"{process.name} exited with {code}:\n{process.tail()}")
+SECOND_SOURCE_ENV = "FAULTS_SECOND_SOURCE"  # 1: every run has the second source
 
 
 class OffsetWatch(threading.Thread):
@@ -120,6 +108,13 @@ class RunConfig:
     alignment_timeout_s: float = 6.0
     session_timeout_s: float = 6.0
     arms: dict[str, str] = field(default_factory=dict)  # process name -> failpoint spec
+    # a second source on the same database, checked too. It about doubles a run's work, so
+    # `make test` has it where it matters (its process is never armed: where chaos may kill
+    # it, and as a baseline); FAULTS_SECOND_SOURCE=1 (set by the soak) puts it everywhere.
+    second_source: bool = field(
+        default_factory=lambda: os.environ.get(SECOND_SOURCE_ENV, "") not in ("", "0")
+    )
+    restores: int = 1  # per source, backups also restored (the newest of each layout)
     # extra statement kinds (tests/faults/statements.py EXTRA_KINDS) beside the default mix
     statements: tuple[str, ...] = field(
         default_factory=lambda: tuple(n for n in os.environ.get(STATEMENTS_ENV, "").split(",") if n)
@@ -134,12 +129,17 @@ class RunReport:
     verdict: Verdict
     transactions: int = 0
     cuts: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)  # statement kind -> times run
+    events: Counter[str] = field(default_factory=Counter)  # mid-run event -> times run
+    second_source_backups: int = 0  # of backups_verified, the second source's
 
     def line(self) -> str:
         v = self.verdict
         return (
             f"{self.name} seed={self.seed}: {self.transactions} transactions, {self.cuts} cuts, "
-            f"{self.kills} kills, {v.backups_verified} backups verified, {v.mismatches} "
+            f"{self.kills} kills, {v.backups_verified} backups verified "
+            f"({self.second_source_backups} of the second source, {v.restores_verified} "
+            f"also restored), {v.mismatches} "
             f"mismatches, {v.lost} lost, {v.duplicated} duplicated"
         )
 
@@ -152,20 +152,29 @@ class FaultRun:
         self.config = config
         self.rng = random.Random(config.seed)
         source = f"faults-{name}-{config.seed}-{time.monotonic_ns() % 10**8}"[:90]
-        self.pipeline = FaultPipeline(bootstrap, source, root)
+        self.pipeline = FaultPipeline(bootstrap, source, root, tables=ALL_TABLES)
+        self.second: FaultPipeline | None = None
+        if config.second_source:
+            (root / "second").mkdir(exist_ok=True)
+            self.second = FaultPipeline(
+                bootstrap, f"{source[:80]}-second", root / "second", tables=SECOND_TABLES
+            )
+            self.second.db = self.pipeline.db
         self.replicators: dict[str, Process] = {}
         self.kills = 0
         self.workload: Workload | None = None
-        self.watch: OffsetWatch | None = None
+        self.watches: list[OffsetWatch] = []
 
     def __enter__(self) -> FaultRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.watch is not None:
-            self.watch.stop()
+        for watch in self.watches:
+            watch.stop()
         if self.workload is not None:
             self.workload.close()
+        if self.second is not None:
+            self.second.__exit__(*exc)
         self.pipeline.__exit__(*exc)
 
     # -- processes ------------------------------------------------------------------------
@@ -177,27 +186,48 @@ class FaultRun:
         for i in range(self.config.processes):
             name = f"replicate-{i}"
             self.start_replicator(name, self.config.arms.get(name))
+        if self.second is not None:  # installs on the database the first source captures
+            self.second._start_capture(SECOND_PARTITIONS)
+            wait_installed(self.second)
+            self.start_replicator(f"{SECOND_PREFIX}0")
         self.workload = Workload(
             self.pipeline, self.config.seed, kinds_named(self.config.statements)
         )
-        self.watch = OffsetWatch(
-            self.pipeline.bootstrap, self.pipeline.source, self.config.partitions
-        )
-        self.watch.start()
+        for pipeline, partitions in self.sources():
+            watch = OffsetWatch(pipeline.bootstrap, pipeline.source, partitions)
+            watch.start()
+            self.watches.append(watch)
+
+    def sources(self) -> list[tuple[FaultPipeline, int]]:
+        """Each source of the run with its partition count, the first source first."""
+        out = [(self.pipeline, self.config.partitions)]
+        if self.second is not None:
+            out.append((self.second, SECOND_PARTITIONS))
+        return out
+
+    def _pipeline_of(self, name: str) -> FaultPipeline:
+        if name.startswith(SECOND_PREFIX) and self.second is not None:
+            return self.second
+        return self.pipeline
+
+    def check_alive(self) -> None:
+        for pipeline, _ in self.sources():
+            pipeline.check_alive()
 
     def start_replicator(self, name: str, arms: str | None = None) -> Process:
         cfg = self.config
-        process = self.pipeline.start(
+        pipeline = self._pipeline_of(name)
+        process = pipeline.start(
             name,
             "replicate",
             "--replica",
-            str(self.pipeline.replica),
+            str(pipeline.replica),
             "--backups",
-            str(self.pipeline.backups),
+            str(pipeline.backups),
             "--source",
-            self.pipeline.source,
+            pipeline.source,
             "--bootstrap-servers",
-            self.pipeline.bootstrap,
+            pipeline.bootstrap,
             "--alignment-timeout",
             str(cfg.alignment_timeout_s),
             "--session-timeout",
@@ -211,7 +241,7 @@ class FaultRun:
         """SIGKILL a replication process (it is restarted by :meth:`supervise`)."""
         process = self.replicators[name]
         if process.popen.poll() is None:
-            self.pipeline.killed.add(process.popen.pid)
+            self._pipeline_of(name).killed.add(process.popen.pid)
             process.popen.send_signal(signal.SIGKILL)
             process.popen.wait(10)
             self.kills += 1
@@ -269,10 +299,11 @@ class FaultRun:
             code = process.popen.poll()
             if code is None:
                 continue
-            if process.popen.pid not in self.pipeline.killed:
+            killed = self._pipeline_of(name).killed
+            if process.popen.pid not in killed:
                 if code != KILLED:
                     raise AssertionError(f"{name} exited with {code}:\n{process.tail()}")
-                self.pipeline.killed.add(process.popen.pid)
+                killed.add(process.popen.pid)
                 self.kills += 1  # a failpoint killed it
             self.start_replicator(name)
             restarted.append(name)
@@ -284,7 +315,7 @@ class FaultRun:
         while time.monotonic() < end:
             if self.replicators[name].popen.poll() is not None:
                 return True
-            self.pipeline.check_alive()
+            self.check_alive()
             time.sleep(0.1)
         return False
 
@@ -326,7 +357,7 @@ class FaultRun:
                     self.kill(self.rng.choice(sorted(self.replicators)))
                 if supervise:
                     self.supervise()
-                self.pipeline.check_alive()
+                self.check_alive()
         finally:
             stop.set()
             writer.join(30)
@@ -356,53 +387,79 @@ class FaultRun:
             time.sleep(0.5)
 
     def drain(self, deadline_s: float = 120.0) -> int:
-        """Cut a final marker with no writes after it and wait until it is behind everyone."""
+        """Cut a final marker with no writes after it and wait until it is behind everyone,
+        in every source."""
         assert self.workload is not None
         final = self.workload.cut()
         end = time.monotonic() + deadline_s
         while True:
             self.supervise()
-            self.pipeline.check_alive()
-            statuses = final_statuses(control_events(self.pipeline.bootstrap, self.pipeline.source))
-            resolved = all(
-                statuses.get(m) is not None and statuses[m].resolved for m in self.pipeline.oracle
-            )
-            if resolved and shards_settled(
-                self.pipeline.replica, self.pipeline.source, self.config.partitions, final
-            ):
+            self.check_alive()
+            waiting = []
+            for pipeline, partitions in self.sources():
+                statuses = self._statuses(pipeline)
+                if not self._drained(pipeline, partitions, final, statuses):
+                    waiting.append((pipeline, statuses))
+            if not waiting:
                 return final
             if time.monotonic() > end:
+                pipeline, statuses = waiting[0]
                 raise AssertionError(
-                    f"run {self.name} did not drain within {deadline_s:.0f} s (statuses "
+                    f"run {self.name} did not drain within {deadline_s:.0f} s (source "
+                    f"{pipeline.source} statuses "
                     f"{ {m: s.value for m, s in sorted(statuses.items())} })\n"
-                    f"{self.pipeline.logs()}"
+                    f"{pipeline.logs()}"
                 )
             time.sleep(0.5)
+
+    @staticmethod
+    def _statuses(pipeline: FaultPipeline) -> dict:
+        return final_statuses(control_events(pipeline.bootstrap, pipeline.source))
+
+    def _drained(self, pipeline: FaultPipeline, partitions: int, final: int, statuses) -> bool:
+        resolved = all(
+            statuses.get(m) is not None and statuses[m].resolved for m in self.pipeline.oracle
+        )
+        return resolved and shards_settled(pipeline.replica, pipeline.source, partitions, final)
 
     # -- the verdict ----------------------------------------------------------------------
 
     def verify(self) -> RunReport:
-        p = self.pipeline
-        conn = p.connect()
+        """Every source's backups and drained replica against the primary (see checker)."""
+        first = self.pipeline
+        conn = first.connect()
         try:
-            now = p.state(conn)
-            columns = {t: primary_columns(conn, t) for t in TABLES}
+            now = first.state(conn)
+            columns = first.layout(conn)
         finally:
             conn.close()
-        verdict = verify_run(
-            bootstrap=p.bootstrap,
-            source=p.source,
-            partitions=self.config.partitions,
-            backups=p.backups,
-            replica=p.replica,
-            oracle=p.oracle,
-            primary_now=now,
-            primary_columns=columns,
-        )
-        if self.watch is not None:
-            for text in self.watch.backwards:
+        verdict, second_backups = Verdict(), 0
+        for pipeline, partitions in self.sources():
+            tables = pipeline.tables
+            one = verify_run(
+                bootstrap=pipeline.bootstrap,
+                source=pipeline.source,
+                partitions=partitions,
+                backups=pipeline.backups,
+                replica=pipeline.replica,
+                oracle={m: {t: rows[t] for t in tables} for m, rows in first.oracle.items()},
+                layouts={m: {t: lay[t] for t in tables} for m, lay in first.layouts.items()},
+                primary_now={t: now[t] for t in tables},
+                primary_columns={t: columns[t] for t in tables},
+                restore_into=pipeline.root,
+                restores=self.config.restores,
+            )
+            if pipeline is not first:
+                one.problems = [f"[second source] {text}" for text in one.problems]
+                second_backups = one.backups_verified
+            verdict.merge(one)
+            verdict.statuses = verdict.statuses or one.statuses  # the first source's fates
+        for watch in self.watches:
+            for text in watch.backwards:
                 verdict.problem(text)
         stats = self.workload.stats if self.workload else None
+        events = Counter(stats.events) if stats else Counter()
+        events["capture-waited"] = self._capture_waits()
         return RunReport(
             self.name,
             self.config.seed,
@@ -410,12 +467,26 @@ class FaultRun:
             verdict,
             transactions=stats.transactions if stats else 0,
             cuts=stats.cuts if stats else 0,
+            kinds=Counter(stats.kinds) if stats else Counter(),
+            events=events,
+            second_source_backups=second_backups,
+        )
+
+    def _capture_waits(self) -> int:
+        """How often the captures logged waiting for the primary's write lock (a long
+        transaction held it when they had to write)."""
+        return sum(
+            process.log.read_text(errors="replace").count(MARK_WAITING)
+            for pipeline, _ in self.sources()
+            for process in pipeline.processes
+            if process.name == "capture"
         )
 
     def shutdown(self) -> None:
         """Stop every process cleanly (SIGTERM); a clean exit is part of the contract."""
         for name in list(self.replicators):
             self.stop(name)
-        for process in self.pipeline.processes:
-            if process.popen.poll() is None:
-                process.stop()
+        for pipeline, _ in self.sources():
+            for process in pipeline.processes:
+                if process.popen.poll() is None:
+                    process.stop()

@@ -18,6 +18,7 @@ from consumers.alignment import CutStatus
 from tests.faults.checker import shard_state
 from tests.faults.runner import FaultRun, RunConfig, RunReport
 from tests.faults.statements import EXTRA_KINDS
+from tests.faults.workload import MID_RUN_EVENTS
 
 Scenario = Callable[[str, Path, int], RunReport]
 
@@ -39,8 +40,9 @@ def _any_held(run: FaultRun) -> bool:
 
 
 def kill_mid_apply(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """SIGKILL inside a shard batch (changes applied, not committed), then a restart."""
-    config = RunConfig(seed, processes=2)
+    """SIGKILL inside a shard batch (changes applied, not committed), then a restart; a
+    second source on the same database goes on meanwhile."""
+    config = RunConfig(seed, processes=2, second_source=True)
     nth = 3 + seed % 20
     config.arms = {"replicate-0": f"apply.batch=kill@{nth}", "replicate-1": "apply.batch=kill@40"}
     with FaultRun(bootstrap, root, "kill-mid-apply", config) as run:
@@ -227,16 +229,40 @@ def zombie_process(bootstrap: str, root: Path, seed: int) -> RunReport:
 
 
 def statement_forms(bootstrap: str, root: Path, seed: int) -> RunReport:
-    """Every extra statement form (upserts, INSERT OR IGNORE, ...) in the mix, with SIGKILLs."""
-    config = RunConfig(seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS))
+    """Every statement form and every mid-run event, with SIGKILLs, in one run.
+
+    The default mix (REPLACE in its forms, cascades, key changes, ...) plus the extra kinds
+    (upserts, INSERT OR IGNORE); between stretches of writing, at seeded points, four
+    schema changes (each step ADD, RENAME, DROP COLUMN, the tags migration not yet run,
+    while possible) and a long write transaction that a `cutline mark` waits out. A kind
+    or an event that never ran is a problem.
+    """
+    config = RunConfig(
+        seed, partitions=4, processes=2, statements=tuple(EXTRA_KINDS), second_source=True
+    )  # chaos may kill the second source's process too
+    config.restores = 2  # the oldest and the newest layout
     with FaultRun(bootstrap, root, "statement-forms", config) as run:
         run.start()
-        run.write_for(8, chaos=0.15)
-        report = _finish(run)
         assert run.workload is not None
-        unused = [n for n in EXTRA_KINDS if not run.workload.stats.kinds[n]]
-        if unused:
-            report.verdict.problem(f"statement kinds never run: {unused}", mismatch=False)
+        events = ["schema-change"] * 4
+        events.insert(run.rng.randint(0, len(events)), "long-transaction")
+        for event in events:
+            run.write_for(run.rng.uniform(1.0, 2.0), chaos=0.15)
+            if event == "long-transaction":
+                run.workload.long_transaction()
+            else:  # the workload makes some of its own: prefer a step not yet run
+                stats, possible = run.workload.stats, run.workload.next_schema_changes()
+                fresh = [step for step in possible if not stats.events[step]]
+                run.workload.schema_change(run.rng.choice(fresh or possible))
+        run.write_for(1.5, chaos=0.15)
+        report = _finish(run)
+        stats = run.workload.stats
+        never = [k.name for k in run.workload.kinds if not stats.kinds[k.name]]
+        never += [e for e in MID_RUN_EVENTS if not stats.events[e]]
+        if never:
+            report.verdict.problem(f"statement kinds or events never run: {never}", mismatch=False)
+        if not stats.events["mark-waited"]:
+            report.verdict.problem("no `cutline mark` was seen waiting out a long transaction")
         return report
 
 

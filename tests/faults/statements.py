@@ -4,7 +4,15 @@ Why a catalogue: the workload must grow with every statement form capture learns
 (REPLACE, upserts, cascades, key changes, schema changes, ...). A new form is one
 :class:`StatementKind` here: add it to :data:`DEFAULT_KINDS` once capture handles it on
 main, or to :data:`EXTRA_KINDS` to run it only where asked (``RunConfig.statements``,
-``FAULTS_STATEMENTS``). Each kind runs inside the workload's open write transaction.
+``FAULTS_STATEMENTS``). Each kind runs inside the workload's open write transaction, on a
+connection with ``PRAGMA foreign_keys = ON`` and ``recursive_triggers`` off (SQLite's
+defaults otherwise): REPLACE then removes rows without firing DELETE triggers, and FK
+actions cascade, which is exactly what capture must see through.
+
+The REPLACE and cascade kinds use the fault primary's extra tables (:data:`FAULT_SCHEMA`):
+``handles`` (a UNIQUE column besides the key), ``settings`` (``ON CONFLICT REPLACE`` in
+its DDL) and ``cards`` (a foreign key to ``accounts`` with ``ON DELETE CASCADE ON UPDATE
+CASCADE``, so an account's key change or deletion moves or removes its cards).
 """
 
 from __future__ import annotations
@@ -41,12 +49,30 @@ class StatementKind:
     min_accounts: int = 0  # skipped (the next kind runs) while fewer accounts exist
 
 
+# the fault primary's tables beside tests.integration.pipeline.SCHEMA's, and their first rows
+FAULT_SCHEMA = """
+CREATE TABLE handles (id INTEGER PRIMARY KEY, account INTEGER, handle TEXT NOT NULL UNIQUE);
+CREATE TABLE settings (account INTEGER, key TEXT, value TEXT,
+                       PRIMARY KEY (account, key) ON CONFLICT REPLACE);
+CREATE TABLE cards (id INTEGER PRIMARY KEY,
+                    account INTEGER NOT NULL REFERENCES accounts(id)
+                        ON DELETE CASCADE ON UPDATE CASCADE,
+                    label TEXT);
+INSERT INTO handles SELECT id, id, 'h-' || id FROM accounts;
+INSERT INTO cards (account, label) SELECT id, 'card-' || id FROM accounts WHERE id % 2 = 0;
+INSERT INTO settings SELECT id, 'lang', 'en' FROM accounts WHERE id % 3 = 0;
+"""
+FAULT_TABLES = ["handles", "settings", "cards"]
+SETTING_KEYS = ("lang", "tz", "theme")
+
+
 def _new_account(c: Change) -> None:
     new = c.new_id()
     c.conn.execute(
         "INSERT INTO accounts VALUES (?, ?, 0, ?, NULL)", (new, f"new-{new}", real(c.rng))
     )
     c.conn.execute("INSERT INTO tags VALUES (?, 'new')", (new,))
+    c.conn.execute("INSERT INTO handles VALUES (?, ?, ?)", (new, new, f"h-{new}"))
 
 
 def _delete_transfers(c: Change) -> None:
@@ -118,20 +144,82 @@ def _insert_or_ignore(c: Change) -> None:
     c.conn.execute("INSERT OR IGNORE INTO tags VALUES (?, 'new')", (c.rng.choice(c.ids),))
 
 
-# the mix the fault scenarios have always run, in this order (a seed replays the same run)
+def _replace_account(c: Change) -> None:
+    """INSERT OR REPLACE / REPLACE INTO on an existing key: SQLite deletes the old row (no
+    DELETE trigger fires) and inserts the new one; the FK cascade removes its cards."""
+    verb = c.rng.choice(["INSERT OR REPLACE", "REPLACE"])
+    c.conn.execute(
+        f"{verb} INTO accounts VALUES (?, 'replaced', ?, ?, ?)",
+        (c.rng.choice(c.ids), c.rng.randint(0, 2000), real(c.rng), c.rng.randbytes(2)),
+    )
+
+
+def _two_handles(c: Change) -> list[tuple[int, str]]:
+    return c.conn.execute("SELECT id, handle FROM handles ORDER BY random() LIMIT 2").fetchall()
+
+
+def _replace_through_unique(c: Change) -> None:
+    """REPLACE with a new key and a taken handle: the row holding the handle (another key,
+    most likely another partition) is removed through the UNIQUE constraint."""
+    taken = _two_handles(c)
+    handle = taken[0][1] if taken else f"h-{c.new_id()}"
+    c.conn.execute(
+        "REPLACE INTO handles VALUES (?, ?, ?)", (c.new_id(), c.rng.choice(c.ids), handle)
+    )
+
+
+def _update_or_replace(c: Change) -> None:
+    """UPDATE OR REPLACE onto another row's handle: that other row is removed."""
+    rows = _two_handles(c)
+    if len(rows) < 2:
+        c.conn.execute("INSERT INTO handles VALUES (?, NULL, ?)", (c.new_id(), f"u-{c.new_id()}"))
+        return
+    (keep, _), (_, victims_handle) = rows
+    c.conn.execute("UPDATE OR REPLACE handles SET handle = ? WHERE id = ?", (victims_handle, keep))
+
+
+def _conflict_replace_in_ddl(c: Change) -> None:
+    """A plain INSERT into a table whose key says ON CONFLICT REPLACE: on a taken key the
+    old row is replaced, with no OR REPLACE in the statement."""
+    c.conn.execute(
+        "INSERT INTO settings VALUES (?, ?, ?)",
+        (c.rng.choice(c.ids), c.rng.choice(SETTING_KEYS), f"v{c.rng.randint(0, 99)}"),
+    )
+
+
+def _new_card(c: Change) -> None:
+    c.conn.execute(
+        "INSERT INTO cards (account, label) VALUES (?, ?)",
+        (c.rng.choice(c.ids), f"card-{c.new_id()}"),
+    )
+
+
+def _delete_account_cascading(c: Change) -> None:
+    """An account deleted: ON DELETE CASCADE deletes its cards (in other partitions)."""
+    c.conn.execute("DELETE FROM accounts WHERE id = ?", (c.rng.choice(c.ids),))
+
+
+# The mix every fault scenario runs, in this order. Re-weighted when the REPLACE forms and
+# cascades joined it: a seed now replays a different run than before that change.
 DEFAULT_KINDS: tuple[StatementKind, ...] = (
-    StatementKind("transfer", 0.40, lambda c: transfer(c.conn, c.rng, c.ids), min_accounts=2),
-    StatementKind("new-account", 0.10, _new_account),
-    StatementKind("delete-transfers", 0.07, _delete_transfers),
-    StatementKind("account-key-change", 0.06, _account_key_change, min_accounts=1),
-    StatementKind("tag-key-change", 0.04, _tag_key_change),
-    StatementKind("insert-event", 0.13, _insert_event),
-    StatementKind("delete-events", 0.05, _delete_events),
-    StatementKind("bulk-update", 0.07, _bulk_update, min_accounts=1),
-    StatementKind("update-account", 0.08, _update_account, min_accounts=1),
+    StatementKind("transfer", 0.30, lambda c: transfer(c.conn, c.rng, c.ids), min_accounts=2),
+    StatementKind("new-account", 0.09, _new_account),
+    StatementKind("delete-transfers", 0.05, _delete_transfers),
+    StatementKind("account-key-change", 0.05, _account_key_change, min_accounts=1),
+    StatementKind("tag-key-change", 0.03, _tag_key_change),
+    StatementKind("insert-event", 0.09, _insert_event),
+    StatementKind("delete-events", 0.04, _delete_events),
+    StatementKind("bulk-update", 0.05, _bulk_update, min_accounts=1),
+    StatementKind("update-account", 0.06, _update_account, min_accounts=1),
+    StatementKind("replace-on-key", 0.05, _replace_account, min_accounts=1),
+    StatementKind("replace-through-unique", 0.04, _replace_through_unique, min_accounts=1),
+    StatementKind("update-or-replace", 0.04, _update_or_replace),
+    StatementKind("on-conflict-replace-ddl", 0.04, _conflict_replace_in_ddl, min_accounts=1),
+    StatementKind("new-card", 0.04, _new_card, min_accounts=1),
+    StatementKind("delete-account-cascade", 0.03, _delete_account_cascading, min_accounts=1),
 )
 
-# forms that work on main but are not in the default mix (a seed's run stays the same)
+# forms run only where asked (the statement-forms scenario), beside the default mix
 EXTRA_KINDS: dict[str, StatementKind] = {
     kind.name: kind
     for kind in (
@@ -154,8 +242,7 @@ def kinds_named(names: Iterable[str]) -> tuple[StatementKind, ...]:
 def pick_and_run(kinds: Sequence[StatementKind], change: Change) -> str | None:
     """Run one kind, drawn by weight; a kind that needs more accounts passes to the next.
 
-    One draw of ``rng.random()`` scaled to the total weight: with the default mix (total
-    1.0) a seed draws exactly as the workload always did.
+    One draw of ``rng.random()`` scaled to the total weight (the default mix totals 1.0).
     """
     choice = change.rng.random() * sum(k.weight for k in kinds)
     bound = 0.0
