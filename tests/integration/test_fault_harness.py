@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.catalog import Backup
+from backups.catalog import Backup
 from consumers.replica import Shard, shard_path
 from tests.faults.checker import (
     layout_differences,
