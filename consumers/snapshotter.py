@@ -262,6 +262,7 @@ def write_backup(
             tables_meta = _write_files(
                 temp, connections, definitions, plan, t2_us, writer, avro_codec, choice, on_batch
             )
+        written = time.monotonic()
         try:
             checked = prove(plan.marker_id, replica_digests(tables_meta), proof)
         except (DigestMismatch, DigestMissing) as exc:
@@ -269,6 +270,8 @@ def write_backup(
         manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
         manifest.update(choice.manifest_fields(plan.marker_id))
         manifest["proof"] = checked
+        # of snapshot_ms, the wait for the primary's digest (its cost is the table's size)
+        manifest["proof_wait_ms"] = round((time.monotonic() - written) * 1000, 3)
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if deadline is not None and time.monotonic() > deadline:
             raise SnapshotError(f"backup {plan.marker_id} was not written before its deadline")
