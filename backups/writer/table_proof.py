@@ -99,18 +99,6 @@ def shard_chunks(
         yield from iter_rows(conn, definition.table, definition.column_names)
 
 
-def table_proof(
-    connections: Sequence[sqlite3.Connection],
-    definition: TableDefinition,
-    types: Sequence[ColumnType],
-) -> dict[str, Any]:
-    """The proof fields of a table from a pass of its own over every shard."""
-    proof = ProofAccumulator(definition, types)
-    for chunk in shard_chunks(connections, definition):
-        proof.add(chunk)
-    return proof.fields(shard_chunks(connections, definition))
-
-
 def derived_digest(
     parent_table: dict[str, Any],
     definition: TableDefinition,
