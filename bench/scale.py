@@ -435,6 +435,8 @@ def size_json(
                 "partition_pause_ms": {p: round(us / 1e3, 2) for p, us in sorted(each.items())},
                 **pause_parts_ms(at, holds, resumes),
                 "backup_s": round(backup_s[backup.kind][-1], 3),
+                # of backup_s, the wait for the primary's digest of the marker
+                "proof_wait_s": round(float(backup.manifest.get("proof_wait_ms", 0)) / 1000, 3),
                 "bytes": backup_bytes[backup.kind][-1],
             }
         )

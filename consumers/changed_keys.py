@@ -174,11 +174,6 @@ def touched_rows(
     ).fetchall()
 
 
-def row_count(conn: sqlite3.Connection, table: str) -> int:
-    (count,) = conn.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()
-    return int(count)
-
-
 def prune(shard_paths: Sequence[Path], published_marker_id: int, busy_ms: int = 2000) -> None:
     """After backup M is published: forget changes tagged before M (best effort).
 

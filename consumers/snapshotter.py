@@ -33,14 +33,12 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from backups.backup_digest import restored_digest
 from backups.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, source_dir
 from backups.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
 from backups.incremental import (
@@ -64,6 +62,7 @@ from backups.writer.column_types import (  # noqa: F401  (affinity, column_type:
 )
 from backups.writer.duckdb_format import writer_config, written_with
 from backups.writer.keyed_changes import KeyedChanges, write_keyed_changes
+from backups.writer.table_proof import ProofAccumulator, shard_chunks
 from backups.writer.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
 from consumers import changed_keys
 from consumers.digest_proof import (
@@ -74,10 +73,9 @@ from consumers.digest_proof import (
     prove,
     replica_digests,
 )
-from consumers.replica import iter_rows, load_definitions, open_readonly, read_state, shard_path
+from consumers.replica import load_definitions, open_readonly, read_state, shard_path
 from cutline import failpoints
 from cutline.errors import CutlineError
-from producers.digest import DigestAccumulator
 from producers.markers import format_time
 from producers.sqlite_changelog import quote_identifier, quote_text
 from schemas.records import TableDefinition
@@ -103,46 +101,6 @@ class CutPlan:
     offsets: dict[int, int]
     tables: tuple[str, ...]
     alignment_s: float | None = None
-
-
-def _table_proof(
-    connections: list[Any], definition: TableDefinition, types: list[ColumnType]
-) -> dict[str, Any]:
-    """The manifest's ``digest`` of a table, from the pinned shards' own (native) rows.
-
-    Read in a pass of its own, chunk by chunk (memory stays flat), because the backup's
-    batches hold converted values, and an incremental built from the recorded keys reads
-    no other row. Adds ``widened_columns`` (and ``restored_digest`` when a restore cannot
-    give every value back with its storage class) for columns the backup widened.
-    """
-    names = definition.column_names
-    digest = DigestAccumulator()
-    candidates = [i for i, t in enumerate(types) if t is TEXT_FALLBACK or t is DOUBLE]
-    widened: set[int] = {i for i in candidates if types[i] is TEXT_FALLBACK}
-    for conn in connections:
-        for chunk in iter_rows(conn, definition.table, names):
-            digest.add(chunk)
-            for i in candidates:
-                if i not in widened and any(type(row[i]) is int for row in chunk):
-                    widened.add(i)
-    result = digest.result(definition.table)
-    out: dict[str, Any] = {"digest": result.as_json()}
-    if widened:
-        out["widened_columns"] = [definition.columns[i].name for i in sorted(widened)]
-
-        def converted() -> Iterator[tuple]:
-            for conn in connections:
-                for chunk in iter_rows(conn, definition.table, names):
-                    for row in chunk:
-                        yield tuple(
-                            v if t.convert is None else t.convert(v)
-                            for v, t in zip(row, types, strict=True)
-                        )
-
-        restored = restored_digest(definition.table, definition.ddl, names, converted())
-        if (restored.rows, restored.hash) != (result.rows, result.hash):
-            out["restored_digest"] = restored.as_json()
-    return out
 
 
 _AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
@@ -304,6 +262,7 @@ def write_backup(
             tables_meta = _write_files(
                 temp, connections, definitions, plan, t2_us, writer, avro_codec, choice, on_batch
             )
+        written = time.monotonic()
         try:
             checked = prove(plan.marker_id, replica_digests(tables_meta), proof)
         except (DigestMismatch, DigestMissing) as exc:
@@ -311,6 +270,8 @@ def write_backup(
         manifest = _manifest(temp, plan, t2_us, writer, tables_meta, time.monotonic() - started)
         manifest.update(choice.manifest_fields(plan.marker_id))
         manifest["proof"] = checked
+        # of snapshot_ms, the wait for the primary's digest (its cost is the table's size)
+        manifest["proof_wait_ms"] = round((time.monotonic() - written) * 1000, 3)
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if deadline is not None and time.monotonic() > deadline:
             raise SnapshotError(f"backup {plan.marker_id} was not written before its deadline")
@@ -395,7 +356,7 @@ def _write_files(
                     meta = _write_keyed_table(
                         db, definition, changes, temp, avro_rel, plan, t2_us, codec
                     )
-                    meta.update(_table_proof(connections, definition, changes.types))
+                    meta.update(changes.proof)  # derived from the parent's digest
                 else:
                     meta = _write_table(
                         db,
@@ -410,7 +371,6 @@ def _write_files(
                         parent,
                         on_batch,
                     )
-                    meta.update(_table_proof(connections, definition, types[definition.table]))
                     if parent is not None:
                         meta["changes_from"] = (
                             f"a diff of the whole table: {why_full_diff[definition.table]}"
@@ -457,7 +417,8 @@ def _write_table(
 
     The rows stream: each shard is read in Arrow batches of at most ``BATCH_ROWS`` rows,
     each batch goes to ``on_batch``, into DuckDB and (full backup) into the Avro file, then
-    is dropped. ``types`` were decided before, from a summary of every shard.
+    is dropped. ``types`` were decided before, from a summary of every shard. The same
+    pass takes the table's digest from the native rows (``backups.writer.table_proof``).
     """
     names = list(definition.column_names)
     schema = _avro_schema(definition, types)
@@ -474,7 +435,9 @@ def _write_table(
             avro = None  # an incremental's Avro file holds only the changes: written below
             if parent is None:
                 avro = stack.enter_context(ContainerWriter(out, schema, codec, metadata))
-            for batch in shard_batches(connections, definition, types, BATCH_ROWS):
+            proof = ProofAccumulator(definition, types)
+            batches = shard_batches(connections, definition, types, BATCH_ROWS, proof.add)
+            for batch in batches:
                 if on_batch is not None:
                     on_batch(definition.table, batch)
                 db.register(_BATCH_VIEW, batch)
@@ -492,6 +455,7 @@ def _write_table(
             with ContainerWriter(out, schema, codec, metadata) as avro:
                 _copy_to_avro(db, f"SELECT * FROM {target}", avro)
     meta = _table_meta(definition, types, rows, avro_rel)
+    meta.update(proof.fields(shard_chunks(connections, definition)))
     if changes is not None:
         meta.update(changes)
         meta["deleted_avro"] = avro_rel.removesuffix(".avro") + ".deleted.avro"

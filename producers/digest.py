@@ -62,6 +62,23 @@ class TableDigest:
     def as_json(self) -> dict[str, object]:
         return {"rows": self.rows, "hash": self.hex}
 
+    @classmethod
+    def from_json(cls, table: str, data: dict[str, object]) -> TableDigest:
+        """A digest as :meth:`as_json` wrote it (e.g. a manifest's ``tables[t].digest``)."""
+        return cls(table, int(str(data["rows"])), int(str(data["hash"]), 16))
+
+    def changed(self, removed: TableDigest, added: TableDigest) -> TableDigest:
+        """This table's digest with ``removed``'s rows taken out and ``added``'s put in.
+
+        Exact because a digest is a count and a sum mod 2^64: taking out a row that was
+        in the table subtracts its hash and one from the count.
+        """
+        return TableDigest(
+            self.table,
+            self.rows - removed.rows + added.rows,
+            (self.hash - removed.hash + added.hash) % MOD,
+        )
+
 
 def _text(value: str) -> bytes:
     try:

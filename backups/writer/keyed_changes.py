@@ -7,9 +7,13 @@ changes, in a scratch DuckDB); the incremental is the same diff as a full compar
 (:func:`backups.incremental.write_changes`) restricted to the touched keys, which is the
 same result: a key nobody touched since P holds the row it held at P.
 
+The table's digest comes from the same rows: the parent's digest, minus P's rows of the
+touched keys, plus their rows now (``backups.writer.table_proof.derived_digest``, which
+argues why that is exact), so no other row of the table is read.
+
 Returns a reason instead when this cannot be exact (no record, NULLs or rowid as key, a
-column type that might change, a key that moved shards); the snapshotter then diffs the
-whole table as before.
+column type that might change, a key that moved shards, a digest that cannot be derived);
+the snapshotter then diffs the whole table as before.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pyarrow as pa
 from backups.catalog import Backup
 from backups.chain import DELETED_SCHEMA, MATCH_KEY, apply_link_table, chain_of
 from backups.writer.column_types import ColumnType, column_type, stable_type
+from backups.writer.table_proof import derived_digest
 from backups.writer.table_stream import arrow_schema, to_array
 from consumers import changed_keys
 from producers.sqlite_changelog import quote_identifier, quote_text
@@ -38,8 +43,9 @@ _TOUCHED = "_cutline_touched"
 @dataclass(frozen=True)
 class KeyedChanges:
     types: list[ColumnType]
-    rows: int  # the table's full row count at the cut
+    rows: int  # the table's full row count at the cut (the digest's)
     fields: dict[str, Any]  # match, changed, deleted, deleted_columns (as write_changes)
+    proof: dict[str, Any]  # the manifest's ``digest`` of the table, derived from the parent's
 
 
 def write_keyed_changes(
@@ -90,6 +96,10 @@ def write_keyed_changes(
         previous = current
     else:
         previous = _previous_rows(parent, definition.table, keys, touched_table)
+    parent_table = parent.manifest["tables"][definition.table]
+    digest = derived_digest(parent_table, definition, types, previous, rows)
+    if isinstance(digest, str):
+        return f"its digest cannot be derived: {digest}"
     target = quote_identifier(definition.table)
     key_list = ", ".join(quote_identifier(k) for k in keys)
     db.register(_CURRENT, current)
@@ -111,14 +121,13 @@ def write_keyed_changes(
     finally:
         db.unregister(_CURRENT)
         db.unregister(_PREVIOUS)
-    total = sum(changed_keys.row_count(c, definition.table) for c in connections)
     fields = {
         "match": MATCH_KEY,
         "changed": int(changed_count),
         "deleted": int(deleted_count),
         "deleted_columns": keys,
     }
-    return KeyedChanges(types, total, fields)
+    return KeyedChanges(types, digest.rows, fields, {"digest": digest.as_json()})
 
 
 def _previous_rows(parent: Backup, table: str, keys: list[str], touched: pa.Table) -> pa.Table:

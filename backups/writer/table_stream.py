@@ -39,12 +39,19 @@ def shard_batches(
     definition: TableDefinition,
     types: Sequence[ColumnType],
     batch_rows: int = BATCH_ROWS,
+    on_rows: Callable[[list[tuple]], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Every row of ``definition.table`` in every shard, in shard order, as batches."""
+    """Every row of ``definition.table`` in every shard, in shard order, as batches.
+
+    ``on_rows`` sees each chunk of native rows before it is converted (the table's digest
+    is taken in the same pass, see ``backups.writer.table_proof``).
+    """
     names = definition.column_names
     schema = arrow_schema(names, types)
     for conn in connections:
         for rows in iter_rows(conn, definition.table, names, chunk=batch_rows):
+            if on_rows is not None:
+                on_rows(rows)
             columns = zip(*rows, strict=True)
             arrays = [to_array(values, t) for values, t in zip(columns, types, strict=True)]
             yield pa.record_batch(arrays, schema=schema)

@@ -7,13 +7,17 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import duckdb
 
 from backups.catalog import Backup, list_backups
+from backups.chain import resolved_database
 from backups.readers.restore import restore_backup
 from backups.storage.local.durable import sha256_of
+from backups.verify import verify_backup
+from consumers import changed_keys
 from consumers.replica import shard_path
 from producers.digest import digest_rows
 from producers.markers import request_marker
@@ -225,4 +229,94 @@ def test_digest_every_two_skips_alternate_markers_and_they_still_publish(
     for marker_id, backup in again.items():
         assert backup.manifest["proof"]["checked"] is (marker_id % 2 == 0)
         assert_exact(pipeline, backup, pipeline.oracle[marker_id])
+    conn.close()
+
+
+def _shard_of(pipeline: Pipeline, account: int) -> Path:
+    """The replica shard holding ``account``."""
+    for p in range(PARTITIONS):
+        path = shard_path(pipeline.replica, pipeline.source, p)
+        with closing(sqlite3.connect(path, timeout=30)) as shard:
+            if shard.execute("SELECT 1 FROM accounts WHERE id = ?", (account,)).fetchone():
+                return path
+    raise AssertionError(f"no shard holds account {account}")
+
+
+def _on_shard(path: Path, sql: str, *args: object) -> list[tuple]:
+    with closing(sqlite3.connect(path, timeout=30)) as shard, shard:
+        return shard.execute(sql, args).fetchall()
+
+
+def _assert_resolved_exact(pipeline: Pipeline, backup: Backup, expected: Rows) -> None:
+    """An incremental, resolved through its chain (DuckDB and a restore), is ``expected``
+    row by row; verify recomputes its digest from that content."""
+    with resolved_database(backup) as path:
+        db = duckdb.connect(str(path), read_only=True)
+        try:
+            for table in TABLES:
+                columns = [c["name"] for c in backup.tables[table]["columns"]]
+                assert table_rows(db, table, columns) == expected[table], table
+        finally:
+            db.close()
+    target = pipeline.root / f"restored-{backup.marker_id}.sqlite"
+    restore_backup(backup, target)
+    with closing(sqlite3.connect(target)) as conn:
+        restored = {t: table_rows(conn, t, primary_columns(conn, t)) for t in TABLES}
+    assert restored == expected, f"backup {backup.marker_id}: restore differs"
+    assert verify_backup(backup) == []
+
+
+def _forget_changed_key(path: Path, account: int) -> None:
+    """Remove a key's record of change, as if the shard had failed to write it."""
+    changed = changed_keys.changed_table("accounts")
+    _on_shard(path, f"DELETE FROM {changed} WHERE id = ?", account)
+
+
+def test_an_incremental_is_proven_on_its_own_content(pipeline: Pipeline) -> None:
+    """An incremental's digest is derived from its parent's and the recorded keys: a shard
+    row changed by hand (never recorded) is in neither the backup nor its digest, so the
+    cut publishes, exact; a change applied but whose record was lost is missing from the
+    backup, so the digest disagrees with the primary's and the cut fails."""
+    pipeline.create_primary()
+    pipeline.start_capture(PARTITIONS)
+    pipeline.start_replicator("replicate", "--full-every", "10")
+    conn = pipeline.connect()
+    first = pipeline.cut(conn)
+    pipeline.wait_for_backups([first.marker_id])
+
+    by_hand = _shard_of(pipeline, 5)  # changed outside replication, and never recorded
+    _on_shard(by_hand, "UPDATE accounts SET owner = 'by hand' WHERE id = 5")
+    _forget_changed_key(by_hand, 5)
+    conn.execute("UPDATE accounts SET owner = 'recorded' WHERE id = 7")
+    conn.execute("DELETE FROM accounts WHERE id = 8")
+    second = pipeline.cut(conn)
+    backup = pipeline.wait_for_backups([second.marker_id])[second.marker_id]
+    assert backup.kind == "incremental" and backup.parent_marker_id == first.marker_id
+    assert backup.tables["accounts"]["changes_from"].startswith("the keys"), backup.tables
+    assert backup.manifest["proof"]["checked"] is True
+    _assert_resolved_exact(pipeline, backup, pipeline.oracle[second.marker_id])
+
+    conn.execute("UPDATE accounts SET owner = 'its record lost' WHERE id = 9")
+
+    holder = _shard_of(pipeline, 9)
+
+    def applied() -> bool:
+        pipeline.check_alive()
+        return bool(_on_shard(holder, "SELECT 1 FROM accounts WHERE id = 9 AND owner = ?", lost))
+
+    lost = "its record lost"
+    wait_until(applied, 60, "the shard to apply the update of account 9")
+    _forget_changed_key(holder, 9)
+    failing = pipeline.cut(conn)
+
+    def failed() -> str | None:
+        pipeline.check_alive()
+        for event in control_events(pipeline.bootstrap, pipeline.source):
+            if event.marker_id == failing.marker_id and event.kind is ControlKind.FAILED:
+                return event.detail
+        return None
+
+    detail = wait_until(failed, 120, f"cut {failing.marker_id} to fail")
+    assert "table 'accounts'" in detail and "differs from the primary" in detail, detail
+    assert failing.marker_id not in pipeline.published()
     conn.close()
