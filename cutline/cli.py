@@ -7,9 +7,12 @@ Exit status: 0 success, 1 a failure cutline explains, 2 invalid options or setti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -489,6 +492,14 @@ def _use_topic_template(args: argparse.Namespace) -> None:
         os.environ[ENV_TOPIC_TEMPLATE] = validate_topic_template(template)
 
 
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack to stderr, even while the main
+    thread is stuck inside a C call (a process that does not stop can say where it is)."""
+    if hasattr(signal, "SIGUSR1"):
+        with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -508,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.DEBUG if args.verbose else logging.CRITICAL + 1
     )
     previous_handlers = SIGNALS.install()  # every command, every phase: cutline.stopping
+    _dump_stacks_on_sigusr1()
     try:
         _use_topic_template(args)
         _check_backups_exist(args)

@@ -7,6 +7,7 @@ commit boundary, whatever other writers are doing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,12 +76,23 @@ class Process:
             try:
                 self.popen.wait(deadline_s)
             except subprocess.TimeoutExpired:
+                self._dump_stacks()
                 self.popen.kill()
                 self.popen.wait(10)
                 raise AssertionError(
-                    f"{self.name} did not stop within {deadline_s:.0f} s of SIGTERM:\n{self.tail()}"
+                    f"{self.name} did not stop within {deadline_s:.0f} s of SIGTERM:\n"
+                    f"{self.tail(120)}"
                 ) from None
         return self.popen.returncode
+
+    def _dump_stacks(self, deadline_s: float = 5.0) -> None:
+        """Ask a process that does not stop where it is: cutline prints every thread's
+        stack on SIGUSR1 (into its log); wait until the dump is there, bounded."""
+        with contextlib.suppress(OSError):
+            self.popen.send_signal(signal.SIGUSR1)
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end and "most recent call first" not in self.tail(200):
+            time.sleep(0.1)
 
     def tail(self, lines: int = 40) -> str:
         try:

@@ -175,6 +175,23 @@ def test_sigterm_while_replicate_waits_for_the_ops_topic(pipeline: Pipeline) -> 
     assert "stopped by SIGTERM during start-up" in text and "Traceback" not in text
 
 
+def test_sigusr1_prints_every_threads_stack_and_the_process_goes_on(pipeline: Pipeline) -> None:
+    """A process that does not stop can say where it is: SIGUSR1 dumps the stacks (the
+    fault harness asks for them before it kills a process that ignored SIGTERM)."""
+    replicate = pipeline.start_replicator("replicate")
+    wait_until(
+        lambda: "waiting up to" in replicate.log.read_text() or replicate.popen.poll() is not None,
+        60,
+        "replicate to wait for the ops topic",
+    )
+    replicate.popen.send_signal(signal.SIGUSR1)
+    wait_until(lambda: "most recent call first" in replicate.log.read_text(), 20, "the stack dump")
+    assert "in wait_for_topic" in replicate.log.read_text()
+    assert replicate.popen.poll() is None, "SIGUSR1 must not stop the process"
+    code, _elapsed = _sigterm_and_time(replicate.popen)
+    assert code == 0, replicate.log.read_text()
+
+
 def test_sigint_interrupts_a_one_shot_command_with_130(tmp_path: Path) -> None:
     """replay (one shot) waiting for an unreachable cluster: SIGINT ends it, status 130."""
     backups = tmp_path / "backups"
