@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 
 from cutline import logs
 from cutline.config_file import apply_settings
+from cutline.directories import distinct_directories
 from cutline.errors import ConfigError, CutlineError
 from cutline.kafka_config import redacted
 from cutline.kafka_errors import describe
@@ -338,13 +339,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from backups.catalog import select_backup
-    from backups.readers.restore import restore_backup
+    from backups.readers.restore import check_target, restore_backup
 
     tables = None
     if args.tables is not None:
         tables = [t.strip() for t in args.tables.split(",") if t.strip()]
         if not tables:
             raise ConfigError("--tables needs at least one table name, e.g. --tables accounts")
+    check_target(args.to, args.force)  # a bad --to is refused before any backup is read
     source = _reader_source(args)
     backup = select_backup(args.backups, source, marker_id=args.marker, as_of=args.as_of)
     _log_progress(f"restoring backup {backup.marker_id}: the primary as of {backup.t1}")
@@ -476,6 +478,8 @@ READS_BACKUPS = frozenset({"backups", "query", "restore", "diff", "verify", "pru
 
 
 def _check_backups_exist(args: argparse.Namespace) -> None:
+    if args.command in ("replicate", "replay"):
+        distinct_directories(args.replica, args.backups)
     path = getattr(args, "backups", None)
     if args.command not in READS_BACKUPS or path is None:
         return

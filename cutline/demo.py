@@ -26,6 +26,7 @@ from pathlib import Path
 from backups.catalog import list_backups
 from backups.readers.query import run_query
 from cutline.broker.provision import provide_cluster
+from cutline.directories import DEMO_STAMP, demo_workdir
 from cutline.errors import CutlineError, DeadlineExceeded
 from cutline.kafka_config import env_for_children, resolve_client_settings
 from cutline.settings import ENV_BOOTSTRAP, resolve_kafka
@@ -143,12 +144,13 @@ def run_demo(
     bootstrap: str | None = None,
     log_args: tuple[str, ...] = (),  # --log-format/--log-level for capture and replicate
 ) -> int:
-    workdir = Path(workdir).resolve()
+    workdir = demo_workdir(workdir)
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     source = f"demo-{run}"
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    (workdir / DEMO_STAMP).write_text("made by cutline demo; the next demo may delete this\n")
     db, replica, backups = workdir / "bank.sqlite", workdir / "replica", workdir / "backups"
 
     _say("== 1. Kafka")

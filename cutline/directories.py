@@ -50,3 +50,42 @@ def writable_directory(label: str, path: Path | str) -> Path:
     with contextlib.suppress(OSError):
         os.unlink(probe)
     return directory
+
+
+def distinct_directories(replica: Path | None, backups: Path | None) -> None:
+    """Refuse ``--replica`` and ``--backups`` naming one directory (also via a symlink).
+
+    Why: replica shards and backup folders are both per-source trees; one directory
+    would mix them and retention/``replay --force`` could remove the other's files.
+    Each must also be a directory if it already exists (replay creates missing ones).
+    """
+    for label, path in (("--replica", replica), ("--backups", backups)):
+        if path is not None and path.exists() and not path.is_dir():
+            raise ConfigError(f"{label} {path} is not a directory: pass a directory")
+    if replica is None or backups is None:
+        return
+    if replica.resolve() == backups.resolve():
+        raise ConfigError(
+            f"--replica {replica} and --backups {backups} are the same directory: "
+            "give each its own directory"
+        )
+
+
+DEMO_STAMP = ".cutline-demo"
+
+
+def demo_workdir(path: Path) -> Path:
+    """The demo's work directory, safe to wipe: missing, empty, or made by an earlier demo.
+
+    Why: the demo deletes its directory before it starts; ``--workdir .`` or ``~`` must
+    never remove a user's files.
+    """
+    workdir = Path(path).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {path} is a file: pass a directory for the demo's files")
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / DEMO_STAMP).exists():
+        raise ConfigError(
+            f"--workdir {path} is not empty and was not made by `cutline demo`: "
+            "pass a new or empty directory (the demo deletes its directory's contents)"
+        )
+    return workdir

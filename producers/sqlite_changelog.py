@@ -123,6 +123,8 @@ def now_us() -> int:
 def connect(db_path: str | Path, *, must_exist: bool = True, timeout_s: float = 10.0):
     """Open the primary. A missing file is an error, never a new empty database."""
     path = Path(db_path)
+    if must_exist and path.is_dir():
+        raise ConfigError(f"primary database {path} is a directory: pass the SQLite file in it")
     if must_exist and not path.is_file():
         raise ConfigError(
             f"primary database {path} does not exist: pass the path of an existing SQLite file"

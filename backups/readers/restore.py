@@ -91,7 +91,7 @@ def restore_backup(
 ) -> RestoreResult:
     """Write ``backup`` (all tables, or ``tables``) as a SQLite database at ``target``."""
     target = Path(target)
-    _check_target(target, force)
+    check_target(target, force)
     wanted = _check_tables(backup, tables)
     problems = verify_backup(backup)
     if problems:
@@ -132,7 +132,7 @@ def _temp_path(target: Path) -> Path:
     return target.parent / f".{stem}{suffix}"
 
 
-def _check_target(target: Path, force: bool) -> None:
+def check_target(target: Path, force: bool) -> None:
     if target.is_dir():
         raise ConfigError(f"--to {target} is a directory; give the path of a database file")
     if (target.exists() or target.is_symlink()) and not force:
