@@ -474,7 +474,7 @@ def _say_error(args: argparse.Namespace, text: str) -> None:
 
 
 # Commands that only look at existing backups: a --backups that is not there is a typo.
-READS_BACKUPS = frozenset({"backups", "query", "restore", "diff", "verify", "prune"})
+READS_BACKUPS = frozenset({"backups", "query", "restore", "diff", "verify", "prune", "status"})
 
 
 def _check_backups_exist(args: argparse.Namespace) -> None:

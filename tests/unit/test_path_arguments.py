@@ -165,6 +165,7 @@ READERS = [
     ["diff", "1", "2"],
     ["verify"],
     ["prune", "--keep-last", "1"],
+    ["status", *KAFKA],
 ]
 
 
