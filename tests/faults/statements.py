@@ -87,10 +87,13 @@ def _account_key_change(c: Change) -> None:
 
 
 def _tag_key_change(c: Change) -> None:
-    """A key change in a WITHOUT ROWID table with a composite key."""
+    """A key change in a WITHOUT ROWID table with a composite key. The new tag is fresh
+    (an application never hits its own unique key: ``tag || '+'`` could, as a tag may
+    already have been moved to it)."""
     c.conn.execute(
-        "UPDATE tags SET tag = tag || '+' WHERE (account, tag) IN "
-        "(SELECT account, tag FROM tags ORDER BY random() LIMIT 1)"
+        "UPDATE tags SET tag = tag || '+' || ? WHERE (account, tag) IN "
+        "(SELECT account, tag FROM tags ORDER BY random() LIMIT 1)",
+        (c.new_id(),),
     )
 
 
