@@ -21,28 +21,19 @@ import numpy as np
 from producers.initial_snapshot import Chunk
 from producers.operations import KEY_SEPARATOR
 from producers.sqlite_changelog import raw_text_value
+from schemas.operation_codec import varint
 from schemas.records import Value
 
 _pack_double = struct.Struct("<d").pack
 _NULL, _LONG, _DOUBLE, _STRING, _BYTES = 0, 2, 4, 6, 8  # zig-zag union branch indexes
 
 
-def _long(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def _string(s: str) -> bytes:
     b = s.encode("utf-8")
-    return _long(len(b)) + b
+    return varint(len(b)) + b
 
 
-_STRING_HEADS = tuple(bytes((_STRING,)) + _long(n) for n in range(4096))  # branch + length
+_STRING_HEADS = tuple(bytes((_STRING,)) + varint(n) for n in range(4096))  # branch + length
 _ONE_NULL = bytes((_NULL,))
 
 
@@ -52,16 +43,16 @@ def _value(v: Value) -> bytes:
     if t is int:
         if not -(2**63) <= v < 2**63:  # type: ignore[operator]
             raise ValueError(f"integer {v} does not fit an Avro long")
-        return bytes((_LONG,)) + _long(v)  # type: ignore[arg-type]
+        return bytes((_LONG,)) + varint(v)  # type: ignore[arg-type]
     if t is str:
         b = v.encode("utf-8")  # type: ignore[union-attr]
-        return bytes((_STRING,)) + _long(len(b)) + b
+        return bytes((_STRING,)) + varint(len(b)) + b
     if t is float:
         return bytes((_DOUBLE,)) + _pack_double(v)  # type: ignore[arg-type]
     if v is None:
         return _ONE_NULL
     if t is bytes:
-        return bytes((_BYTES,)) + _long(len(v)) + v  # type: ignore[arg-type, operator]
+        return bytes((_BYTES,)) + varint(len(v)) + v  # type: ignore[arg-type, operator]
     raise TypeError(f"value of type {t.__name__} is not a SQLite storage class")
 
 
@@ -100,7 +91,7 @@ def _floats(values: tuple) -> list[bytes]:
 def _strings(values: tuple) -> list[bytes]:
     heads, encoded = _STRING_HEADS, [s.encode("utf-8") for s in values]
     return [
-        heads[len(b)] + b if len(b) < 4096 else heads[0][:1] + _long(len(b)) + b for b in encoded
+        heads[len(b)] + b if len(b) < 4096 else heads[0][:1] + varint(len(b)) + b for b in encoded
     ]
 
 
@@ -135,16 +126,16 @@ def chunk_records(
     names = [_string(c) for c in chunk.columns]
     keys = chunk.key_positions
     pieces: list = []
-    constant = header + _string(source) + _long(chunk.seq) + _string(chunk.table) + b"\x00"
-    constant += _long(len(keys))  # the key map: one block
+    constant = header + _string(source) + varint(chunk.seq) + _string(chunk.table) + b"\x00"
+    constant += varint(len(keys))  # the key map: one block
     for i in keys:
         pieces += [repeat(constant + names[i]), encoded[i]]
         constant = b""
-    constant += b"\x00\x00\x02" + _long(count)  # its end, no before image, an after map
+    constant += b"\x00\x00\x02" + varint(count)  # its end, no before image, an after map
     for i in range(count):
         pieces += [repeat(constant + names[i]), encoded[i]]
         constant = b""
-    pieces.append(repeat(b"\x00" + _long(commit_time_us)))
+    pieces.append(repeat(b"\x00" + varint(commit_time_us)))
     values = list(map(b"".join, zip(*pieces, strict=False)))  # the constants repeat forever
     table_key = chunk.table + KEY_SEPARATOR
     if chunk.rowid_alias:

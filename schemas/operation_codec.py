@@ -72,15 +72,16 @@ def _write_string(s: str, out: bytearray) -> None:
     out += b
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """An Avro long: zig-zag, then a varint (what every encoder of records here writes)."""
     out = bytearray()
     _write_long(n, out)
     return bytes(out)
 
 
 _SMALL = 1 << 13  # longs in [-8192, 8192): their value-union encoding, precomputed
-_SMALL_LONGS = tuple(bytes([_LONG]) + _varint(n) for n in range(-_SMALL, _SMALL))
-_COUNTS = tuple(_varint(n) for n in range(256))  # map block counts
+_SMALL_LONGS = tuple(bytes([_LONG]) + varint(n) for n in range(-_SMALL, _SMALL))
+_COUNTS = tuple(varint(n) for n in range(256))  # map block counts
 _SHORT_STRINGS = tuple(bytes([_STRING, n << 1]) for n in range(64))  # branch + length < 64
 _pack_branch_double = struct.Struct("<Bd").pack  # branch index byte, then the double
 
@@ -97,7 +98,7 @@ def _write_entries(names, values, size: int, out: bytearray) -> None:
     if not size:
         out.append(0)  # an empty map is its end alone
         return
-    out += _COUNTS[size] if size < 256 else _varint(size)
+    out += _COUNTS[size] if size < 256 else varint(size)
     small, short, pack = _SMALL_LONGS, _SHORT_STRINGS, _pack_branch_double
     for encoded, v in zip(names, values, strict=True):
         out += encoded
