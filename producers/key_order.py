@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from producers.sqlite_changelog import parse_literal, quote_identifier
+from producers.triggers import has_rowid
 from schemas.records import TableDefinition, Value
 
 _COLLATIONS = {"BINARY", "NOCASE", "RTRIM"}
@@ -57,7 +58,7 @@ class KeyOrder:
         indexes = conn.execute(f"PRAGMA index_list({quote_identifier(table)})").fetchall()
         pk_index = next((r[1] for r in indexes if r[3] == "pk"), None)
         if pk_index is None:
-            if len(keys) == 1 and _has_rowid(conn, table):
+            if len(keys) == 1 and has_rowid(conn, table):
                 return cls(table, keys, ("BINARY",), rowid_alias=True)
             return None
         info = conn.execute(f"PRAGMA index_xinfo({quote_identifier(pk_index)})").fetchall()
@@ -66,7 +67,7 @@ class KeyOrder:
         if any(c not in _COLLATIONS for c in collations):
             return None
         not_null = {c.name for c in definition.columns if c.not_null}
-        nullable = _has_rowid(conn, table) and not set(keys) <= not_null
+        nullable = has_rowid(conn, table) and not set(keys) <= not_null
         return cls(table, keys, collations, rowid_alias=False, nullable=nullable)
 
     def null_key_sql(self) -> str:
@@ -113,14 +114,6 @@ class KeyOrder:
             where = f"WHERE ({', '.join(ordered)}) > ({', '.join(marks)})"
         sql = f"SELECT {select} FROM {table} {where} ORDER BY {', '.join(ordered)} LIMIT ?"
         return sql, [*params, limit]
-
-
-def _has_rowid(conn: sqlite3.Connection, table: str) -> bool:
-    try:
-        conn.execute(f"SELECT rowid FROM {quote_identifier(table)} LIMIT 0")
-    except sqlite3.OperationalError:
-        return False
-    return True
 
 
 def _rank(value: Value, fold: Callable[[bytes], bytes]) -> tuple:
