@@ -264,12 +264,18 @@ class CutCoordinator:
                 refused.append(err)
             done.set()
 
-        self.producer.produce(
-            self.topics.control,
-            encode(event),
-            str(event.marker_id).encode(),
-            on_delivery=delivered,
-        )
+        try:
+            self.producer.produce(
+                self.topics.control,
+                encode(event),
+                str(event.marker_id).encode(),
+                on_delivery=delivered,
+            )
+        except KafkaException as exc:  # refused at once once the client knows the ACL is missing
+            if is_authorization(exc.args[0]):
+                reason = describe(exc.args[0], resource=self.topics.control, operation="Write")
+                raise NotAuthorized(f"writing to {self.topics.control}: {reason}") from None
+            raise
         # wait for this event's acknowledgement only, not a flush of everything queued: the
         # replication threads and the writer send at once, and each is on the pause's path.
         # Whichever thread polls serves the callback, so the short poll is checked in a loop
