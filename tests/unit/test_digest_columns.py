@@ -1,0 +1,81 @@
+"""The column-at-a-time encoding gives exactly the row path's digest, or steps aside."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from producers.digest import COLUMN_PATH_MIN_ROWS, MOD, DigestAccumulator, encode_row, row_hash
+from producers.digest_columns import encode_rows
+
+EDGE_VALUES = {
+    "int": [0, -1, 1, 2**63 - 1, -(2**63), 10**12],
+    "real": [0.0, -0.0, math.nan, -math.nan, math.inf, -math.inf, 1e308, 5e-324, 0.1],
+    "text": ["", "a", "é漢字🙂", "x" * 300, "\x00inside"],
+    "blob": [b"", b"\x00\xff", bytes(range(256))],
+}
+
+
+def _column_values(rng: random.Random, kind: str, rows: int) -> list[object]:
+    if kind == "mixed":  # SQLite lets one column hold every storage class
+        return [rng.choice([1, 1.0, "1", b"1", None]) for _ in range(rows)]
+    values = EDGE_VALUES[kind]
+    nulls = rng.random() < 0.5
+    return [None if nulls and rng.random() < 0.2 else rng.choice(values) for _ in range(rows)]
+
+
+def _reference(rows: list[tuple]) -> int:
+    return sum(row_hash(r) for r in rows) % MOD
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_batches_digest_exactly_as_row_by_row(seed: int) -> None:
+    rng = random.Random(seed)
+    kinds = [rng.choice(["int", "real", "text", "blob", "mixed"]) for _ in range(rng.randint(1, 6))]
+    count = rng.randint(COLUMN_PATH_MIN_ROWS, 400)
+    columns = [_column_values(rng, k, count) for k in kinds]
+    rows = list(zip(*columns, strict=True))
+    acc = DigestAccumulator()
+    acc.add(rows)
+    assert (acc.rows, acc.total) == (count, _reference(rows))
+
+
+def test_the_buffer_holds_each_rows_documented_encoding() -> None:
+    rows = [(i, f"t{i}", i / 3, None, bytes([i % 256])) for i in range(100)]
+    encoded = encode_rows(rows)
+    assert encoded is not None
+    buffer, bounds = encoded
+    assert [buffer[bounds[i] : bounds[i + 1]] for i in range(100)] == [encode_row(r) for r in rows]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        [1, "1"] * 40,  # two storage classes
+        ["ok", "\udcff"] * 40,  # TEXT read with surrogateescape: a BLOB of its bytes
+        [True, False] * 40,  # not a SQLite value
+        [bytearray(b"x")] * 80,
+    ],
+)
+def test_a_column_the_fast_path_does_not_cover_falls_back_to_the_row_path(column) -> None:
+    rows = [(i, v) for i, v in enumerate(column)]
+    assert encode_rows(rows) is None
+    try:
+        expected = _reference(rows)
+    except TypeError:
+        with pytest.raises(TypeError):
+            DigestAccumulator().add(rows)
+        return
+    acc = DigestAccumulator()
+    acc.add(rows)
+    assert acc.total == expected
+
+
+def test_a_column_of_only_nulls_is_covered() -> None:
+    rows = [(i, None) for i in range(80)]
+    assert encode_rows(rows) is not None
+    acc = DigestAccumulator()
+    acc.add(rows)
+    assert acc.total == _reference(rows)
