@@ -8,6 +8,13 @@ run in the transaction of the write itself, so the record is exactly as durable 
 change, whatever path wrote it. ``_cutline_tracked`` says from which parent marker the
 record is complete (``covers_from``) and whether a NULL ever appeared in the key.
 
+Until the shard reaches its first marker nothing is recorded (``covers_from`` is
+``NOT_YET``): no incremental can have a parent before that marker, so a record of the
+initial load would only cost the load (its triggers halved the insert rate) and a prune
+of every row afterwards. :func:`start_pending`, in the transaction that reaches the first
+marker M, creates the triggers; from that instant every change is recorded, so the record
+covers parent M.
+
 Reader side (:func:`touched_keys`, :func:`touched_rows`): the keys changed after parent
 backup P's cut (``after_marker >= P``, so a failed cut in between loses nothing), and the
 current rows of those keys, from the snapshotter's pinned connections, by key lookups.
@@ -19,7 +26,7 @@ before M, so entries tagged before M go and ``covers_from`` moves up to M.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from producers.sqlite_changelog import quote_identifier
@@ -29,6 +36,7 @@ TRACKED = "_cutline_tracked"
 CHANGED_PREFIX = "_cutline_changed:"
 STATE = "_cutline_state"  # replica.STATE (not imported: replica imports this module)
 ROWID = "rowid"
+NOT_YET = 1 << 62  # covers_from while the shard has reached no marker: nothing recorded
 
 
 def changed_table(table: str) -> str:
@@ -64,7 +72,8 @@ def track(conn: sqlite3.Connection, definition: TableDefinition, partition: int)
     """Start recording the changed keys of ``definition.table`` (idempotent per layout).
 
     The record covers parents after the shard's last reached marker F (changes since F's
-    cut up to now were not recorded): ``covers_from`` = F + 1.
+    cut up to now were not recorded): ``covers_from`` = F + 1. A shard that has reached no
+    marker records nothing yet (``NOT_YET``; :func:`start_pending` starts it).
     """
     _ensure_tracked_table(conn)
     table = definition.table
@@ -83,6 +92,32 @@ def track(conn: sqlite3.Connection, definition: TableDefinition, partition: int)
         f"CREATE TABLE {chg} ({col_defs}, after_marker INTEGER NOT NULL, "
         f"PRIMARY KEY ({', '.join(cols)}))"
     )
+    any_null = " OR ".join(f"NEW.{c} IS NULL" for c in cols)
+    conn.execute(
+        f"CREATE TRIGGER {_trigger(table, 'null')} AFTER INSERT ON {target} "
+        f"WHEN {any_null} BEGIN UPDATE {TRACKED} SET null_key = 1 WHERE tbl = "
+        f"{_literal(table)}; END"
+    )
+    null_now = " OR ".join(f"{c} IS NULL" for c in cols)
+    (has_null,) = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM {target} WHERE {null_now})"
+    ).fetchone()
+    row = conn.execute(f"SELECT marker_id FROM {STATE} WHERE partition = ?", (partition,))
+    state = row.fetchone()
+    reached = state[0] if state else 0
+    if reached:
+        _record_changes(conn, definition, partition)
+    covers_from = reached + 1 if reached else NOT_YET
+    conn.execute(
+        f"INSERT INTO {TRACKED} VALUES (?, ?, ?)", (table, covers_from, int(bool(has_null)))
+    )
+
+
+def _record_changes(conn: sqlite3.Connection, definition: TableDefinition, partition: int) -> None:
+    """The triggers that upsert each changed key, tagged with the shard's last marker."""
+    table = definition.table
+    cols = [quote_identifier(k) for k in definition.key_columns]
+    chg, target = changed_table(table), quote_identifier(table)
     marker = f"(SELECT marker_id FROM {STATE} WHERE partition = {int(partition)})"
 
     def upsert(image: str) -> str:
@@ -104,22 +139,28 @@ def track(conn: sqlite3.Connection, definition: TableDefinition, partition: int)
         f"CREATE TRIGGER {_trigger(table, 'delete')} AFTER DELETE ON {target} "
         f"BEGIN {upsert('OLD')} END"
     )
-    any_null = " OR ".join(f"NEW.{c} IS NULL" for c in cols)
-    conn.execute(
-        f"CREATE TRIGGER {_trigger(table, 'null')} AFTER INSERT ON {target} "
-        f"WHEN {any_null} BEGIN UPDATE {TRACKED} SET null_key = 1 WHERE tbl = "
-        f"{_literal(table)}; END"
-    )
-    null_now = " OR ".join(f"{c} IS NULL" for c in cols)
-    (has_null,) = conn.execute(
-        f"SELECT EXISTS (SELECT 1 FROM {target} WHERE {null_now})"
-    ).fetchone()
-    row = conn.execute(f"SELECT marker_id FROM {STATE} WHERE partition = ?", (partition,))
-    state = row.fetchone()
-    covers_from = (state[0] if state else 0) + 1
-    conn.execute(
-        f"INSERT INTO {TRACKED} VALUES (?, ?, ?)", (table, covers_from, int(bool(has_null)))
-    )
+
+
+def start_pending(
+    conn: sqlite3.Connection,
+    definitions: Mapping[str, TableDefinition],
+    partition: int,
+    marker_id: int,
+) -> None:
+    """In the transaction that reaches ``marker_id``: start recording the tables still
+    ``NOT_YET``. Every change after this marker's cut is then recorded, so the record
+    covers parent ``marker_id`` itself."""
+    query = f"SELECT tbl FROM {TRACKED} WHERE covers_from = ?"
+    try:
+        pending = [t for (t,) in conn.execute(query, (NOT_YET,))]
+    except sqlite3.OperationalError:  # no table was ever tracked on this shard
+        return
+    for table in pending:
+        definition = definitions.get(table)
+        if definition is None or not trackable(definition):
+            continue
+        _record_changes(conn, definition, partition)
+        conn.execute(f"UPDATE {TRACKED} SET covers_from = ? WHERE tbl = ?", (marker_id, table))
 
 
 def _literal(text: str) -> str:
@@ -143,6 +184,8 @@ def coverage_problem(
     covers_from, null_key = row
     if null_key:
         return "a NULL appeared in its key"
+    if covers_from == NOT_YET:
+        return "the shard had reached no marker since the table was defined"
     if covers_from > parent_marker_id:
         return f"changed keys are recorded only since marker {covers_from - 1}"
     return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -195,15 +195,20 @@ class Shard:
             )
         return int(offset)
 
-    def _write_state(self, sql: str, params: tuple) -> None:
-        """One fenced state update, in the open batch or in a transaction of its own."""
+    def _write_state(self, sql: str, params: tuple, also: Callable[[], None] | None = None) -> None:
+        """One fenced state update (and ``also``, in the same transaction), in the open
+        batch or in a transaction of its own."""
         if self._in_batch:
             self.conn.execute(sql, params)
+            if also is not None:
+                also()
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self._check_owner()
             self.conn.execute(sql, params)
+            if also is not None:
+                also()
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -401,6 +406,9 @@ class Shard:
                 marker.partitions,
                 "\x1f".join(marker.tables),
                 self.partition,
+            ),
+            also=lambda: changed_keys.start_pending(
+                self.conn, self._definitions, self.partition, marker.marker_id
             ),
         )
 

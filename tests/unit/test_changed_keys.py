@@ -182,7 +182,7 @@ def test_apply_records_changed_keys_tagged_with_the_last_marker(tmp_path):
     shard.apply(upd(ACCOUNTS, {"id": 2}, acc(2, "x")))
     shard.apply(dele(ACCOUNTS, {"id": 1}))
     shard.rollback()  # not committed: recorded nowhere
-    assert changed_entries(shard, "accounts") == [(1, 0), (2, 0)]
+    assert changed_entries(shard, "accounts") == []
     shard.begin()
     shard.apply(upd(ACCOUNTS, {"id": 2}, acc(2, "x")))
     shard.apply(dele(ACCOUNTS, {"id": 1}))
@@ -190,7 +190,29 @@ def test_apply_records_changed_keys_tagged_with_the_last_marker(tmp_path):
     shard.commit(3)
     assert changed_entries(shard, "accounts") == [(1, 4), (2, 4), (9, 4)]
     tracked = shard.conn.execute(f"SELECT * FROM {changed_keys.TRACKED}").fetchall()
-    assert tracked == [("accounts", 1, 0)]
+    assert tracked == [("accounts", 4, 0)]  # recording began at marker 4: it covers parent 4
+    shard.close()
+
+
+def test_nothing_is_recorded_before_the_first_marker_and_everything_after_it(tmp_path):
+    """The initial load needs no record (no incremental has a parent before marker 1);
+    the transaction that reaches the first marker starts it, so that marker is covered."""
+    shard = Shard(shard_path(tmp_path, SOURCE, 0), 0)
+    shard.define(ACCOUNTS)
+    shard.begin()
+    assert shard.apply_all([ins(ACCOUNTS, acc(i)) for i in range(1, 50)]) == []
+    shard.commit(49)
+    assert changed_entries(shard, "accounts") == []
+    problem = changed_keys.coverage_problem(shard.conn, ACCOUNTS, 1)
+    assert problem == "the shard had reached no marker since the table was defined"
+    m = ConsistencyMarker(SOURCE, 1, 1, 1, 1, (49,), ("accounts",))
+    shard.reach_marker(m, 50, hold=True)
+    assert changed_keys.coverage_problem(shard.conn, ACCOUNTS, 1) is None
+    shard.release()
+    shard.begin()
+    assert shard.apply_all([upd(ACCOUNTS, {"id": 7}, acc(7, "after"))]) == []
+    shard.commit(51)
+    assert changed_entries(shard, "accounts") == [(7, 1)]
     shard.close()
 
 
@@ -295,11 +317,15 @@ def test_bulk_applied_writes_are_recorded_too(tmp_path):
     )
     shard.commit(7)
     assert errors == []
-    assert changed_entries(shard, "accounts") == [(i, 0) for i in range(1, 6)]
     m = ConsistencyMarker(SOURCE, 3, 1, 1, 1, (0,), ("accounts",))
     shard.reach_marker(m, 8, hold=False)
     shard.begin()
-    assert shard.apply_all([upd(ACCOUNTS, {"id": 5}, acc(5, "later"))]) == []
-    shard.commit(8)
-    assert changed_entries(shard, "accounts")[-1] == (5, 3)
+    errors = shard.apply_all(
+        [ins(ACCOUNTS, acc(i)) for i in range(6, 9)]
+        + [upd(ACCOUNTS, {"id": i}, acc(i, "bulk")) for i in (2, 3)]
+        + [dele(ACCOUNTS, {"id": 5})]
+    )
+    shard.commit(14)
+    assert errors == []
+    assert changed_entries(shard, "accounts") == [(i, 3) for i in (2, 3, 5, 6, 7, 8)]
     shard.close()
