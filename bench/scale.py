@@ -326,6 +326,12 @@ def pause_parts_ms(
     }
 
 
+def _ratio_of_medians(part: list[float], whole: list[float]) -> float | None:
+    if not part or not whole or statistics.median(whole) <= 0:
+        return None
+    return round(statistics.median(part) / statistics.median(whole), 3)
+
+
 def table_rows(backup: Backup) -> int:
     return int(backup.manifest["tables"][SCALE_TABLE]["rows"])
 
@@ -408,6 +414,8 @@ def size_json(
 ) -> dict[str, Any]:
     pauses, to_published, partition_pauses = [], [], []
     backup_s: dict[str, list[float]] = {"full": [], "incremental": []}
+    write_s: dict[str, list[float]] = {"full": [], "incremental": []}
+    all_stopped: list[float] = []
     backup_bytes: dict[str, list[int]] = {"full": [], "incremental": []}
     changed_rows: list[int] = []
     per_marker: list[dict[str, Any]] = []
@@ -427,16 +435,21 @@ def size_json(
         backup_bytes[backup.kind].append(directory_bytes(backup.path))
         if backup.kind == "incremental":
             changed_rows.append(int(backup.manifest["tables"][SCALE_TABLE].get("changed", 0)))
+        parts = pause_parts_ms(at, holds, resumes)
+        if parts["all_stopped_ms"] is not None:
+            all_stopped.append(parts["all_stopped_ms"] / 1000)
+        proof_wait_s = float(backup.manifest.get("proof_wait_ms", 0)) / 1000
+        write_s[backup.kind].append(backup_s[backup.kind][-1] - proof_wait_s)
         per_marker.append(
             {
                 "marker_id": m,
                 "kind": backup.kind,
                 "pause_ms": round(pauses[-1] * 1000, 2),
                 "partition_pause_ms": {p: round(us / 1e3, 2) for p, us in sorted(each.items())},
-                **pause_parts_ms(at, holds, resumes),
+                **parts,
                 "backup_s": round(backup_s[backup.kind][-1], 3),
                 # of backup_s, the wait for the primary's digest of the marker
-                "proof_wait_s": round(float(backup.manifest.get("proof_wait_ms", 0)) / 1000, 3),
+                "proof_wait_s": round(proof_wait_s, 3),
                 "bytes": backup_bytes[backup.kind][-1],
             }
         )
@@ -450,6 +463,8 @@ def size_json(
         "markers": len(cut),
         "pause_per_marker_ms": summary_ms(pauses),
         "pause_per_partition_ms": summary_ms(partition_pauses),
+        # the window where every partition is stopped at once (last held to first released)
+        "all_stopped_per_marker_ms": summary_ms(all_stopped),
         "reached_to_published_ms": summary_ms(to_published),
         "backup_full_s": seconds_summary(backup_s["full"]),
         "backup_incremental_s": seconds_summary(backup_s["incremental"]),
@@ -468,6 +483,10 @@ def size_json(
         if full_rate and baseline_rate
         else None,
         "incremental_vs_full_time": round(inc_s / full_s, 3) if inc_s and full_s else None,
+        # the same without the wait for the primary's digest (the backup's own work)
+        "incremental_vs_full_write_time": _ratio_of_medians(
+            write_s["incremental"], write_s["full"]
+        ),
         "writer_updates_per_s": per_second(writer.updates, writer.elapsed_s),
         "per_marker": per_marker,
     }

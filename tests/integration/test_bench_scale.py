@@ -27,6 +27,7 @@ SIZE_FIGURES = (
     "duckdb_from_arrow_rows_per_s",
     "full_backup_vs_duckdb_from_arrow",
     "incremental_vs_full_time",
+    "incremental_vs_full_write_time",
     "writer_updates_per_s",
 )
 
@@ -59,7 +60,7 @@ def test_scale_phase_reports_every_figure_per_size(kafka: str) -> None:
     assert size["markers"] == scale["markers_per_size"] == 5
     for name in SIZE_FIGURES:
         assert size[name] is not None and size[name] > 0, (name, size[name])
-    for name in ("pause_per_marker_ms", "reached_to_published_ms"):
+    for name in ("pause_per_marker_ms", "all_stopped_per_marker_ms", "reached_to_published_ms"):
         summary = size[name]
         assert summary["samples"] == 5, (name, summary)
         assert 0 < summary["p50"] <= summary["p99"] <= summary["max"], (name, summary)
