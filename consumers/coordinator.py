@@ -77,7 +77,7 @@ from cutline import failpoints
 from cutline.digest_options import DEFAULT_DIGEST_TIMEOUT_S
 from cutline.errors import BrokerError, CutlineError, DeadlineExceeded
 from cutline.kafka_clients import make_consumer
-from cutline.kafka_errors import NotAuthorized, describe, is_authorization
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization, write_refusals
 from cutline.metrics import NO_METRICS, Metrics
 from cutline.settings import Topics
 from schemas.codec import CodecError, decode, encode
@@ -264,18 +264,13 @@ class CutCoordinator:
                 refused.append(err)
             done.set()
 
-        try:
+        with write_refusals(self.topics.control, f"writing to {self.topics.control}"):
             self.producer.produce(
                 self.topics.control,
                 encode(event),
                 str(event.marker_id).encode(),
                 on_delivery=delivered,
             )
-        except KafkaException as exc:  # refused at once once the client knows the ACL is missing
-            if is_authorization(exc.args[0]):
-                reason = describe(exc.args[0], resource=self.topics.control, operation="Write")
-                raise NotAuthorized(f"writing to {self.topics.control}: {reason}") from None
-            raise
         # wait for this event's acknowledgement only, not a flush of everything queued: the
         # replication threads and the writer send at once, and each is on the pause's path.
         # Whichever thread polls serves the callback, so the short poll is checked in a loop

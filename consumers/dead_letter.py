@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka import Message, Producer
 
 from cutline.errors import BrokerError
-from cutline.kafka_errors import NotAuthorized, describe, is_authorization
+from cutline.kafka_errors import NotAuthorized, describe, is_authorization, write_refusals
 from cutline.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger("cutline.deadletter")
@@ -56,15 +56,10 @@ class DeadLetters:
                     if is_authorization(err):
                         self._refused = True
 
-        try:
+        with write_refusals(self.topic, "writing dead letters"):
             self._producer.produce(
                 self.topic, message.value(), message.key(), headers=headers, on_delivery=delivered
             )
-        except KafkaException as exc:  # refused at once once the client knows the ACL is missing
-            if is_authorization(exc.args[0]):
-                reason = describe(exc.args[0], resource=self.topic, operation="Write")
-                raise NotAuthorized(f"writing dead letters: {reason}") from None
-            raise
         self.count += 1
         self._metrics.dead_letter()
 

@@ -10,9 +10,11 @@ the cause and, for authorization, the resource and operation so the operator can
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from cutline.errors import BrokerError
 
@@ -154,6 +156,19 @@ def describe(error: KafkaError, **context: str) -> str:
 
 def is_authorization(error: KafkaError) -> bool:
     return error.code() in _AUTHZ_CODES
+
+
+@contextmanager
+def write_refusals(resource: str, writing: str) -> Iterator[None]:
+    """Around ``Producer.produce``: once the client knows the Write ACL is missing it raises
+    at once instead of reporting through the delivery callback; that is NotAuthorized too."""
+    try:
+        yield
+    except KafkaException as exc:
+        if is_authorization(exc.args[0]):
+            reason = describe(exc.args[0], resource=resource, operation="Write")
+            raise NotAuthorized(f"{writing}: {reason}") from None
+        raise
 
 
 def describe_read_refused(error: KafkaError, *, topic: str, group: str) -> str:
