@@ -25,12 +25,11 @@ _NONE = type(None)
 Piece = tuple[np.ndarray, np.ndarray]
 
 
-def _fixed(tags_and_words: np.ndarray, null: np.ndarray) -> Piece:
-    """Rows of 9 bytes (tag + 8-byte word), NULL rows reduced to their 1-byte tag."""
-    keep = np.ones(tags_and_words.shape, dtype=bool)
+def _fixed(rows: np.ndarray, null: np.ndarray) -> Piece:
+    """Rows of the same width (a tag, then the rest), NULL rows reduced to their 1-byte tag."""
+    keep = np.ones(rows.shape, dtype=bool)
     keep[null, 1:] = False
-    lengths = np.where(null, 1, 9).astype(np.int64)
-    return tags_and_words[keep], lengths
+    return rows[keep], np.where(null, 1, rows.shape[1]).astype(np.int64)
 
 
 def _words(tag: int, big_endian: np.ndarray, null: np.ndarray) -> Piece:
@@ -73,25 +72,22 @@ def _variable(tag: int, array: pa.Array, null: np.ndarray) -> list[Piece]:
     heads[:, 0] = tag
     heads[null, 0] = NULL_TAG
     heads[:, 1:] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
-    keep = np.ones(heads.shape, dtype=bool)
-    keep[null, 1:] = False
-    head_lengths = np.where(null, 1, 5).astype(np.int64)
-    return [(heads[keep], head_lengths), (content, np.where(null, 0, lengths))]
+    return [_fixed(heads, null), (content, lengths)]  # a NULL's length is 0 already
+
+
+def _nulls(values: Sequence[object]) -> np.ndarray:
+    return np.array(values, dtype=object) == None  # noqa: E711 (elementwise, numpy)
 
 
 def _column(values: Sequence[object]) -> list[Piece] | None:
     kinds = set(map(type, values))
-    kinds_seen = frozenset(kinds)
-    null_only = kinds == {_NONE}
+    has_null = _NONE in kinds
     kinds.discard(_NONE)
+    if not kinds:  # only NULLs: one tag byte each
+        return [(np.zeros(len(values), dtype=np.uint8), np.ones(len(values), dtype=np.int64))]
     if len(kinds) > 1:
         return None
-    if _NONE in kinds_seen:
-        null = np.array(values, dtype=object) == None  # noqa: E711 (elementwise, numpy)
-    else:
-        null = np.zeros(len(values), dtype=bool)
-    if null_only:
-        return [(np.zeros(len(values), dtype=np.uint8), np.ones(len(values), dtype=np.int64))]
+    null = _nulls(values) if has_null else np.zeros(len(values), dtype=bool)
     (kind,) = kinds
     if kind is int:
         try:
