@@ -454,7 +454,6 @@ def size_json(
             }
         )
     full_s = statistics.median(backup_s["full"]) if backup_s["full"] else None
-    inc_s = statistics.median(backup_s["incremental"]) if backup_s["incremental"] else None
     full_rate = per_second(run.rows, full_s) if full_s else None
     baseline_rate = per_second(run.rows, baseline_s)
     return {
@@ -482,7 +481,7 @@ def size_json(
         "full_backup_vs_duckdb_from_arrow": round(full_rate / baseline_rate, 3)
         if full_rate and baseline_rate
         else None,
-        "incremental_vs_full_time": round(inc_s / full_s, 3) if inc_s and full_s else None,
+        "incremental_vs_full_time": _ratio_of_medians(backup_s["incremental"], backup_s["full"]),
         # the same without the wait for the primary's digest (the backup's own work)
         "incremental_vs_full_write_time": _ratio_of_medians(
             write_s["incremental"], write_s["full"]

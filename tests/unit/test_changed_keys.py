@@ -305,26 +305,27 @@ def test_a_column_whose_type_might_change_falls_back_to_the_full_diff(replica, t
     assert_same_as_full(third, full)
 
 
+def bulk_mix(inserted: range, updated: tuple[int, ...], deleted: int) -> list:
+    """Inserts, then updates, then one delete: three executemany groups."""
+    return (
+        [ins(ACCOUNTS, acc(i)) for i in inserted]
+        + [upd(ACCOUNTS, {"id": i}, acc(i, "bulk")) for i in updated]
+        + [dele(ACCOUNTS, {"id": deleted})]
+    )
+
+
 def test_bulk_applied_writes_are_recorded_too(tmp_path):
     """``apply_all`` writes with executemany: the triggers record those rows the same."""
     shard = Shard(shard_path(tmp_path, SOURCE, 0), 0)
     shard.define(ACCOUNTS)
     shard.begin()
-    errors = shard.apply_all(
-        [ins(ACCOUNTS, acc(i)) for i in range(1, 6)]
-        + [upd(ACCOUNTS, {"id": i}, acc(i, "bulk")) for i in (2, 3)]
-        + [dele(ACCOUNTS, {"id": 4})]
-    )
+    errors = shard.apply_all(bulk_mix(inserted=range(1, 6), updated=(2, 3), deleted=4))
     shard.commit(7)
     assert errors == []
     m = ConsistencyMarker(SOURCE, 3, 1, 1, 1, (0,), ("accounts",))
     shard.reach_marker(m, 8, hold=False)
     shard.begin()
-    errors = shard.apply_all(
-        [ins(ACCOUNTS, acc(i)) for i in range(6, 9)]
-        + [upd(ACCOUNTS, {"id": i}, acc(i, "bulk")) for i in (2, 3)]
-        + [dele(ACCOUNTS, {"id": 5})]
-    )
+    errors = shard.apply_all(bulk_mix(inserted=range(6, 9), updated=(2, 3), deleted=5))
     shard.commit(14)
     assert errors == []
     assert changed_entries(shard, "accounts") == [(i, 3) for i in (2, 3, 5, 6, 7, 8)]
