@@ -72,9 +72,13 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
-        again = self.event.is_set()
+        again = self.event.is_set() or self.received is not None
         self.received = name
-        self.event.set()
+        # Not self.event.set() here: the handler runs in the main thread between bytecodes,
+        # possibly while that thread holds the event's own lock (inside event.wait()), and
+        # the lock is not reentrant, so set() would wait for itself forever (seen as a
+        # capture that ignored SIGTERM). A helper thread sets it once the lock is free.
+        threading.Thread(target=self.event.set, name="stop-signal", daemon=True).start()
         if self._cooperating and not self._interruptible and not again:
             self.say(f"received {name}, finishing current work...")
             return
