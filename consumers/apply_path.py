@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from consumers.replica import ApplyError, Shard
-from schemas.codec import CodecError, decode
-from schemas.records import ConsistencyMarker, Operation, TableDefinition
+from schemas.codec import OPERATION_HEADER, CodecError, decode
+from schemas.insert_runs import InsertLayout, decode_inserts
+from schemas.records import ConsistencyMarker, Operation, OpType, TableDefinition
 
 R = TypeVar("R")  # the caller's record: a Kafka message for replication, a pair for replay
+
+# After an INSERT, the records that follow are tried as one run (``schemas.insert_runs``)
+# of at most RUN_WINDOW records; a run shorter than MIN_RUN goes one by one, and the next
+# try waits twice as many records (up to MAX_BACKOFF), so a stream of other kinds pays
+# for a try only now and then.
+MIN_RUN = 16
+RUN_WINDOW = 4096
+MAX_BACKOFF = 4096
 
 
 @dataclass
@@ -98,7 +107,10 @@ def apply_records(
         result.rejected += 1
         result.last = offset
 
-    for index, item in enumerate(records):
+    index, next_try, backoff = -1, 0, MIN_RUN
+    while index + 1 < len(records):
+        index += 1
+        item = records[index]
         offset = offset_of(item)
         if offset <= done_up_to:
             continue
@@ -112,6 +124,17 @@ def apply_records(
             pending.append(record)
             pending_records.append(item)
             result.last = offset
+            if record.op is OpType.INSERT and index + 1 >= next_try:
+                window = records[index + 1 : index + 1 + RUN_WINDOW]
+                taken = _insert_run(shard, record, window, value_of, flush)
+                if taken:
+                    index += taken
+                    result.applied += taken
+                    result.last = offset_of(window[taken - 1])
+                    backoff = MIN_RUN
+                else:
+                    next_try = index + 1 + backoff
+                    backoff = min(2 * backoff, MAX_BACKOFF)
             continue
         flush()
         if getattr(record, "source", source) != source:
@@ -139,3 +162,32 @@ def apply_records(
             )
     flush()
     return result
+
+
+def _insert_run(
+    shard: Shard,
+    first: Operation,
+    window: Sequence[R],
+    value_of: Callable[[R], bytes | None],
+    flush: Callable[[], None],
+) -> int:
+    """Apply the INSERTs right after ``first`` that share its layout, as one bulk insert;
+    return how many records that took (0: none, they go one by one)."""
+    layout = InsertLayout.of(first)
+    if layout is None or len(window) < MIN_RUN:
+        return 0
+    values: list[bytes] = []
+    for item in window:
+        value = value_of(item)
+        if type(value) is not bytes:
+            break
+        values.append(value)
+    if len(values) < MIN_RUN:
+        return 0
+    run = decode_inserts(values, layout, OPERATION_HEADER)
+    if run.count < MIN_RUN:
+        return 0
+    flush()  # everything before the run first, in partition order
+    if not shard.insert_columns(first.table, run.columns, run.count):
+        return 0
+    return run.count

@@ -15,7 +15,7 @@ that operation only) with the very result the per-operation path gives.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
@@ -97,6 +97,35 @@ class BulkApplier:
                     failed.append((i, exc))
         return failed
 
+    def insert_columns(self, table: str, columns: dict[str, list[Value]], count: int) -> bool:
+        """A run of INSERTs decoded as columns: one executemany under a savepoint, exactly
+        as ``_try_group`` runs a group of INSERT Operations; False (rolled back) otherwise."""
+        shard = self.shard
+        definition = shard.definition(table)
+        if definition is None:
+            return False
+        sql, names = shard.statement(definition, OpType.INSERT, {})
+        if any(name not in columns for name in names):
+            return False  # an image lacks a column: the per-operation path says which
+        return self._run(sql, zip(*(columns[name] for name in names), strict=True), count)
+
+    def _run(
+        self, sql: str, rows: Iterable[tuple[Value, ...]], count: int, insert: bool = True
+    ) -> bool:
+        conn = self.shard.conn
+        conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            cursor = conn.executemany(sql, rows)
+            clean = insert or cursor.rowcount == count
+        except sqlite3.Error:
+            clean = False
+        if not clean:
+            conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+        conn.execute(f"RELEASE {_SAVEPOINT}")
+        if clean:
+            self.shard.count_applied(count)
+        return clean
+
     def _try_group(self, group: Sequence[Operation]) -> bool:
         """Run the group as one executemany under a savepoint; False (rolled back) if any
         operation would not apply cleanly on its own."""
@@ -116,19 +145,7 @@ class BulkApplier:
             rows = [params(op) for op in group]
         except (KeyError, TypeError):
             return False  # an image lacks a column: the per-operation path says which
-        conn = shard.conn
-        conn.execute(f"SAVEPOINT {_SAVEPOINT}")
-        try:
-            cursor = conn.executemany(sql, rows)
-            clean = kind is OpType.INSERT or cursor.rowcount == len(group)
-        except sqlite3.Error:
-            clean = False
-        if not clean:
-            conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
-        conn.execute(f"RELEASE {_SAVEPOINT}")
-        if clean:
-            shard.count_applied(len(group))
-        return clean
+        return self._run(sql, rows, len(group), insert=kind is OpType.INSERT)
 
     def _prepared(
         self, definition: TableDefinition, kind: OpType, sample: Operation

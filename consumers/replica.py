@@ -349,6 +349,11 @@ class Shard:
         ``consumers.bulk_apply``); return the (index, error) of those that could not be."""
         return self._bulk.apply(ops)
 
+    def insert_columns(self, table: str, columns: dict[str, list], count: int) -> bool:
+        """INSERT ``count`` rows given as columns (``schemas.insert_runs``) inside the open
+        batch, all or none; False (nothing applied) if any of them would not apply."""
+        return self._bulk.insert_columns(table, columns, count)
+
     def definition(self, table: str) -> TableDefinition | None:
         return self._definitions.get(table)
 

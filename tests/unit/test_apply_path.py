@@ -97,3 +97,80 @@ def test_redelivered_records_are_passed_over_and_a_stale_marker_is_set_aside(tmp
     assert "duplicated marker id 1" in rejected[0][1]
     shard.close()
     assert _balances(path) == [(1, 10), (2, 20)]
+
+
+def _mixed_stream(rng) -> list[bytes]:
+    """Long runs of INSERTs with every kind of trouble inside them: a duplicate key, a
+    record of another source, bytes that are no record, a NULL where the table wants a
+    value, another kind in between, then a marker."""
+    values = [encode(ACCOUNTS)]
+    next_id = 1
+    for _ in range(12):
+        for _ in range(rng.choice([1, 15, 16, 40, 300])):
+            values.append(_op(next_id, rng.randrange(1000)))
+            next_id += 1
+        trouble = rng.randrange(6)
+        if trouble == 0:
+            values.append(_op(rng.randrange(1, next_id), 5))  # a key already there
+        elif trouble == 1:
+            values.append(_op(next_id, 5, source="elsewhere"))
+        elif trouble == 2:
+            values.append(b"\xc3\x01 not a record")
+        elif trouble == 3:
+            values.append(_op(rng.randrange(1, next_id), 7, OpType.UPDATE))
+        elif trouble == 4:
+            image = {"id": next_id, "balance": "text where an integer goes"}
+            values.append(
+                encode(Operation(SOURCE, 1, "accounts", OpType.INSERT, {"id": 1}, None, image, 1))
+            )
+            next_id += 1
+        else:
+            values.append(
+                encode(
+                    Operation(
+                        SOURCE, 1, "accounts", OpType.INSERT, {"id": 1}, None, {"id": next_id}, 1
+                    )
+                )
+            )  # lacks a column
+            next_id += 1
+    values.append(_marker(1, len(values)))
+    return values
+
+
+def test_runs_of_inserts_apply_exactly_as_one_by_one(tmp_path, monkeypatch):
+    """The column path (``schemas.insert_runs``) leaves the same shard and sets aside the
+    same records with the same reasons as applying every record on its own."""
+    import random
+
+    from consumers import apply_path
+
+    taken: list[int] = []
+    original = Shard.insert_columns
+
+    def counted(self, table, columns, count):
+        applied = original(self, table, columns, count)
+        taken.append(count if applied else 0)
+        return applied
+
+    monkeypatch.setattr(Shard, "insert_columns", counted)
+    default = apply_path.MIN_RUN
+    for seed in range(6):
+        values = _mixed_stream(random.Random(seed))
+        outcomes = []
+        for min_run in (default, len(values) + 1):  # with runs, then without
+            monkeypatch.setattr(apply_path, "MIN_RUN", min_run)
+            path = shard_path(tmp_path / f"{seed}-{min_run}", SOURCE, 0)
+            result, rejected = _run(Shard(path, 0), values)
+            outcomes.append(
+                (
+                    result.applied,
+                    result.rejected,
+                    result.last,
+                    rejected,
+                    result.marker_offset,
+                    _balances(path),
+                )
+            )
+        assert outcomes[0] == outcomes[1]
+    assert sum(taken) > 1000, "the runs were not taken"
+    assert 0 in taken, "no run met a failing INSERT"
