@@ -20,15 +20,15 @@ from typing import Generic, TypeVar
 
 from consumers.replica import ApplyError, Shard
 from schemas.codec import OPERATION_HEADER, CodecError, decode
-from schemas.insert_runs import InsertLayout, decode_inserts
-from schemas.records import ConsistencyMarker, Operation, OpType, TableDefinition
+from schemas.operation_runs import RunLayout, decode_run
+from schemas.records import ConsistencyMarker, Operation, TableDefinition
 
 R = TypeVar("R")  # the caller's record: a Kafka message for replication, a pair for replay
 
-# After an INSERT, the records that follow are tried as one run (``schemas.insert_runs``)
-# of at most RUN_WINDOW records; a run shorter than MIN_RUN goes one by one, and the next
-# try waits twice as many records (up to MAX_BACKOFF), so a stream of other kinds pays
-# for a try only now and then.
+# After an operation, the records that follow are tried as one run of its layout
+# (``schemas.operation_runs``) of at most RUN_WINDOW records; a run shorter than MIN_RUN
+# goes one by one, and the next try waits twice as many records (up to MAX_BACKOFF), so
+# a stream of mixed layouts pays for a try only now and then.
 MIN_RUN = 16
 RUN_WINDOW = 4096
 MAX_BACKOFF = 4096
@@ -124,9 +124,9 @@ def apply_records(
             pending.append(record)
             pending_records.append(item)
             result.last = offset
-            if record.op is OpType.INSERT and index + 1 >= next_try:
+            if index + 1 >= next_try:
                 window = records[index + 1 : index + 1 + RUN_WINDOW]
-                taken = _insert_run(shard, record, window, value_of, flush)
+                taken = _operation_run(shard, record, window, value_of, flush)
                 if taken:
                     index += taken
                     result.applied += taken
@@ -164,17 +164,16 @@ def apply_records(
     return result
 
 
-def _insert_run(
+def _operation_run(
     shard: Shard,
     first: Operation,
     window: Sequence[R],
     value_of: Callable[[R], bytes | None],
     flush: Callable[[], None],
 ) -> int:
-    """Apply the INSERTs right after ``first`` that share its layout, as one bulk insert;
-    return how many records that took (0: none, they go one by one)."""
-    layout = InsertLayout.of(first)
-    if layout is None or len(window) < MIN_RUN:
+    """Apply the operations right after ``first`` that share its layout, in bulk; return
+    how many records that took (0: none, they go one by one)."""
+    if len(window) < MIN_RUN:
         return 0
     values: list[bytes] = []
     for item in window:
@@ -184,10 +183,11 @@ def _insert_run(
         values.append(value)
     if len(values) < MIN_RUN:
         return 0
-    run = decode_inserts(values, layout, OPERATION_HEADER)
+    layout = RunLayout.of(first)
+    run = decode_run(values, layout, OPERATION_HEADER)
     if run.count < MIN_RUN:
         return 0
     flush()  # everything before the run first, in partition order
-    if not shard.insert_columns(first.table, run.columns, run.count):
+    if not shard.apply_run(layout, run):
         return 0
     return run.count

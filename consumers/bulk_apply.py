@@ -20,6 +20,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from producers.sqlite_changelog import ROWID, quote_identifier
+from schemas.operation_runs import Run, RunLayout
 from schemas.records import Operation, OpType, RowImage, TableDefinition, Value
 
 if TYPE_CHECKING:
@@ -97,17 +98,29 @@ class BulkApplier:
                     failed.append((i, exc))
         return failed
 
-    def insert_columns(self, table: str, columns: dict[str, list[Value]], count: int) -> bool:
-        """A run of INSERTs decoded as columns: one executemany under a savepoint, exactly
-        as ``_try_group`` runs a group of INSERT Operations; False (rolled back) otherwise."""
+    def apply_run(self, layout: RunLayout, run: Run) -> bool:
+        """A run of one table and kind decoded as columns (``schemas.operation_runs``): one
+        executemany under a savepoint, exactly as ``_try_group`` runs the same Operations;
+        False (rolled back) if that would not be clean."""
         shard = self.shard
-        definition = shard.definition(table)
+        definition = shard.definition(layout.table)
+        kind = layout.op
         if definition is None:
             return False
-        sql, names = shard.statement(definition, OpType.INSERT, {})
-        if any(name not in columns for name in names):
+        if kind is not OpType.INSERT and not self._keys_unique(definition):
+            return False
+        sql, names = shard.statement(definition, kind, {})
+        keys = definition.key_columns
+        if kind is OpType.INSERT:
+            wanted = [(run.after, name) for name in names]
+        elif kind is OpType.UPDATE:
+            wanted = [(run.after, n) for n in names[: -len(keys)]] + [(run.key, k) for k in keys]
+        else:
+            wanted = [(run.key, k) for k in keys]
+        if any(name not in image for image, name in wanted):
             return False  # an image lacks a column: the per-operation path says which
-        return self._run(sql, zip(*(columns[name] for name in names), strict=True), count)
+        rows = zip(*(image[name] for image, name in wanted), strict=True)
+        return self._run(sql, rows, run.count, insert=kind is OpType.INSERT)
 
     def _run(
         self, sql: str, rows: Iterable[tuple[Value, ...]], count: int, insert: bool = True

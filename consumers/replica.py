@@ -26,6 +26,7 @@ from consumers.incarnations import enter_incarnation
 from cutline.errors import CutlineError
 from cutline.stopping import interruptible
 from producers.sqlite_changelog import ROWID, quote_identifier
+from schemas.operation_runs import Run, RunLayout
 from schemas.records import Column, ConsistencyMarker, Operation, OpType, TableDefinition
 
 log = logging.getLogger("cutline.replica")
@@ -349,10 +350,10 @@ class Shard:
         ``consumers.bulk_apply``); return the (index, error) of those that could not be."""
         return self._bulk.apply(ops)
 
-    def insert_columns(self, table: str, columns: dict[str, list], count: int) -> bool:
-        """INSERT ``count`` rows given as columns (``schemas.insert_runs``) inside the open
-        batch, all or none; False (nothing applied) if any of them would not apply."""
-        return self._bulk.insert_columns(table, columns, count)
+    def apply_run(self, layout: RunLayout, run: Run) -> bool:
+        """Apply a run of operations decoded as columns (``schemas.operation_runs``) inside
+        the open batch, all or none; False (nothing applied) if any would not apply."""
+        return self._bulk.apply_run(layout, run)
 
     def definition(self, table: str) -> TableDefinition | None:
         return self._definitions.get(table)

@@ -23,7 +23,7 @@ from schemas.records import Operation, OpType, RowImage
 
 _DOUBLE = struct.Struct("<d")
 _unpack_double = _DOUBLE.unpack_from
-_OP_INDEX = {OpType.INSERT: 0, OpType.UPDATE: 2, OpType.DELETE: 4}  # zig-zag of 0, 1, 2
+OP_INDEX = {OpType.INSERT: 0, OpType.UPDATE: 2, OpType.DELETE: 4}  # zig-zag of 0, 1, 2
 # value union ["null", "long", "double", "string", "bytes"]: branch index, zig-zag encoded
 _NULL, _LONG, _DOUBLE_BRANCH, _STRING, _BYTES = 0, 2, 4, 6, 8
 
@@ -155,7 +155,7 @@ class RowEncoder:
         out = bytearray(self._head)
         _write_long(seq, out)
         out += self._table
-        out.append(_OP_INDEX[op])
+        out.append(OP_INDEX[op])
         image = after if after is not None else before
         positions = self._key_positions
         _write_entries(self._key_names, [image[i] for i in positions], len(positions), out)
@@ -179,7 +179,7 @@ def encode_operation(op: Operation, header: bytes) -> bytes:
     out += _name(op.source)
     _write_long(op.seq, out)
     out += _name(op.table)
-    out.append(_OP_INDEX[op.op])
+    out.append(OP_INDEX[op.op])
     _write_map(op.key, out)
     before, after = op.before, op.after
     if before is None:
@@ -346,4 +346,4 @@ def decode_operation(data: bytes, pos: int) -> Operation:
     return Operation(source, seq, table, _OPS[kind >> 1], key, before, after, commit_time_us)
 
 
-_OP_CODES = frozenset(_OP_INDEX.values())
+_OP_CODES = frozenset(OP_INDEX.values())

@@ -100,59 +100,74 @@ def test_redelivered_records_are_passed_over_and_a_stale_marker_is_set_aside(tmp
 
 
 def _mixed_stream(rng) -> list[bytes]:
-    """Long runs of INSERTs with every kind of trouble inside them: a duplicate key, a
-    record of another source, bytes that are no record, a NULL where the table wants a
-    value, another kind in between, then a marker."""
+    """Long runs of INSERTs, UPDATEs and DELETEs with every kind of trouble inside them: a
+    duplicate key, a change of a key that is not there, a record of another source, bytes
+    that are no record, an image that lacks a column, then a marker."""
     values = [encode(ACCOUNTS)]
+    present: list[int] = []
     next_id = 1
-    for _ in range(12):
-        for _ in range(rng.choice([1, 15, 16, 40, 300])):
-            values.append(_op(next_id, rng.randrange(1000)))
-            next_id += 1
-        trouble = rng.randrange(6)
+    for _ in range(16):
+        kind = rng.choice([OpType.INSERT, OpType.INSERT, OpType.UPDATE, OpType.DELETE])
+        length = rng.choice([1, 15, 16, 40, 300])
+        failing = rng.randrange(length) if rng.random() < 0.5 else -1
+        for at in range(length):
+            if at == failing and present:  # one that fails inside a run of its own kind
+                missing = next_id + 10_000 if kind is not OpType.INSERT else present[0]
+                values.append(_op(missing, 1, kind))
+            if kind is OpType.INSERT or not present:
+                values.append(_op(next_id, rng.randrange(1000)))
+                present.append(next_id)
+                next_id += 1
+            elif kind is OpType.UPDATE:
+                values.append(_op(rng.choice(present), rng.randrange(1000), OpType.UPDATE))
+            else:
+                gone = present.pop(rng.randrange(len(present)))
+                values.append(_op(gone, 0, OpType.DELETE))
+        trouble = rng.randrange(7)
         if trouble == 0:
-            values.append(_op(rng.randrange(1, next_id), 5))  # a key already there
+            values.append(_op(rng.randrange(1, next_id), 5))  # a key maybe already there
         elif trouble == 1:
             values.append(_op(next_id, 5, source="elsewhere"))
         elif trouble == 2:
             values.append(b"\xc3\x01 not a record")
         elif trouble == 3:
-            values.append(_op(rng.randrange(1, next_id), 7, OpType.UPDATE))
+            values.append(_op(next_id + 10_000, 7, rng.choice([OpType.UPDATE, OpType.DELETE])))
         elif trouble == 4:
             image = {"id": next_id, "balance": "text where an integer goes"}
             values.append(
                 encode(Operation(SOURCE, 1, "accounts", OpType.INSERT, {"id": 1}, None, image, 1))
             )
             next_id += 1
-        else:
-            values.append(
-                encode(
-                    Operation(
-                        SOURCE, 1, "accounts", OpType.INSERT, {"id": 1}, None, {"id": next_id}, 1
-                    )
-                )
-            )  # lacks a column
+        elif trouble == 5:
+            kind = rng.choice(list(OpType))
+            values.append(  # lacks a column
+                encode(Operation(SOURCE, 1, "accounts", kind, {"id": 1}, None, {"id": next_id}, 1))
+            )
             next_id += 1
+        else:  # an UPDATE without an after image
+            values.append(
+                encode(Operation(SOURCE, 1, "accounts", OpType.UPDATE, {"id": 1}, None, None, 1))
+            )
     values.append(_marker(1, len(values)))
     return values
 
 
-def test_runs_of_inserts_apply_exactly_as_one_by_one(tmp_path, monkeypatch):
-    """The column path (``schemas.insert_runs``) leaves the same shard and sets aside the
-    same records with the same reasons as applying every record on its own."""
+def test_runs_of_operations_apply_exactly_as_one_by_one(tmp_path, monkeypatch):
+    """The column path (``schemas.operation_runs``) leaves the same shard and sets aside
+    the same records with the same reasons as applying every record on its own."""
     import random
 
     from consumers import apply_path
 
     taken: list[int] = []
-    original = Shard.insert_columns
+    original = Shard.apply_run
 
-    def counted(self, table, columns, count):
-        applied = original(self, table, columns, count)
-        taken.append(count if applied else 0)
+    def counted(self, layout, run):
+        applied = original(self, layout, run)
+        taken.append((layout.op, run.count if applied else 0))
         return applied
 
-    monkeypatch.setattr(Shard, "insert_columns", counted)
+    monkeypatch.setattr(Shard, "apply_run", counted)
     default = apply_path.MIN_RUN
     for seed in range(6):
         values = _mixed_stream(random.Random(seed))
@@ -172,5 +187,6 @@ def test_runs_of_inserts_apply_exactly_as_one_by_one(tmp_path, monkeypatch):
                 )
             )
         assert outcomes[0] == outcomes[1]
-    assert sum(taken) > 1000, "the runs were not taken"
-    assert 0 in taken, "no run met a failing INSERT"
+    for kind in OpType:
+        assert sum(n for k, n in taken if k is kind) > 300, f"no {kind} run was taken"
+        assert (kind, 0) in taken, f"no {kind} run failed and went one by one"

@@ -1,11 +1,12 @@
-"""Runs of INSERT Operations that share one layout, decoded at once into columns.
+"""Runs of Operations that share one layout, decoded at once into columns.
 
 Why: decoding one record at a time (``operation_codec.decode_operation``: ~16 µs for a
-five-column row, a dict and a dataclass per record) was the top cost of replication, and
-the initial load is nothing but INSERTs of one table in one layout. Records that differ
-only in their values (source, table, key names, the absent before image and the after
-image's names all identical, in the encoder's own form) are parsed here column by column
-with numpy: one pass per field over every record of the run, no Python per byte.
+five-column row, a dict and a dataclass per record) was the top cost of replication; the
+initial load is nothing but INSERTs of one table in one layout, and a burst of changes is
+mostly long stretches of one kind on one table. Records that differ only in their values
+(source, table, kind, and the names of the key, before and after images all identical, in
+the encoder's own form) are parsed here column by column with numpy: one pass per field
+over every record of the run, no Python per byte.
 
 It is a fast path only, like ``decode_operation``: a record it does not read exactly as the
 template says (another table or kind, another layout, a map in several blocks, a varint
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from schemas.operation_codec import varint
+from schemas.operation_codec import OP_INDEX, varint
 from schemas.records import Operation, OpType, Value
 
 _NULL, _LONG, _DOUBLE, _STRING, _BYTES = 0, 2, 4, 6, 8  # zig-zag union branch indexes
@@ -37,27 +38,36 @@ def _string(s: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class InsertLayout:
-    """What every record of a run shares, taken from one decoded INSERT."""
+class RunLayout:
+    """What every record of a run shares, taken from one decoded Operation."""
 
     source: str
     table: str
+    op: OpType
     key_names: tuple[str, ...]
-    after_names: tuple[str, ...]
+    before_names: tuple[str, ...] | None
+    after_names: tuple[str, ...] | None
 
     @classmethod
-    def of(cls, op: Operation) -> InsertLayout | None:
-        if op.op is not OpType.INSERT or op.before is not None or op.after is None:
-            return None
-        return cls(op.source, op.table, tuple(op.key), tuple(op.after))
+    def of(cls, op: Operation) -> RunLayout:
+        return cls(
+            op.source,
+            op.table,
+            op.op,
+            tuple(op.key),
+            None if op.before is None else tuple(op.before),
+            None if op.after is None else tuple(op.after),
+        )
 
 
 @dataclass
-class InsertRun:
-    """The first ``count`` records of the window, as columns of ``layout.after_names``."""
+class Run:
+    """The first ``count`` records of the window: their key and after images as columns
+    (``after`` is empty when the layout has no after image)."""
 
     count: int
-    columns: dict[str, list[Value]]
+    key: dict[str, list[Value]]
+    after: dict[str, list[Value]]
 
 
 class _Cursor:
@@ -176,14 +186,14 @@ class _Cursor:
         return out
 
 
-def decode_inserts(values: Sequence[bytes], layout: InsertLayout, header: bytes) -> InsertRun:
-    """The longest leading run of ``values`` that are INSERTs in ``layout``, as columns.
+def decode_run(values: Sequence[bytes], layout: RunLayout, header: bytes) -> Run:
+    """The longest leading run of ``values`` that are Operations in ``layout``, as columns.
 
     ``header`` is the single-object header of the Operation schema. A run of 0 means the
     first value already does not fit.
     """
     if not values:
-        return InsertRun(0, {name: [] for name in layout.after_names})
+        return Run(0, {}, {})
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     ends = np.cumsum(lengths)
     starts = ends - lengths
@@ -192,25 +202,37 @@ def decode_inserts(values: Sequence[bytes], layout: InsertLayout, header: bytes)
     cur.constant(header + _string(layout.source))
     cur.shrink()
     cur.long(np.arange(len(cur.pos)))  # seq: any
-    cur.constant(_string(layout.table) + b"\x00" + _map_start(layout.key_names))
-    for name in layout.key_names:
-        cur.constant(_string(name))
-        cur.value()  # an INSERT is applied from its after image: the key is only checked
-    cur.constant(b"\x00" + b"\x00" + b"\x02" + _map_start(layout.after_names))
-    columns: dict[str, list[Value]] = {}
-    for name in layout.after_names:
-        cur.constant(_string(name))
-        columns[name] = cur.value()
-    cur.constant(b"\x00")
+    cur.constant(_string(layout.table) + bytes((OP_INDEX[layout.op],)))
+    key = _map(cur, layout.key_names)
+    _optional_map(cur, layout.before_names)  # only checked: no apply reads the before image
+    after = _optional_map(cur, layout.after_names)
     cur.shrink()
     cur.long(np.arange(len(cur.pos)))  # commit time: any
     cur.ok &= cur.pos == cur.ends
     cur.shrink()
     count = len(cur.pos)
-    return InsertRun(count, {name: col[:count] for name, col in columns.items()})
+    return Run(
+        count,
+        {name: column[:count] for name, column in key.items()},
+        {name: column[:count] for name, column in (after or {}).items()},
+    )
 
 
-def _map_start(names: tuple[str, ...]) -> bytes:
-    """A map's block count; its entries follow, then the 0 that ends it (which the caller's
-    next constant holds), so an empty map is that 0 alone."""
-    return varint(len(names)) if names else b""
+def _map(cur: _Cursor, names: tuple[str, ...]) -> dict[str, list[Value]]:
+    """A map in one block of exactly ``names``, in that order (an empty map is its 0 alone)."""
+    cur.constant(varint(len(names)) if names else b"")
+    columns: dict[str, list[Value]] = {}
+    for name in names:
+        cur.constant(_string(name))
+        columns[name] = cur.value()
+    cur.constant(b"\x00")
+    return columns
+
+
+def _optional_map(cur: _Cursor, names: tuple[str, ...] | None) -> dict[str, list[Value]] | None:
+    """The union ``["null", map]``: absent (``names`` None) or that map."""
+    if names is None:
+        cur.constant(b"\x00")
+        return None
+    cur.constant(b"\x02")
+    return _map(cur, names)

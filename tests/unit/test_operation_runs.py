@@ -1,8 +1,9 @@
-"""Runs of INSERTs decoded as columns: every value the run gives is what ``decode`` gives.
+"""Runs of Operations decoded as columns: every value a run gives is what ``decode`` gives.
 
 Soundness: each record a run takes decodes (one at a time, ``schemas.codec.decode``) to an
-INSERT of the run's layout with the very same values. Completeness: records in the
-encoder's own form of that layout are all taken; a record of any other form ends the run.
+Operation of the run's layout with the very same key and after values. Completeness:
+records in the encoder's own form of that layout are all taken; a record of any other form
+ends the run.
 """
 
 from __future__ import annotations
@@ -10,55 +11,62 @@ from __future__ import annotations
 import random
 
 from schemas.codec import OPERATION_HEADER, decode, encode
-from schemas.insert_runs import InsertLayout, InsertRun, decode_inserts
+from schemas.operation_runs import Run, RunLayout, decode_run
 from schemas.records import Operation, OpType
 from tests.unit.test_operation_decoder import _comparable, _value
 
 
-def _layout(rng: random.Random) -> InsertLayout:
+def _layout(rng: random.Random) -> RunLayout:
     names = [
         rng.choice(["id", "c", "ünï", "x" * 70, "😀"]) + str(i)
         for i in range(rng.choice([0, 1, 5, 63, 64, 100]))
     ]
-    keys = rng.choice([[], names[:1], names[:2]])
-    return InsertLayout(
+    keys = rng.choice([[], names[:1], names[:2], ["k"]])
+    return RunLayout(
         rng.choice(["default", "shöp", "s" * 100, ""]),
         rng.choice(["accounts", 'x"; DROP TABLE y; --', "t" * 64, "ταβ"]),
+        rng.choice(list(OpType)),
         tuple(keys),
-        tuple(names),
+        rng.choice([None, (), tuple(names)]),
+        rng.choice([None, (), tuple(names)]),
     )
 
 
-def _insert(rng: random.Random, layout: InsertLayout, same_kind: bool = False) -> Operation:
-    """An INSERT of ``layout``; ``same_kind``: each column keeps one storage class."""
-    if same_kind:
-        after = {n: (i * 7919 + rng.getrandbits(40)) for i, n in enumerate(layout.after_names)}
-    else:
-        after = {n: _value(rng) for n in layout.after_names}
-    key = {k: after[k] for k in layout.key_names}
+def _operation(rng: random.Random, layout: RunLayout, same_kind: bool = False) -> Operation:
+    """An Operation of ``layout``; ``same_kind``: each column keeps one storage class."""
+
+    def image(names):
+        if names is None:
+            return None
+        if same_kind:
+            return {n: (i * 7919 + rng.getrandbits(40)) for i, n in enumerate(names)}
+        return {n: _value(rng) for n in names}
+
     return Operation(
         layout.source,
         rng.choice([0, 1, 2**63 - 1, rng.getrandbits(rng.choice([3, 20, 62]))]),
         layout.table,
-        OpType.INSERT,
-        key,
-        None,
-        after,
+        layout.op,
+        image(layout.key_names),
+        image(layout.before_names),
+        image(layout.after_names),
         rng.choice([0, -1, -(2**63), rng.getrandbits(52)]),
     )
 
 
-def assert_sound(values: list[bytes], layout: InsertLayout) -> InsertRun:
-    run = decode_inserts(values, layout, OPERATION_HEADER)
-    assert set(run.columns) == set(layout.after_names)
-    for name in layout.after_names:
-        assert len(run.columns[name]) == run.count
+def assert_sound(values: list[bytes], layout: RunLayout) -> Run:
+    run = decode_run(values, layout, OPERATION_HEADER)
+    assert set(run.key) == set(layout.key_names)
+    assert set(run.after) == set(layout.after_names or ())
+    for column in [*run.key.values(), *run.after.values()]:
+        assert len(column) == run.count
     for i in range(run.count):
         record = decode(values[i])
-        assert type(record) is Operation and InsertLayout.of(record) == layout, i
-        assert record.after is not None
-        got = {name: run.columns[name][i] for name in layout.after_names}
-        assert _comparable(got) == _comparable(record.after), i
+        assert type(record) is Operation and RunLayout.of(record) == layout, i
+        key = {name: run.key[name][i] for name in layout.key_names}
+        assert _comparable(key) == _comparable(record.key), i
+        after = {name: run.after[name][i] for name in layout.after_names or ()}
+        assert _comparable(after) == _comparable(record.after or {}), i
     return run
 
 
@@ -66,21 +74,22 @@ def test_records_of_one_layout_decode_like_decode_one_by_one():
     rng = random.Random(3)
     for _ in range(60):
         layout = _layout(rng)
-        values = [encode(_insert(rng, layout)) for _ in range(rng.choice([1, 2, 17, 300]))]
+        values = [encode(_operation(rng, layout)) for _ in range(rng.choice([1, 2, 17, 300]))]
         run = assert_sound(values, layout)
         assert run.count == len(values)
 
 
 def test_columns_of_one_kind_take_the_whole_column_path():
     rng = random.Random(4)
-    layout = InsertLayout("shop", "t", ("a0",), tuple(f"a{i}" for i in range(5)))
-    values = [encode(_insert(rng, layout, same_kind=True)) for _ in range(500)]
+    names = tuple(f"a{i}" for i in range(5))
+    layout = RunLayout("shop", "t", OpType.UPDATE, ("a0",), names, names)
+    values = [encode(_operation(rng, layout, same_kind=True)) for _ in range(500)]
     assert assert_sound(values, layout).count == 500
 
 
 def test_a_record_of_another_form_ends_the_run_there():
     rng = random.Random(5)
-    layout = InsertLayout("shop", "accounts", ("id",), ("id", "name", "balance"))
+    layout = RunLayout("shop", "accounts", OpType.INSERT, ("id",), None, ("id", "name", "balance"))
 
     def insert(i: int, **after) -> Operation:
         image = {"id": i, "name": f"n{i}", "balance": 1.5, **after}
@@ -161,7 +170,7 @@ def test_a_record_of_another_form_ends_the_run_there():
 
 
 def test_the_longest_varints_and_extreme_values_fit():
-    layout = InsertLayout("s", "t", ("k",), ("k", "v"))
+    layout = RunLayout("s", "t", OpType.INSERT, ("k",), None, ("k", "v"))
     extremes = [-(2**63), 2**63 - 1, 0, -1, 1, 2**62, -(2**62) - 1]
     values = [
         encode(
@@ -173,7 +182,7 @@ def test_the_longest_varints_and_extreme_values_fit():
     ]
     run = assert_sound(values, layout)
     assert run.count == len(extremes)
-    assert run.columns["v"] == extremes
+    assert run.after["v"] == extremes
 
 
 def test_corrupted_records_are_never_taken_with_other_values():
@@ -183,7 +192,7 @@ def test_corrupted_records_are_never_taken_with_other_values():
     checked = 0
     for _ in range(40):
         layout = _layout(rng)
-        values = [encode(_insert(rng, layout)) for _ in range(8)]
+        values = [encode(_operation(rng, layout)) for _ in range(8)]
         for _ in range(12):
             variant = list(values)
             at = rng.randrange(len(variant))
