@@ -59,11 +59,18 @@ from backups.writer.column_types import (  # noqa: F401  (affinity, column_type:
     affinity,
     column_type,
     column_types_of,
+    presumed_types,
 )
 from backups.writer.duckdb_format import writer_config, written_with
 from backups.writer.keyed_changes import KeyedChanges, write_keyed_changes
 from backups.writer.table_proof import ProofAccumulator, shard_chunks
-from backups.writer.table_stream import BATCH_ROWS, BatchObserver, arrow_schema, shard_batches
+from backups.writer.table_stream import (
+    BATCH_ROWS,
+    BatchObserver,
+    PresumptionFailed,
+    arrow_schema,
+    shard_batches,
+)
 from consumers import changed_keys
 from consumers.digest_proof import (
     DigestMismatch,
@@ -331,10 +338,17 @@ def _write_files(
                 else:
                     why_full_diff[d.table] = result
         # Every other column's type first: an incremental that must be full is known
-        # before any row is read, so ``on_batch`` sees each table once.
-        types = {
-            d.table: column_types_of(connections, d) for d in definitions if d.table not in keyed
-        }
+        # before any row is read, so ``on_batch`` sees each table once. A full backup
+        # without an observer may start from the declared types (``presumed_types``).
+        types: dict[str, list[ColumnType]] = {}
+        presumed: set[str] = set()
+        for d in definitions:
+            if d.table in keyed:
+                continue
+            declared = presumed_types(d) if parent is None and on_batch is None else None
+            if declared is not None:
+                presumed.add(d.table)
+            types[d.table] = declared or column_types_of(connections, d)
         if parent is not None:
             for table, table_types in types.items():
                 mismatch = types_mismatch(parent, table, [t.duckdb for t in table_types])
@@ -370,6 +384,7 @@ def _write_files(
                         codec,
                         parent,
                         on_batch,
+                        presumed=definition.table in presumed,
                     )
                     if parent is not None:
                         meta["changes_from"] = (
@@ -412,14 +427,67 @@ def _write_table(
     codec: str,
     parent: Backup | None = None,
     on_batch: BatchObserver | None = None,
+    presumed: bool = False,
 ) -> dict[str, Any]:
     """Write one table; with ``parent`` (attached, resolved) only what changed since it.
 
-    The rows stream: each shard is read in Arrow batches of at most ``BATCH_ROWS`` rows,
-    each batch goes to ``on_batch``, into DuckDB and (full backup) into the Avro file, then
-    is dropped. ``types`` were decided before, from a summary of every shard. The same
-    pass takes the table's digest from the native rows (``backups.writer.table_proof``).
+    ``types`` were decided before, from a summary of every shard, or (``presumed``, a full
+    backup) from the declaration alone (``column_types.presumed_types``): then a value that
+    does not fit them makes the table start over with the scanned types, so the types
+    written are always the scan's.
     """
+    if presumed:
+        try:
+            return _stream_table(
+                db,
+                connections,
+                definition,
+                types,
+                temp,
+                avro_rel,
+                plan,
+                t2_us,
+                codec,
+                parent,
+                on_batch,
+                presumed=True,
+            )
+        except PresumptionFailed:  # the file is rewritten from the start below
+            db.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
+            types = column_types_of(connections, definition)
+    return _stream_table(
+        db,
+        connections,
+        definition,
+        types,
+        temp,
+        avro_rel,
+        plan,
+        t2_us,
+        codec,
+        parent,
+        on_batch,
+    )
+
+
+def _stream_table(
+    db: duckdb.DuckDBPyConnection,
+    connections: list[Any],
+    definition: TableDefinition,
+    types: list[ColumnType],
+    temp: Path,
+    avro_rel: str,
+    plan: CutPlan,
+    t2_us: int,
+    codec: str,
+    parent: Backup | None = None,
+    on_batch: BatchObserver | None = None,
+    presumed: bool = False,
+) -> dict[str, Any]:
+    """The rows stream: each shard is read in Arrow batches of at most ``BATCH_ROWS`` rows,
+    each batch goes to ``on_batch``, into DuckDB and (full backup) into the Avro file, then
+    is dropped. The same pass takes the table's digest from the native rows
+    (``backups.writer.table_proof``)."""
     names = list(definition.column_names)
     schema = _avro_schema(definition, types)
     metadata = _avro_metadata(definition, plan, t2_us)
@@ -436,7 +504,9 @@ def _write_table(
             if parent is None:
                 avro = stack.enter_context(ContainerWriter(out, schema, codec, metadata))
             proof = ProofAccumulator(definition, types)
-            batches = shard_batches(connections, definition, types, BATCH_ROWS, proof.add)
+            batches = shard_batches(
+                connections, definition, types, BATCH_ROWS, proof.add, presumed=presumed
+            )
             for batch in batches:
                 if on_batch is not None:
                     on_batch(definition.table, batch)

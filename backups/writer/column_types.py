@@ -158,6 +158,48 @@ def _kinds_sql(table: str, columns: Sequence[str]) -> str:
     return f"SELECT {', '.join(parts)} FROM {quote_identifier(table)}"
 
 
+def presumed_types(definition: TableDefinition) -> list[ColumnType] | None:
+    """Each column's type from its declaration alone, or None if one column needs the scan.
+
+    For an INTEGER, REAL or TEXT affinity, or a column declared BLOB, the type an empty
+    column gets (BIGINT, DOUBLE, VARCHAR, BLOB) is also the type of every content made
+    only of values that fit it (:func:`fits`): only ints; only reals and ints exact in a
+    double; only strings; only blobs, NULLs anywhere. So a full backup may write with these
+    types at once and check each batch as it reads it; the first value that does not fit
+    sends the table back to :func:`column_types_of` (the writer starts the table again),
+    and the types are always those the scan gives. NUMERIC and undeclared columns take
+    their type from the data even when every value is alike, so they need the scan.
+    """
+    out = []
+    for column in definition.columns:
+        aff = affinity(column.declared_type)
+        if aff == "NUMERIC" or not column.declared_type.strip():
+            return None
+        out.append(type_of_summary(column.declared_type, ColumnSummary(frozenset())))
+    return out
+
+
+_FITS: dict[int, frozenset[type]] = {
+    id(BIGINT): frozenset({int, type(None)}),
+    id(DOUBLE): frozenset({float, int, type(None)}),
+    id(VARCHAR): frozenset({str, type(None)}),
+    id(BLOB): frozenset({bytes, type(None)}),
+}
+
+
+def fits(ctype: ColumnType, values: Sequence[Any]) -> bool:
+    """Whether every value keeps ``ctype`` as the column's type (see :func:`presumed_types`)."""
+    allowed = _FITS.get(id(ctype))
+    if allowed is None:
+        return False
+    kinds = set(map(type, values))
+    if not kinds <= allowed:
+        return False
+    if ctype is DOUBLE and int in kinds:
+        return all(abs(v) <= DOUBLE_EXACT for v in values if type(v) is int)
+    return True
+
+
 def _int_range_sql(table: str, columns: Sequence[str]) -> str:
     """Per column, the least and greatest integer (min/max, not max(abs()): abs() of the
     smallest 64-bit integer overflows)."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from backups.writer.column_types import DOUBLE, ColumnType
+from backups.writer.column_types import DOUBLE, ColumnType, fits
 from consumers.replica import iter_rows
 from schemas.records import TableDefinition
 
@@ -20,6 +20,10 @@ BATCH_ROWS = 32_768
 
 # Called with (table, batch) for every batch a backup writes, in order (e.g. a digest).
 BatchObserver = Callable[[str, pa.RecordBatch], None]
+
+
+class PresumptionFailed(Exception):
+    """A value does not fit the type presumed from the declaration: scan, then start over."""
 
 
 def arrow_schema(names: Sequence[str], types: Sequence[ColumnType]) -> pa.Schema:
@@ -40,18 +44,26 @@ def shard_batches(
     types: Sequence[ColumnType],
     batch_rows: int = BATCH_ROWS,
     on_rows: Callable[[list[tuple]], None] | None = None,
+    presumed: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Every row of ``definition.table`` in every shard, in shard order, as batches.
 
     ``on_rows`` sees each chunk of native rows before it is converted (the table's digest
-    is taken in the same pass, see ``backups.writer.table_proof``).
+    is taken in the same pass, see ``backups.writer.table_proof``). ``presumed``: the
+    types come from the declaration (``column_types.presumed_types``), so every column of
+    every chunk is checked against them first, and the first misfit raises
+    :class:`PresumptionFailed`.
     """
     names = definition.column_names
     schema = arrow_schema(names, types)
     for conn in connections:
         for rows in iter_rows(conn, definition.table, names, chunk=batch_rows):
+            columns = list(zip(*rows, strict=True))
+            if presumed:
+                for name, values, ctype in zip(names, columns, types, strict=True):
+                    if not fits(ctype, values):
+                        raise PresumptionFailed(f"column {name!r} holds a value beyond {ctype}")
             if on_rows is not None:
                 on_rows(rows)
-            columns = zip(*rows, strict=True)
             arrays = [to_array(values, t) for values, t in zip(columns, types, strict=True)]
             yield pa.record_batch(arrays, schema=schema)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from backups.writer.avro_blocks import ContainerWriter, encode_rows
-from backups.writer.column_types import column_type, column_types_of
+from backups.writer.column_types import column_type, column_types_of, fits, presumed_types
 from consumers import snapshotter
 from consumers.replica import Shard, shard_path
 from consumers.snapshotter import CutPlan, write_backup
@@ -273,3 +273,88 @@ def test_a_backup_written_in_many_small_batches_equals_one_batch(tmp_path, monke
     assert {t for t, _ in seen} == {"items"} and all(b.num_rows <= 7 for _, b in seen)
     observed = [tuple(r.values()) for _, b in seen for r in b.to_pylist()]
     assert observed == table
+
+
+@pytest.mark.parametrize("declared", ["INTEGER", "REAL", "TEXT", "BLOB", "NUMERIC", "", "DATE"])
+@pytest.mark.parametrize("seed", range(12))
+def test_a_presumed_type_that_every_value_fits_is_the_whole_column_decision(
+    tmp_path, declared, seed
+):
+    """``presumed_types`` + ``fits`` never keep a type the scan would not give."""
+    rng = random.Random(seed)
+    pools = {
+        "int": [*EDGE_INTS, rng.randint(-(10**6), 10**6)],
+        "float": [1.5, -0.25, 1e300, 2.0**60],
+        "text": ["a", "", "12", "é"],
+        "bytes": [b"", b"\x01"],
+        "null": [None],
+    }
+    kinds = rng.sample(list(pools), rng.randint(1, 2))
+    values = [rng.choice(pools[rng.choice(kinds)]) for _ in range(rng.randint(0, 30))]
+    connections = _shards_with(tmp_path, declared, values, rng.randint(1, 3))
+    stored = [v for conn in connections for (v,) in conn.execute("SELECT v FROM t")]
+    definition = TableDefinition("s", "t", "", (Column("v", declared),), ("rowid",))
+    presumed = presumed_types(definition)
+    if declared in ("NUMERIC", "", "DATE"):
+        assert presumed is None  # their type comes from the data even when it is uniform
+        return
+    assert presumed is not None
+    if fits(presumed[0], stored):
+        assert presumed == [column_type(declared, stored)]
+
+
+def test_a_value_beyond_the_declared_type_starts_the_table_over_with_the_scan(
+    tmp_path, monkeypatch
+):
+    """A full backup that presumed the declared types and met a misfit in its last batch
+    equals the backup written with the scanned types from the start."""
+    declared = TableDefinition(
+        "shop",
+        "items",
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL, raw BLOB)",
+        (
+            Column("id", "INTEGER"),
+            Column("name", "TEXT"),
+            Column("price", "REAL"),
+            Column("raw", "BLOB"),
+        ),
+        ("id",),
+    )
+    monkeypatch.setattr(snapshotter, "BATCH_ROWS", 16)
+    # values SQLite keeps as they are in these columns (a REAL column makes 2**53 + 1 a
+    # real, a TEXT column makes 7.5 text): none fits the declared type
+    misfits = ({"price": "not a number"}, {"raw": "text in a BLOB column"}, {"name": b"\x00"})
+    for misfit in (*misfits, {}):
+        root = tmp_path / str(len(str(misfit)))
+        m = ConsistencyMarker("shop", 7, 1_764_065_700_000_000, 1, 1, (0,), ("items",))
+        shard = Shard(shard_path(root / "replica", "shop", 0), 0)
+        shard.define(declared)
+        shard.begin()
+        for i in range(100):
+            image = {"id": i, "name": f"n{i}", "price": i / 4, "raw": bytes([i])}
+            if i == 95:
+                image.update(misfit)
+            shard.apply(Operation("shop", i, "items", OpType.INSERT, {"id": i}, None, image, 1))
+        shard.commit(99)
+        shard.reach_marker(m, 100, hold=True)
+        shard.close()
+        plan = CutPlan("shop", 7, m.t1_us, 1, {0: 100}, ("items",))
+        restarts: list[str] = []
+        original = snapshotter._stream_table
+
+        def counted(*args, presumed=False, restarts=restarts, original=original, **kwargs):
+            restarts.append("presumed" if presumed else "scanned")
+            return original(*args, presumed=presumed, **kwargs)
+
+        monkeypatch.setattr(snapshotter, "_stream_table", counted)
+        fast = write_backup(root / "replica", root / "fast", plan, writer="t")
+        monkeypatch.setattr(snapshotter, "presumed_types", lambda definition: None)
+        scanned = write_backup(root / "replica", root / "scanned", plan, writer="t")
+        monkeypatch.undo()
+        monkeypatch.setattr(snapshotter, "BATCH_ROWS", 16)
+        assert restarts == (
+            ["presumed", "scanned", "scanned"] if misfit else ["presumed", "scanned"]
+        )
+        assert _content(fast) == _content(scanned)
+        fast_meta, scanned_meta = (b.manifest["tables"]["items"] for b in (fast, scanned))
+        assert fast_meta == scanned_meta
