@@ -25,6 +25,7 @@ from cutline import logs
 from cutline.config_file import apply_settings
 from cutline.directories import distinct_directories
 from cutline.errors import ConfigError, CutlineError
+from cutline.gc_tuning import streaming_gc
 from cutline.kafka_config import redacted
 from cutline.kafka_errors import describe
 from cutline.parser import build_parser
@@ -527,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _use_topic_template(args)
         _check_backups_exist(args)
-        return COMMANDS[args.command](args)
+        with streaming_gc():
+            return COMMANDS[args.command](args)
     except ConfigError as exc:
         parser.exit(exc.exit_code, f"cutline {args.command}: error: {exc}\n")
     except CutlineError as exc:
