@@ -61,7 +61,7 @@ from backups.writer.column_types import (  # noqa: F401  (affinity, column_type:
     column_types_of,
     presumed_types,
 )
-from backups.writer.duckdb_format import writer_config, written_with
+from backups.writer.duckdb_format import DuckDBFile, writer_config, written_with
 from backups.writer.keyed_changes import KeyedChanges, write_keyed_changes
 from backups.writer.table_proof import ProofAccumulator, shard_chunks
 from backups.writer.table_stream import (
@@ -325,7 +325,8 @@ def _write_files(
     tables_meta: dict[str, dict[str, Any]] = {}
     # An incremental is small: DuckDB's default 256 KiB blocks would dwarf its content.
     blocks = {"default_block_size": str(BLOCK_SIZE)} if choice.kind == INCREMENTAL else {}
-    db = duckdb.connect(str(temp / DUCKDB_FILE), config=writer_config(**blocks))
+    file = DuckDBFile(temp / DUCKDB_FILE, writer_config(**blocks))
+    db = file.conn
     try:
         parent = choice.parent if choice.kind == INCREMENTAL else None
         keyed: dict[str, KeyedChanges] = {}
@@ -373,7 +374,7 @@ def _write_files(
                     meta.update(changes.proof)  # derived from the parent's digest
                 else:
                     meta = _write_table(
-                        db,
+                        file,
                         connections,
                         definition,
                         types[definition.table],
@@ -386,6 +387,7 @@ def _write_files(
                         on_batch,
                         presumed=definition.table in presumed,
                     )
+                    db = file.conn  # a full backup renews it while a big table streams
                     if parent is not None:
                         meta["changes_from"] = (
                             f"a diff of the whole table: {why_full_diff[definition.table]}"
@@ -395,7 +397,7 @@ def _write_files(
         _write_metadata(db, plan, t2_us, writer, definitions, tables_meta, choice)
         db.execute("CHECKPOINT")
     finally:
-        db.close()
+        file.close()
     return tables_meta
 
 
@@ -416,7 +418,7 @@ def _avro_schema(definition: TableDefinition, types: list[ColumnType]) -> dict[s
 
 
 def _write_table(
-    db: duckdb.DuckDBPyConnection,
+    file: DuckDBFile,
     connections: list[Any],
     definition: TableDefinition,
     types: list[ColumnType],
@@ -439,7 +441,7 @@ def _write_table(
     if presumed:
         try:
             return _stream_table(
-                db,
+                file,
                 connections,
                 definition,
                 types,
@@ -453,10 +455,10 @@ def _write_table(
                 presumed=True,
             )
         except PresumptionFailed:  # the file is rewritten from the start below
-            db.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
+            file.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
             types = column_types_of(connections, definition)
     return _stream_table(
-        db,
+        file,
         connections,
         definition,
         types,
@@ -471,7 +473,7 @@ def _write_table(
 
 
 def _stream_table(
-    db: duckdb.DuckDBPyConnection,
+    file: DuckDBFile,
     connections: list[Any],
     definition: TableDefinition,
     types: list[ColumnType],
@@ -487,7 +489,9 @@ def _stream_table(
     """The rows stream: each shard is read in Arrow batches of at most ``BATCH_ROWS`` rows,
     each batch goes to ``on_batch``, into DuckDB and (full backup) into the Avro file, then
     is dropped. The same pass takes the table's digest from the native rows
-    (``backups.writer.table_proof``)."""
+    (``backups.writer.table_proof``). A full backup renews the DuckDB connection every
+    ``DuckDBFile.RENEW_ROWS`` rows, so DuckDB's memory stays bounded."""
+    db = file.conn
     names = list(definition.column_names)
     schema = _avro_schema(definition, types)
     metadata = _avro_metadata(definition, plan, t2_us)
@@ -497,7 +501,7 @@ def _stream_table(
     temp_kw = "" if parent is None else "TEMP "
     db.register(_BATCH_VIEW, arrow_schema(names, types).empty_table())
     db.execute(f"CREATE {temp_kw}TABLE {into} AS SELECT * FROM {_BATCH_VIEW}")
-    rows = 0
+    rows = since_renew = 0
     with open(temp / avro_rel, "wb") as out:
         with contextlib.ExitStack() as stack:
             avro = None  # an incremental's Avro file holds only the changes: written below
@@ -515,6 +519,10 @@ def _stream_table(
                 if avro is not None:
                     avro.write(batch)
                 rows += batch.num_rows
+                since_renew += batch.num_rows
+                if parent is None and since_renew >= file.RENEW_ROWS:
+                    db = file.renew()  # a full backup's own table: nothing TEMP or ATTACHed
+                    since_renew = 0
         db.unregister(_BATCH_VIEW)
         changes: dict[str, Any] | None = None
         if parent is not None:

@@ -13,6 +13,7 @@ which DuckDB wrote the backup, and with what storage compatibility.
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -24,6 +25,34 @@ STORAGE_COMPATIBILITY = "v1.0.0"
 def writer_config(**extra: str) -> dict[str, str]:
     """``duckdb.connect(path, config=...)`` for a file that older DuckDBs must open."""
     return {"storage_compatibility_version": STORAGE_COMPATIBILITY, **extra}
+
+
+class DuckDBFile:
+    """A DuckDB file being written, through a connection that can be renewed.
+
+    Why: a DuckDB connection keeps memory for every row group appended through it until it
+    is closed, outside ``memory_limit`` (measured: +112 MB for 6M rows of three columns,
+    still +80 MB with a 64 MB limit, all freed by ``close``), so a full backup of 10M rows
+    grew ``replicate`` by ~300 MB. A writer that renews the connection every so many rows
+    (``RENEW_ROWS``) keeps that memory bounded whatever the table's size.
+    """
+
+    RENEW_ROWS = 1_000_000
+
+    def __init__(self, path: Path, config: dict[str, str]):
+        self.path = path
+        self.config = config
+        self.conn = duckdb.connect(str(path), config=config)
+
+    def renew(self) -> duckdb.DuckDBPyConnection:
+        """Close the connection (its appended rows are in the file) and open a new one.
+        Only between statements, and never with TEMP tables or ATTACHed files in use."""
+        self.conn.close()
+        self.conn = duckdb.connect(str(self.path), config=self.config)
+        return self.conn
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def cutline_version() -> str:

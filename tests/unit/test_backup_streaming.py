@@ -358,3 +358,28 @@ def test_a_value_beyond_the_declared_type_starts_the_table_over_with_the_scan(
         assert _content(fast) == _content(scanned)
         fast_meta, scanned_meta = (b.manifest["tables"]["items"] for b in (fast, scanned))
         assert fast_meta == scanned_meta
+
+
+def test_a_full_backup_renewing_its_duckdb_connection_equals_one_that_does_not(
+    tmp_path, monkeypatch
+):
+    """Renewing the connection (to free DuckDB's memory for the rows appended so far)
+    every few rows changes nothing in the backup, full or incremental after it."""
+    from backups.writer.duckdb_format import DuckDBFile
+
+    plan = _replica(tmp_path / "replica", 100)
+    once = write_backup(tmp_path / "replica", tmp_path / "once", plan, writer="t")
+    renewed: list[int] = []
+    original = DuckDBFile.renew
+
+    def counted(self):
+        renewed.append(1)
+        return original(self)
+
+    monkeypatch.setattr(snapshotter, "BATCH_ROWS", 7)
+    monkeypatch.setattr(DuckDBFile, "RENEW_ROWS", 20)
+    monkeypatch.setattr(DuckDBFile, "renew", counted)
+    often = write_backup(tmp_path / "replica", tmp_path / "often", plan, writer="t")
+    assert len(renewed) >= 3  # after every 20 rows or so, in batches of at most 7
+    assert _content(often) == _content(once)
+    assert often.manifest["tables"] == once.manifest["tables"]
