@@ -104,17 +104,19 @@ class _Cursor:
         pos = self.pos[rows]
         value = np.zeros(len(rows), dtype=np.uint64)
         going = np.ones(len(rows), dtype=bool)
+        too_big = np.zeros(len(rows), dtype=bool)
         for k in range(_VARINT_BYTES):
             byte = self._at(pos).astype(np.uint64)
             bits = byte & np.uint64(0x7F)
             if k == _VARINT_BYTES - 1:
-                going &= bits <= 1  # a tenth byte may carry one bit only (64 bits)
+                too_big = going & (bits > 1)  # a tenth byte may carry the 64th bit only
             value |= np.where(going, bits << np.uint64(7 * k), np.uint64(0))
             pos = pos + going
             going &= (byte & np.uint64(0x80)) != 0
             if not going.any():
                 break
-        bad = going | (pos > self.ends[rows])  # still going after ten bytes, or past the end
+        # over 64 bits, still going after ten bytes, or past the record's end
+        bad = too_big | going | (pos > self.ends[rows])
         self.ok[rows[bad]] = False
         self.pos[rows] = pos
         signed = (value >> np.uint64(1)).astype(np.int64)

@@ -209,3 +209,20 @@ def test_corrupted_records_are_never_taken_with_other_values():
             assert_sound(variant, layout)
             checked += 1
     assert checked == 480
+
+
+def test_a_tenth_varint_byte_beyond_64_bits_ends_the_run():
+    """A seq whose tenth byte carries more than the 64th bit is over 64 bits: the run
+    must end there even when the bytes after it happen to read as the table's name."""
+    layout = RunLayout("s", "t", OpType.INSERT, ("k",), None, ("k",))
+    values = [
+        encode(Operation("s", -(2**63), "t", OpType.INSERT, {"k": i}, None, {"k": i}, 0))
+        for i in range(40)
+    ]
+    seq = b"\xff" * 9 + b"\x01"  # zig-zag of -(2**63): ten bytes, the last one bit
+    assert seq + b"\x02t" in values[20]
+    # the tenth byte 0x02 (bit 64 set), then the table name without its length byte: read
+    # as a 64-bit seq the tenth byte would look like the name's length
+    values[20] = values[20].replace(seq + b"\x02t", b"\xff" * 9 + b"\x02" + b"t")
+    run = assert_sound(values, layout)
+    assert run.count == 20
