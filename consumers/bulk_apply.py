@@ -109,6 +109,8 @@ class BulkApplier:
             return False
         if kind is not OpType.INSERT and not self._keys_unique(definition):
             return False
+        if kind is not OpType.DELETE and layout.after_names is None:
+            return False  # no row image: the per-operation path rejects each one
         sql, names = shard.statement(definition, kind, {})
         keys = definition.key_columns
         if kind is OpType.INSERT:
@@ -150,6 +152,8 @@ class BulkApplier:
         kind = first.op
         if kind is not OpType.INSERT and not self._keys_unique(definition):
             return False
+        if kind is not OpType.DELETE and any(op.after is None for op in group):
+            return False  # no row image (a table of key columns only would not notice)
         prepared = self._prepared(definition, kind, first)
         if prepared is None:
             return False

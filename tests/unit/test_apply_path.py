@@ -190,3 +190,28 @@ def test_runs_of_operations_apply_exactly_as_one_by_one(tmp_path, monkeypatch):
     for kind in OpType:
         assert sum(n for k, n in taken if k is kind) > 300, f"no {kind} run was taken"
         assert (kind, 0) in taken, f"no {kind} run failed and went one by one"
+
+
+def test_changes_without_a_row_image_are_rejected_in_runs_and_groups_too(tmp_path):
+    """An UPDATE without an after image is set aside one by one (``Shard.apply``); on a
+    table of key columns only, the bulk paths would not notice the missing image, so they
+    must refuse it themselves."""
+    tags = TableDefinition(
+        SOURCE,
+        "tags",
+        "CREATE TABLE tags(name TEXT PRIMARY KEY)",
+        (Column("name", "TEXT"),),
+        ("name",),
+    )
+
+    def change(i: int, kind: OpType, after: bool) -> bytes:
+        image = {"name": f"t{i}"}
+        return encode(Operation(SOURCE, i, "tags", kind, image, image, image if after else None, 1))
+
+    for updates in (5, 15, 40):  # one by one, a bulk group, a run
+        values = [encode(tags)] + [change(i, OpType.INSERT, True) for i in range(40)]
+        values += [change(i, OpType.UPDATE, True) for i in range(2)]  # caches the group's plan
+        values += [change(i, OpType.UPDATE, False) for i in range(updates)]
+        result, rejected = _run(Shard(shard_path(tmp_path / str(updates), SOURCE, 0), 0), values)
+        assert (result.applied, result.rejected) == (42, updates)
+        assert all("without a row image" in reason for _, reason in rejected)
