@@ -50,15 +50,26 @@ def _getter(names: tuple[str, ...]) -> Callable[[RowImage], tuple[Value, ...]]:
     return itemgetter(*names) if names else (lambda image: ())
 
 
+def param_sources(
+    definition: TableDefinition, kind: OpType, names: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Where ``Shard.apply`` takes an operation's parameters from, in order: these names
+    of the after image, then these of the key (``names``: the statement's own)."""
+    keys = definition.key_columns
+    if kind is OpType.INSERT:
+        return names, ()
+    if kind is OpType.UPDATE:
+        return names[: -len(keys)], keys
+    return (), keys
+
+
 def params_of(definition: TableDefinition, kind: OpType, names: tuple[str, ...]) -> Params:
     """How ``Shard.apply`` builds one operation's parameters, for a whole group at once."""
-    keys = definition.key_columns
-    key_values = _getter(keys)
+    after_names, key_names = param_sources(definition, kind, names)
+    row, key_values = _getter(after_names), _getter(key_names)
     if kind is OpType.INSERT:
-        row = _getter(names)
         return lambda op: row(op.after)  # type: ignore[arg-type]
     if kind is OpType.UPDATE:
-        row = _getter(names[: -len(keys)])
         return lambda op: row(op.after) + key_values(op.key)  # type: ignore[arg-type]
     return lambda op: key_values(op.key)
 
@@ -112,21 +123,18 @@ class BulkApplier:
         if kind is not OpType.DELETE and layout.after_names is None:
             return False  # no row image: the per-operation path rejects each one
         sql, names = shard.statement(definition, kind, {})
-        keys = definition.key_columns
-        if kind is OpType.INSERT:
-            wanted = [(run.after, name) for name in names]
-        elif kind is OpType.UPDATE:
-            wanted = [(run.after, n) for n in names[: -len(keys)]] + [(run.key, k) for k in keys]
-        else:
-            wanted = [(run.key, k) for k in keys]
+        after_names, key_names = param_sources(definition, kind, names)
+        wanted = [(run.after, n) for n in after_names] + [(run.key, k) for k in key_names]
         if any(name not in image for image, name in wanted):
             return False  # an image lacks a column: the per-operation path says which
         rows = zip(*(image[name] for image, name in wanted), strict=True)
         return self._run(sql, rows, run.count, insert=kind is OpType.INSERT)
 
     def _run(
-        self, sql: str, rows: Iterable[tuple[Value, ...]], count: int, insert: bool = True
+        self, sql: str, rows: Iterable[tuple[Value, ...]], count: int, *, insert: bool
     ) -> bool:
+        """``rows`` through one executemany under a savepoint, kept only if no statement
+        failed and (UPDATE, DELETE) every one matched a row."""
         conn = self.shard.conn
         conn.execute(f"SAVEPOINT {_SAVEPOINT}")
         try:
