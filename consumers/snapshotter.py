@@ -438,38 +438,30 @@ def _write_table(
     does not fit them makes the table start over with the scanned types, so the types
     written are always the scan's.
     """
+
+    def stream(types: list[ColumnType], presumed: bool) -> dict[str, Any]:
+        return _stream_table(
+            file,
+            connections,
+            definition,
+            types,
+            temp,
+            avro_rel,
+            plan,
+            t2_us,
+            codec,
+            parent,
+            on_batch,
+            presumed=presumed,
+        )
+
     if presumed:
         try:
-            return _stream_table(
-                file,
-                connections,
-                definition,
-                types,
-                temp,
-                avro_rel,
-                plan,
-                t2_us,
-                codec,
-                parent,
-                on_batch,
-                presumed=True,
-            )
+            return stream(types, presumed=True)
         except PresumptionFailed:  # the file is rewritten from the start below
             file.conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(definition.table)}")
             types = column_types_of(connections, definition)
-    return _stream_table(
-        file,
-        connections,
-        definition,
-        types,
-        temp,
-        avro_rel,
-        plan,
-        t2_us,
-        codec,
-        parent,
-        on_batch,
-    )
+    return stream(types, presumed=False)
 
 
 def _stream_table(

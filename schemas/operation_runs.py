@@ -73,9 +73,9 @@ class Run:
 class _Cursor:
     """Read positions in many records at once; ``ok`` drops a record at its first misfit."""
 
-    def __init__(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, header: int):
+    def __init__(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray):
         self.data = data
-        self.pos = starts + header
+        self.pos = starts.copy()
         self.ends = ends
         self.ok = np.ones(len(starts), dtype=bool)
         self.last = len(data) - 1
@@ -200,7 +200,7 @@ def decode_run(values: Sequence[bytes], layout: RunLayout, header: bytes) -> Run
     ends = np.cumsum(lengths)
     starts = ends - lengths
     data = np.frombuffer(b"".join(values), dtype=np.uint8)
-    cur = _Cursor(data, starts, ends, 0)
+    cur = _Cursor(data, starts, ends)
     cur.constant(header + _string(layout.source))
     cur.shrink()
     cur.long(np.arange(len(cur.pos)))  # seq: any
