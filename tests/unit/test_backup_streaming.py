@@ -163,9 +163,9 @@ def _shards_with(tmp_path: Path, declared: str, values: list, shards: int) -> li
     return connections
 
 
-@pytest.mark.parametrize("declared", ["INTEGER", "REAL", "TEXT", "BLOB", "NUMERIC", "", "DATE"])
-@pytest.mark.parametrize("seed", range(12))
-def test_types_from_the_sql_summary_equal_the_whole_column_decision(tmp_path, declared, seed):
+def _random_column(tmp_path, declared: str, seed: int, most_kinds: int):
+    """A column ``v`` of up to 30 values of up to ``most_kinds`` storage classes, spread
+    over 1-3 shards: (shard connections, the values as stored, its definition)."""
     rng = random.Random(seed)
     pools = {
         "int": [*EDGE_INTS, rng.randint(-(10**6), 10**6)],
@@ -174,11 +174,18 @@ def test_types_from_the_sql_summary_equal_the_whole_column_decision(tmp_path, de
         "bytes": [b"", b"\x01"],
         "null": [None],
     }
-    kinds = rng.sample(list(pools), rng.randint(1, 3))
+    kinds = rng.sample(list(pools), rng.randint(1, most_kinds))
     values = [rng.choice(pools[rng.choice(kinds)]) for _ in range(rng.randint(0, 30))]
     connections = _shards_with(tmp_path, declared, values, rng.randint(1, 3))
     stored = [v for conn in connections for (v,) in conn.execute("SELECT v FROM t")]
     definition = TableDefinition("s", "t", "", (Column("v", declared),), ("rowid",))
+    return connections, stored, definition
+
+
+@pytest.mark.parametrize("declared", ["INTEGER", "REAL", "TEXT", "BLOB", "NUMERIC", "", "DATE"])
+@pytest.mark.parametrize("seed", range(12))
+def test_types_from_the_sql_summary_equal_the_whole_column_decision(tmp_path, declared, seed):
+    connections, stored, definition = _random_column(tmp_path, declared, seed, 3)
     assert column_types_of(connections, definition) == [column_type(declared, stored)]
 
 
@@ -281,19 +288,7 @@ def test_a_presumed_type_that_every_value_fits_is_the_whole_column_decision(
     tmp_path, declared, seed
 ):
     """``presumed_types`` + ``fits`` never keep a type the scan would not give."""
-    rng = random.Random(seed)
-    pools = {
-        "int": [*EDGE_INTS, rng.randint(-(10**6), 10**6)],
-        "float": [1.5, -0.25, 1e300, 2.0**60],
-        "text": ["a", "", "12", "é"],
-        "bytes": [b"", b"\x01"],
-        "null": [None],
-    }
-    kinds = rng.sample(list(pools), rng.randint(1, 2))
-    values = [rng.choice(pools[rng.choice(kinds)]) for _ in range(rng.randint(0, 30))]
-    connections = _shards_with(tmp_path, declared, values, rng.randint(1, 3))
-    stored = [v for conn in connections for (v,) in conn.execute("SELECT v FROM t")]
-    definition = TableDefinition("s", "t", "", (Column("v", declared),), ("rowid",))
+    _, stored, definition = _random_column(tmp_path, declared, seed, 2)
     presumed = presumed_types(definition)
     if declared in ("NUMERIC", "", "DATE"):
         assert presumed is None  # their type comes from the data even when it is uniform
