@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from cutline.errors import ConfigError
@@ -156,33 +157,35 @@ class Topics:
     source: str
     template: str = field(default_factory=topic_template)
 
+    # Names are pure functions of the frozen fields, cached because capture asks for the
+    # ops topic once per captured change.
     def name(self, kind: str) -> str:
         return self.template.format(source=self.source, kind=kind)
 
-    @property
+    @cached_property
     def ops(self) -> str:
         return self.name("ops")
 
-    @property
+    @cached_property
     def control(self) -> str:
         return self.name("control")
 
-    @property
+    @cached_property
     def dead_letter(self) -> str:
         return self.name("dlq")
 
-    @property
+    @cached_property
     def capture_position(self) -> str:
         return self.name("capture")
 
-    @property
+    @cached_property
     def replication_group(self) -> str:
         return self.name("replicate")
 
-    @property
+    @cached_property
     def capture_transactional_id(self) -> str:
         return self.name("capture")
 
-    @property
+    @cached_property
     def replay_group_prefix(self) -> str:
         return self.name("replay") + "."

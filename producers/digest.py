@@ -47,6 +47,7 @@ _HEAD = struct.Struct(">BI").pack
 _NAN = b"\x02\x7f\xf8\x00\x00\x00\x00\x00\x00"
 TEXT_TAG, BLOB_TAG = 3, 4
 CHUNK_ROWS = 50_000
+_HASHER = blake2b(digest_size=8)  # never updated: every row hash starts from a copy of it
 COLUMN_PATH_MIN_ROWS = 64  # below this the column path's fixed cost outweighs its gain
 
 
@@ -141,9 +142,11 @@ class DigestAccumulator:
             return
         buffer, bounds = encoded
         view, edges = memoryview(buffer), bounds.tolist()
-        from_bytes, total = int.from_bytes, self.total
+        from_bytes, total, fresh = int.from_bytes, self.total, _HASHER.copy
         for start, stop in pairwise(edges):
-            total += from_bytes(blake2b(view[start:stop], digest_size=8).digest(), "little")
+            hasher = fresh()  # copying a set-up hasher skips the constructor's keyword parsing
+            hasher.update(view[start:stop])
+            total += from_bytes(hasher.digest(), "little")
         self.total = total % MOD
         self.rows += len(batch)
 
