@@ -31,12 +31,14 @@ from __future__ import annotations
 import math
 import sqlite3
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import pairwise
 
-from producers.digest_columns import encode_rows
+import pyarrow as pa
+
+from producers.digest_columns import encode_columns, encode_rows
 from producers.sqlite_changelog import quote_identifier
 
 MOD = 1 << 64
@@ -134,9 +136,21 @@ class DigestAccumulator:
         self.rows = 0
         self.total = 0
 
-    def add(self, rows: Iterable[Iterable[object]]) -> None:
+    def add(
+        self,
+        rows: Iterable[Iterable[object]],
+        columns: Sequence[Sequence[object]] | None = None,
+        arrays: Sequence[pa.Array | None] | None = None,
+    ) -> None:
+        """Add ``rows``; ``columns`` (the same rows transposed) and ``arrays`` (Arrow arrays
+        built from those columns) spare the column path building them again."""
         batch = rows if isinstance(rows, list | tuple) else list(rows)
-        encoded = encode_rows(batch) if len(batch) >= COLUMN_PATH_MIN_ROWS else None
+        if len(batch) < COLUMN_PATH_MIN_ROWS:
+            encoded = None
+        elif columns is not None:
+            encoded = encode_columns(columns, arrays)
+        else:
+            encoded = encode_rows(batch)
         if encoded is None:
             self._add_row_by_row(batch)
             return

@@ -7,6 +7,11 @@ defines, and only the BLAKE2b call stays per row. A column this path does not co
 of storage classes other than one class plus NULL, TEXT that is not UTF-8, a type that is
 not a SQLite value) makes :func:`encode_rows` return None: the caller then encodes that batch
 row by row, so the result is always the same as the row path's.
+
+A caller that has already built Arrow arrays of a batch's values (a backup writes them
+anyway) passes them to :func:`encode_columns`: a column whose Python values are all of
+one storage class (or NULL) and whose array has that class's Arrow type is then read from
+the array's buffers, without converting its values again.
 """
 
 from __future__ import annotations
@@ -47,7 +52,10 @@ def _ints(values: Sequence[object], null: np.ndarray) -> Piece:
 
 def _reals(values: Sequence[object], null: np.ndarray) -> Piece:
     filled = [0.0 if v is None else v for v in values] if null.any() else values
-    bits = np.array(filled, dtype=np.float64).view(np.uint64)
+    return _real_bits(np.array(filled, dtype=np.float64).view(np.uint64), null)
+
+
+def _real_bits(bits: np.ndarray, null: np.ndarray) -> Piece:
     nan = (bits & np.uint64(0x7FF0000000000000)) == np.uint64(0x7FF0000000000000)
     nan &= (bits & np.uint64(0x000FFFFFFFFFFFFF)) != 0
     bits = np.where(nan, _NAN_BITS, bits)
@@ -79,7 +87,21 @@ def _nulls(values: Sequence[object]) -> np.ndarray:
     return np.array(values, dtype=object) == None  # noqa: E711 (elementwise, numpy)
 
 
-def _column(values: Sequence[object]) -> list[Piece] | None:
+# The Arrow type that holds a column of one storage class exactly, value for value.
+_ARROW_OF: dict[type, pa.DataType] = {
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.string(),
+    bytes: pa.binary(),
+}
+
+
+def _fixed_width(array: pa.Array, dtype: str) -> np.ndarray:
+    """The array's 8-byte values (whatever a NULL slot holds: its bytes are dropped)."""
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * 8)
+
+
+def _column(values: Sequence[object], array: pa.Array | None = None) -> list[Piece] | None:
     kinds = set(map(type, values))
     has_null = _NONE in kinds
     kinds.discard(_NONE)
@@ -87,8 +109,23 @@ def _column(values: Sequence[object]) -> list[Piece] | None:
         return [(np.zeros(len(values), dtype=np.uint8), np.ones(len(values), dtype=np.int64))]
     if len(kinds) > 1:
         return None
-    null = _nulls(values) if has_null else np.zeros(len(values), dtype=bool)
     (kind,) = kinds
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array is not None and (len(array) != len(values) or array.type != _ARROW_OF.get(kind)):
+        array = None  # not this column's values as they are: convert them here
+    if not has_null:
+        null = np.zeros(len(values), dtype=bool)
+    elif array is not None:
+        null = array.is_null().to_numpy(zero_copy_only=False)
+    else:
+        null = _nulls(values)
+    if array is not None:
+        if kind is int:
+            return [_words(INT_TAG, _fixed_width(array, "<i8").astype(">i8"), null)]
+        if kind is float:
+            return [_real_bits(_fixed_width(array, "<u8"), null)]
+        return _variable(TEXT_TAG if kind is str else BLOB_TAG, array, null)
     if kind is int:
         try:
             return [_ints(values, null)]
@@ -114,16 +151,25 @@ def encode_rows(rows: Sequence[Sequence[object]]) -> tuple[bytes, np.ndarray] | 
     """
     if not rows:
         return None
+    return encode_columns(list(zip(*rows, strict=True)))
+
+
+def encode_columns(
+    columns: Sequence[Sequence[object]], arrays: Sequence[pa.Array | None] | None = None
+) -> tuple[bytes, np.ndarray] | None:
+    """:func:`encode_rows` of the rows these columns make up (all of one length, at least
+    one row); ``arrays[i]``, when given, is an Arrow array built from ``columns[i]``."""
+    count = len(columns[0])
     pieces: list[Piece] = []
-    for values in zip(*rows, strict=True):
-        column = _column(values)
+    for i, values in enumerate(columns):
+        column = _column(values, arrays[i] if arrays is not None else None)
         if column is None:
             return None
         pieces.extend(column)
-    row_lengths = np.zeros(len(rows), dtype=np.int64)
+    row_lengths = np.zeros(count, dtype=np.int64)
     for _, lengths in pieces:
         row_lengths += lengths
-    bounds = np.zeros(len(rows) + 1, dtype=np.int64)
+    bounds = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(row_lengths, out=bounds[1:])
     buffer = np.empty(int(bounds[-1]), dtype=np.uint8)
     at = bounds[:-1].copy()  # where each row's next piece goes

@@ -58,10 +58,21 @@ class ProofAccumulator:
         self._candidates = [i for i, t in enumerate(types) if t is TEXT_FALLBACK or t is DOUBLE]
         self.widened: set[int] = {i for i in self._candidates if types[i] is TEXT_FALLBACK}
 
-    def add(self, chunk: Sequence[tuple]) -> None:
-        self.digest.add(chunk)
+    def add(
+        self,
+        chunk: Sequence[tuple],
+        columns: Sequence[Sequence[object]] | None = None,
+        arrays: Sequence[pa.Array | None] | None = None,
+    ) -> None:
+        """``columns``/``arrays``: the chunk transposed and as Arrow arrays, when at hand."""
+        self.digest.add(chunk, columns, arrays)
         for i in self._candidates:
-            if i not in self.widened and any(type(row[i]) is int for row in chunk):
+            if i in self.widened:
+                continue
+            if columns is not None:
+                if int in set(map(type, columns[i])):
+                    self.widened.add(i)
+            elif any(type(row[i]) is int for row in chunk):
                 self.widened.add(i)
 
     def fields(self, reread: Iterable[Sequence[tuple]] | None = None) -> dict[str, Any]:

@@ -20,6 +20,9 @@ BATCH_ROWS = 32_768
 
 # Called with (table, batch) for every batch a backup writes, in order (e.g. a digest).
 BatchObserver = Callable[[str, pa.RecordBatch], None]
+# Called with each chunk's native rows, the same rows as columns, and per column the Arrow
+# array built from those very values (None where the backup converted them first).
+RowsObserver = Callable[[list[tuple], Sequence[Sequence[object]], Sequence[pa.Array | None]], None]
 
 
 class PresumptionFailed(Exception):
@@ -30,10 +33,15 @@ def arrow_schema(names: Sequence[str], types: Sequence[ColumnType]) -> pa.Schema
     return pa.schema([pa.field(n, t.arrow) for n, t in zip(names, types, strict=True)])
 
 
+def _unconverted(ctype: ColumnType) -> bool:
+    """``to_array`` hands the column's own values to Arrow (no Python conversion first)."""
+    return ctype.convert is None or ctype is DOUBLE
+
+
 def to_array(values: tuple, ctype: ColumnType) -> pa.Array:
     # DOUBLE's conversion is float(v) of ints that are exact in a double: Arrow does that
     # itself. Only the text fallback needs Python per value.
-    if ctype.convert is None or ctype is DOUBLE:
+    if _unconverted(ctype):
         return pa.array(values, type=ctype.arrow)
     return pa.array([ctype.convert(v) for v in values], type=ctype.arrow)
 
@@ -43,13 +51,14 @@ def shard_batches(
     definition: TableDefinition,
     types: Sequence[ColumnType],
     batch_rows: int = BATCH_ROWS,
-    on_rows: Callable[[list[tuple]], None] | None = None,
+    on_rows: RowsObserver | None = None,
     presumed: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Every row of ``definition.table`` in every shard, in shard order, as batches.
 
-    ``on_rows`` sees each chunk of native rows before it is converted (the table's digest
-    is taken in the same pass, see ``backups.writer.table_proof``). ``presumed``: the
+    ``on_rows`` sees each chunk of native rows, with the arrays built from them (the
+    table's digest is taken in the same pass, see ``backups.writer.table_proof``, and
+    reads unconverted columns from the arrays). ``presumed``: the
     types come from the declaration (``column_types.presumed_types``), so every column of
     every chunk is checked against them first, and the first misfit raises
     :class:`PresumptionFailed`.
@@ -63,7 +72,8 @@ def shard_batches(
                 for name, values, ctype in zip(names, columns, types, strict=True):
                     if not fits(ctype, values):
                         raise PresumptionFailed(f"column {name!r} holds a value beyond {ctype}")
-            if on_rows is not None:
-                on_rows(rows)
             arrays = [to_array(values, t) for values, t in zip(columns, types, strict=True)]
+            if on_rows is not None:
+                pairs = zip(arrays, types, strict=True)
+                on_rows(rows, columns, [a if _unconverted(t) else None for a, t in pairs])
             yield pa.record_batch(arrays, schema=schema)
