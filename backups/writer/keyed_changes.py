@@ -19,6 +19,7 @@ the snapshotter then diffs the whole table as before.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from schemas.records import TableDefinition
 _CURRENT = "_cutline_current"
 _PREVIOUS = "_cutline_previous_rows"
 _TOUCHED = "_cutline_touched"
+SCRATCH_MEMORY = "64MB"  # DuckDB's memory_limit for looking up the parent's rows
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,37 @@ def write_keyed_changes(
 
 
 def _previous_rows(parent: Backup, table: str, keys: list[str], touched: pa.Table) -> pa.Table:
-    """P's rows of the touched keys: its chain, each link restricted to those keys."""
+    """P's rows of the touched keys: its chain, each link restricted to those keys.
+
+    Looked up within ``SCRATCH_MEMORY`` first: unbounded, DuckDB keeps every block of the
+    parent's file it scanned cached until the connection closes, which at 10M rows made
+    ``replicate``'s peak RSS jump by ~170 MB for a 1 % incremental. A set of touched rows
+    too large for that bound to hold is looked up again without it, as before.
+    """
+    try:
+        return _previous_rows_within(parent, table, keys, touched, SCRATCH_MEMORY)
+    except duckdb.OutOfMemoryException:
+        return _previous_rows_within(parent, table, keys, touched, None)
+
+
+def _previous_rows_within(
+    parent: Backup, table: str, keys: list[str], touched: pa.Table, memory: str | None
+) -> pa.Table:
     target = quote_identifier(table)
     on = " AND ".join(f"t.{quote_identifier(k)} = x.{quote_identifier(k)}" for k in keys)
-    scratch = duckdb.connect()
+    with tempfile.TemporaryDirectory(prefix="cutline-lookup-") as spill:
+        config = {} if memory is None else {"memory_limit": memory, "temp_directory": spill}
+        return _lookup(duckdb.connect(config=config), parent, table, target, on, touched)
+
+
+def _lookup(
+    scratch: duckdb.DuckDBPyConnection,
+    parent: Backup,
+    table: str,
+    target: str,
+    on: str,
+    touched: pa.Table,
+) -> pa.Table:
     try:
         scratch.register(_TOUCHED, touched)
         for i, link in enumerate(chain_of(parent)):

@@ -330,3 +330,32 @@ def test_bulk_applied_writes_are_recorded_too(tmp_path):
     assert errors == []
     assert changed_entries(shard, "accounts") == [(i, 3) for i in (2, 3, 5, 6, 7, 8)]
     shard.close()
+
+
+@pytest.mark.parametrize("memory", ["1MB", "64MB"])
+def test_the_parents_rows_are_looked_up_in_bounded_memory_or_again_without_a_bound(
+    replica, tmp_path, monkeypatch, memory
+):
+    """A bound too small for the touched rows (1MB here, for ~3,000 rows of text) makes
+    DuckDB refuse the lookup: it is done again unbounded, and the incremental is the same."""
+    from backups.writer import keyed_changes
+
+    bounds: list[str | None] = []
+    within = keyed_changes._previous_rows_within
+
+    def spy(parent, table, keys, touched, bound):
+        bounds.append(bound)
+        return within(parent, table, keys, touched, bound)
+
+    monkeypatch.setattr(keyed_changes, "SCRATCH_MEMORY", memory)
+    monkeypatch.setattr(keyed_changes, "_previous_rows_within", spy)
+    filler = "x" * 400
+    replica.apply([ins(ACCOUNTS, acc(i, f"{filler}{i}")) for i in range(1, 4001)])
+    both(replica, tmp_path, 1)
+    replica.apply([upd(ACCOUNTS, {"id": i}, acc(i, f"changed {i}")) for i in range(1, 3001)])
+    full, second = both(replica, tmp_path, 2)
+    assert second.kind == "incremental"
+    assert second.tables["accounts"]["changes_from"] == "the keys the replica recorded as changed"
+    assert_same_as_full(second, full)
+    assert second.tables["accounts"]["changed"] == 3000
+    assert bounds == ([memory, None] if memory == "1MB" else [memory])
