@@ -133,3 +133,25 @@ def test_a_column_is_read_from_its_arrow_array_when_the_types_match() -> None:
 def _buffer(encoded) -> bytes:
     assert encoded is not None
     return encoded[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_beyond_encode_rows_is_hashed_in_slices_with_the_same_digest(
+    seed: int, monkeypatch
+) -> None:
+    """Slices bound the column path's temporaries; the digest is that of the whole batch,
+    whether the rows come alone or with their columns and Arrow arrays."""
+    from producers import digest
+
+    monkeypatch.setattr(digest, "ENCODE_ROWS", 100)
+    rng = random.Random(seed)
+    kinds = [rng.choice(["int", "real", "text", "blob", "mixed"]) for _ in range(4)]
+    count = rng.randint(101, 1000)
+    columns = [_column_values(rng, k, count) for k in kinds]
+    arrays = [_array_of(rng, c, rng.choice(ARROW_TYPES)) for c in columns]
+    rows = list(zip(*columns, strict=True))
+    alone, with_columns = DigestAccumulator(), DigestAccumulator()
+    alone.add(iter(rows))
+    with_columns.add(rows, columns, arrays)
+    expected = (count, _reference(rows))
+    assert (alone.rows, alone.total) == expected == (with_columns.rows, with_columns.total)
