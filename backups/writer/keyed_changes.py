@@ -153,33 +153,25 @@ def _previous_rows_within(
     on = " AND ".join(f"t.{quote_identifier(k)} = x.{quote_identifier(k)}" for k in keys)
     with tempfile.TemporaryDirectory(prefix="cutline-lookup-") as spill:
         config = {} if memory is None else {"memory_limit": memory, "temp_directory": spill}
-        return _lookup(duckdb.connect(config=config), parent, table, target, on, touched)
-
-
-def _lookup(
-    scratch: duckdb.DuckDBPyConnection,
-    parent: Backup,
-    table: str,
-    target: str,
-    on: str,
-    touched: pa.Table,
-) -> pa.Table:
-    try:
-        scratch.register(_TOUCHED, touched)
-        for i, link in enumerate(chain_of(parent)):
-            alias = f"link{i}"
-            scratch.execute(f"ATTACH {quote_text(str(link.duckdb_path))} AS {alias} (READ_ONLY)")
-            if i == 0:
+        scratch = duckdb.connect(config=config)
+        try:
+            scratch.register(_TOUCHED, touched)
+            for i, link in enumerate(chain_of(parent)):
+                alias = f"link{i}"
                 scratch.execute(
-                    f"CREATE TABLE {target} AS SELECT t.* FROM {alias}.main.{target} t "
-                    f"SEMI JOIN {_TOUCHED} x ON {on}"
+                    f"ATTACH {quote_text(str(link.duckdb_path))} AS {alias} (READ_ONLY)"
                 )
-            else:
-                apply_link_table(scratch, alias, table, link.manifest["tables"][table])
-            scratch.execute(f"DETACH {alias}")
-        relation = scratch.sql(f"SELECT t.* FROM {target} t SEMI JOIN {_TOUCHED} x ON {on}")
-        if hasattr(relation, "to_arrow_table"):  # DuckDB >= 1.4
-            return relation.to_arrow_table()
-        return relation.arrow()
-    finally:
-        scratch.close()
+                if i == 0:
+                    scratch.execute(
+                        f"CREATE TABLE {target} AS SELECT t.* FROM {alias}.main.{target} t "
+                        f"SEMI JOIN {_TOUCHED} x ON {on}"
+                    )
+                else:
+                    apply_link_table(scratch, alias, table, link.manifest["tables"][table])
+                scratch.execute(f"DETACH {alias}")
+            relation = scratch.sql(f"SELECT t.* FROM {target} t SEMI JOIN {_TOUCHED} x ON {on}")
+            if hasattr(relation, "to_arrow_table"):  # DuckDB >= 1.4
+                return relation.to_arrow_table()
+            return relation.arrow()
+        finally:
+            scratch.close()

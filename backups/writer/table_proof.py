@@ -61,18 +61,13 @@ class ProofAccumulator:
     def add(
         self,
         chunk: Sequence[tuple],
-        columns: Sequence[Sequence[object]] | None = None,
-        arrays: Sequence[pa.Array | None] | None = None,
+        columns: Sequence[Sequence[object]],
+        arrays: Sequence[pa.Array | None],
     ) -> None:
-        """``columns``/``arrays``: the chunk transposed and as Arrow arrays, when at hand."""
+        """A chunk, as ``shard_batches`` hands it on: rows, columns and Arrow arrays."""
         self.digest.add(chunk, columns, arrays)
         for i in self._candidates:
-            if i in self.widened:
-                continue
-            if columns is not None:
-                if int in set(map(type, columns[i])):
-                    self.widened.add(i)
-            elif any(type(row[i]) is int for row in chunk):
+            if i not in self.widened and int in set(map(type, columns[i])):
                 self.widened.add(i)
 
     def fields(self, reread: Iterable[Sequence[tuple]] | None = None) -> dict[str, Any]:
