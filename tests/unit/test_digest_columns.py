@@ -27,6 +27,13 @@ def _column_values(rng: random.Random, kind: str, rows: int) -> list[object]:
     return [None if nulls and rng.random() < 0.2 else rng.choice(values) for _ in range(rows)]
 
 
+def _random_columns(rng: random.Random, width: int, least: int, most: int) -> list[list]:
+    """``width`` columns of random kinds, all of one random length in [least, most]."""
+    kinds = [rng.choice(["int", "real", "text", "blob", "mixed"]) for _ in range(width)]
+    count = rng.randint(least, most)
+    return [_column_values(rng, k, count) for k in kinds]
+
+
 def _reference(rows: list[tuple]) -> int:
     return sum(row_hash(r) for r in rows) % MOD
 
@@ -34,9 +41,8 @@ def _reference(rows: list[tuple]) -> int:
 @pytest.mark.parametrize("seed", range(40))
 def test_random_batches_digest_exactly_as_row_by_row(seed: int) -> None:
     rng = random.Random(seed)
-    kinds = [rng.choice(["int", "real", "text", "blob", "mixed"]) for _ in range(rng.randint(1, 6))]
-    count = rng.randint(COLUMN_PATH_MIN_ROWS, 400)
-    columns = [_column_values(rng, k, count) for k in kinds]
+    columns = _random_columns(rng, rng.randint(1, 6), COLUMN_PATH_MIN_ROWS, 400)
+    count = len(columns[0])
     rows = list(zip(*columns, strict=True))
     acc = DigestAccumulator()
     acc.add(rows)
@@ -104,9 +110,8 @@ def _array_of(rng: random.Random, values: list[object], arrow_type) -> pa.Array 
 @pytest.mark.parametrize("seed", range(60))
 def test_columns_read_from_arrow_arrays_digest_exactly_as_row_by_row(seed: int) -> None:
     rng = random.Random(seed)
-    kinds = [rng.choice(["int", "real", "text", "blob", "mixed"]) for _ in range(rng.randint(1, 6))]
-    count = rng.randint(COLUMN_PATH_MIN_ROWS, 400)
-    columns = [_column_values(rng, k, count) for k in kinds]
+    columns = _random_columns(rng, rng.randint(1, 6), COLUMN_PATH_MIN_ROWS, 400)
+    count = len(columns[0])
     if rng.random() < 0.3:  # ints only, in a column a backup would store as DOUBLE
         columns[0] = [rng.choice([None, 1, 2**53]) for _ in range(count)]
     arrays = [_array_of(rng, c, rng.choice(ARROW_TYPES)) for c in columns]
@@ -145,9 +150,8 @@ def test_a_batch_beyond_encode_rows_is_hashed_in_slices_with_the_same_digest(
 
     monkeypatch.setattr(digest, "ENCODE_ROWS", 100)
     rng = random.Random(seed)
-    kinds = [rng.choice(["int", "real", "text", "blob", "mixed"]) for _ in range(4)]
-    count = rng.randint(101, 1000)
-    columns = [_column_values(rng, k, count) for k in kinds]
+    columns = _random_columns(rng, 4, 101, 1000)
+    count = len(columns[0])
     arrays = [_array_of(rng, c, rng.choice(ARROW_TYPES)) for c in columns]
     rows = list(zip(*columns, strict=True))
     alone, with_columns = DigestAccumulator(), DigestAccumulator()
