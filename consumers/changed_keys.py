@@ -26,7 +26,7 @@ before M, so entries tagged before M go and ``covers_from`` moves up to M.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from producers.sqlite_changelog import quote_identifier
@@ -37,6 +37,7 @@ CHANGED_PREFIX = "_cutline_changed:"
 STATE = "_cutline_state"  # replica.STATE (not imported: replica imports this module)
 ROWID = "rowid"
 NOT_YET = 1 << 62  # covers_from while the shard has reached no marker: nothing recorded
+SLICE_ROWS = 32_768  # touched keys or rows a reader holds as Python objects at once
 
 
 def changed_table(table: str) -> str:
@@ -192,29 +193,52 @@ def coverage_problem(
 
 
 def touched_keys(
-    conn: sqlite3.Connection, definition: TableDefinition, parent_marker_id: int
-) -> list[tuple]:
-    """Keys inserted, updated or deleted after the cut of ``parent_marker_id``."""
+    conn: sqlite3.Connection,
+    definition: TableDefinition,
+    parent_marker_id: int,
+    slice_rows: int | None = None,
+) -> Iterator[list[tuple]]:
+    """Keys inserted, updated or deleted after the cut of ``parent_marker_id``, in slices
+    of at most ``slice_rows`` (default ``SLICE_ROWS``): a reader holds one slice as Python
+    objects at a time."""
     cols = ", ".join(quote_identifier(k) for k in definition.key_columns)
-    return conn.execute(
+    yield from _slices(
+        conn,
         f"SELECT {cols} FROM {changed_table(definition.table)} WHERE after_marker >= ?",
         (parent_marker_id,),
-    ).fetchall()
+        slice_rows,
+    )
 
 
 def touched_rows(
-    conn: sqlite3.Connection, definition: TableDefinition, parent_marker_id: int
-) -> list[tuple]:
-    """The current rows of the touched keys (each a key lookup in T)."""
+    conn: sqlite3.Connection,
+    definition: TableDefinition,
+    parent_marker_id: int,
+    slice_rows: int | None = None,
+) -> Iterator[list[tuple]]:
+    """The current rows of the touched keys (each a key lookup in T), in slices."""
     cols = ", ".join(f"t.{quote_identifier(c)}" for c in definition.column_names)
     on = " AND ".join(
         f"t.{quote_identifier(k)} = c.{quote_identifier(k)}" for k in definition.key_columns
     )
-    return conn.execute(
+    yield from _slices(
+        conn,
         f"SELECT {cols} FROM {changed_table(definition.table)} c "
         f"JOIN {quote_identifier(definition.table)} t ON {on} WHERE c.after_marker >= ?",
         (parent_marker_id,),
-    ).fetchall()
+        slice_rows,
+    )
+
+
+def _slices(
+    conn: sqlite3.Connection, sql: str, params: tuple, slice_rows: int | None
+) -> Iterator[list[tuple]]:
+    cursor = conn.execute(sql, params)
+    try:
+        while rows := cursor.fetchmany(slice_rows or SLICE_ROWS):
+            yield rows
+    finally:
+        cursor.close()
 
 
 def prune(shard_paths: Sequence[Path], published_marker_id: int, busy_ms: int = 2000) -> None:

@@ -8,7 +8,7 @@ changes, in a scratch DuckDB); the incremental is the same diff as a full compar
 same result: a key nobody touched since P holds the row it held at P.
 
 The table's digest comes from the same rows: the parent's digest, minus P's rows of the
-touched keys, plus their rows now (``backups.writer.table_proof.derived_digest``, which
+touched keys, plus their rows now (``backups.writer.table_proof.DigestDerivation``, which
 argues why that is exact), so no other row of the table is read.
 
 Returns a reason instead when this cannot be exact (no record, NULLs or rowid as key, a
@@ -30,7 +30,7 @@ import pyarrow as pa
 from backups.catalog import Backup
 from backups.chain import DELETED_SCHEMA, MATCH_KEY, apply_link_table, chain_of
 from backups.writer.column_types import ColumnType, column_type, stable_type
-from backups.writer.table_proof import derived_digest
+from backups.writer.table_proof import DigestDerivation
 from backups.writer.table_stream import arrow_schema, to_array
 from consumers import changed_keys
 from producers.sqlite_changelog import quote_identifier, quote_text
@@ -56,54 +56,76 @@ def write_keyed_changes(
     definition: TableDefinition,
     parent: Backup,
 ) -> KeyedChanges | str:
-    """Create T and ``_cutline_deleted.T`` in ``db`` from the recorded keys, or say why not."""
+    """Create T and ``_cutline_deleted.T`` in ``db`` from the recorded keys, or say why not.
+
+    The touched keys and rows are read in slices (``changed_keys.SLICE_ROWS``): each slice
+    is checked, added to the derived digest and turned into Arrow, so what stays in memory
+    for the whole table is columnar (tens of bytes per touched row, not a Python tuple).
+    """
     for conn in connections:
         problem = changed_keys.coverage_problem(conn, definition, parent.marker_id)
         if problem:
             return problem
     names = list(definition.column_names)
     keys = list(definition.key_columns)
-    touched = [
-        k for c in connections for k in changed_keys.touched_keys(c, definition, parent.marker_id)
-    ]
-    rows = [
-        r for c in connections for r in changed_keys.touched_rows(c, definition, parent.marker_id)
-    ]
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    parent_columns = parent.manifest["tables"][definition.table]["columns"]
+    parent_table = parent.manifest["tables"][definition.table]
     types = []
-    for column, values, before in zip(definition.columns, columns, parent_columns, strict=True):
-        changed = column_type(column.declared_type, list(values))
+    for column, before in zip(definition.columns, parent_table["columns"], strict=True):
+        # Only the affinity's own type is stable (``stable_type``), and its contents are
+        # closed under unions: every slice giving it is the same as all rows giving it.
+        default = column_type(column.declared_type, [])
         if not stable_type(
-            column.declared_type, before["type"], before.get("text_fallback"), changed
+            column.declared_type, before["type"], before.get("text_fallback"), default
         ):
             return f"column {column.name!r} might not keep its type {before['type']}"
-        types.append(changed)
-    current = pa.Table.from_arrays(
-        [to_array(v, t) for v, t in zip(columns, types, strict=True)],
-        schema=arrow_schema(names, types),
-    )
+        types.append(default)
+    schema = arrow_schema(names, types)
+    derivation = DigestDerivation(parent_table, definition, types)
+    batches = []
+    for conn in connections:
+        for rows in changed_keys.touched_rows(conn, definition, parent.marker_id):
+            columns = list(zip(*rows, strict=True))
+            for column, values, ctype in zip(definition.columns, columns, types, strict=True):
+                if column_type(column.declared_type, list(values)) is not ctype:
+                    before = parent_table["columns"][names.index(column.name)]["type"]
+                    return f"column {column.name!r} might not keep its type {before}"
+            derivation.add_now(rows, columns)
+            arrays = [to_array(v, t) for v, t in zip(columns, types, strict=True)]
+            batches.append(pa.record_batch(arrays, schema=schema))
+    if derivation.problem is not None:  # known before any lookup in the parent
+        return f"its digest cannot be derived: {derivation.problem}"
+    current = pa.Table.from_batches(batches, schema=schema)
     key_types = [types[names.index(k)] for k in keys]
+    key_schema = arrow_schema(keys, key_types)
+    key_batches = []
     try:
-        touched_table = pa.Table.from_arrays(
-            [to_array(tuple(k[i] for k in touched), t) for i, t in enumerate(key_types)],
-            schema=arrow_schema(keys, key_types),
-        )
+        for conn in connections:
+            for touched in changed_keys.touched_keys(conn, definition, parent.marker_id):
+                arrays = [
+                    to_array(tuple(k[i] for k in touched), t) for i, t in enumerate(key_types)
+                ]
+                key_batches.append(pa.record_batch(arrays, schema=key_schema))
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
         return "a changed key does not fit its column's backup type"
-    key_at = [names.index(k) for k in keys]
-    if len({tuple(r[i] for i in key_at) for r in rows}) != len(rows):
+    touched_table = pa.Table.from_batches(key_batches, schema=key_schema)
+    target = quote_identifier(definition.table)
+    key_list = ", ".join(quote_identifier(k) for k in keys)
+    db.register(_CURRENT, current)
+    try:
+        distinct = db.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM {_CURRENT})"
+        ).fetchall()[0][0]
+    finally:
+        db.unregister(_CURRENT)
+    if distinct != current.num_rows:
         return "a key is held by two shards"
     if touched_table.num_rows == 0:  # nothing changed: nothing of P to look up
         previous = current
     else:
         previous = _previous_rows(parent, definition.table, keys, touched_table)
-    parent_table = parent.manifest["tables"][definition.table]
-    digest = derived_digest(parent_table, definition, types, previous, rows)
+    digest = derivation.result(previous)
     if isinstance(digest, str):
         return f"its digest cannot be derived: {digest}"
-    target = quote_identifier(definition.table)
-    key_list = ", ".join(quote_identifier(k) for k in keys)
     db.register(_CURRENT, current)
     db.register(_PREVIOUS, previous)
     try:

@@ -5,7 +5,7 @@ fed the chunks the writer reads anyway (``table_stream.shard_batches(on_rows=...
 a full backup reads each row once. It also finds the columns the backup widened
 (``widened_columns``) and, only then, re-reads the table converted for ``restored_digest``.
 
-Derived (:func:`derived_digest`): an incremental built from the recorded keys reads only
+Derived (:class:`DigestDerivation`): an incremental built from the recorded keys reads only
 the touched keys' rows. A digest is (row count, sum of row hashes mod 2^64), so its digest
 is the parent's digest, minus the hashes of the touched keys' rows at the parent's cut,
 plus the hashes of their rows now. The rows at the parent's cut are those the incremental
@@ -26,7 +26,7 @@ not widened: BIGINT holds only SQLite integers, DOUBLE only reals, VARCHAR only 
 BLOB only blobs. So the digest is derived only when the parent recorded a digest and no
 ``widened_columns`` for the table and no touched row needs widening (an integer in a
 DOUBLE column; a text fallback column is never keyed); then, by induction again, no row
-of the new content is widened either. Otherwise :func:`derived_digest` says why, and the
+of the new content is widened either. Otherwise :class:`DigestDerivation` says why, and the
 snapshotter diffs the whole table (a full pass), as it does for a layout change.
 """
 
@@ -41,7 +41,7 @@ import pyarrow as pa
 from backups.backup_digest import restored_digest
 from backups.writer.column_types import BIGINT, BLOB, DOUBLE, TEXT_FALLBACK, VARCHAR, ColumnType
 from consumers.replica import iter_rows
-from producers.digest import DigestAccumulator, TableDigest
+from producers.digest import ENCODE_ROWS, DigestAccumulator, TableDigest
 from schemas.records import TableDefinition
 
 # Backup types whose values are the native SQLite values themselves (no widening).
@@ -105,35 +105,58 @@ def shard_chunks(
         yield from iter_rows(conn, definition.table, definition.column_names)
 
 
-def derived_digest(
-    parent_table: dict[str, Any],
-    definition: TableDefinition,
-    types: Sequence[ColumnType],
-    before: pa.Table,
-    now: Sequence[tuple],
-) -> TableDigest | str:
-    """The table's digest from its parent's: ``before`` (the touched keys' rows in the
-    parent, backup values) out, ``now`` (their native rows at this cut) in; or why not."""
-    table = definition.table
-    if "digest" not in parent_table:
-        return "the previous backup records no digest of it"
-    if parent_table.get("widened_columns") or parent_table.get("restored_digest"):
-        return "the previous backup widened a column, so its values are not the native ones"
-    natives = [_NATIVE.get(id(t)) for t in types]
-    if None in natives:
-        return "a column is kept as text"
-    for i, kind in enumerate(natives):
-        if kind is float and any(type(row[i]) is int for row in now):
-            return f"column {definition.columns[i].name!r} holds an integer in a DOUBLE column"
-    names = list(definition.column_names)
-    if before.column_names != names:
-        return "the previous backup's columns are not the table's"
-    old = DigestAccumulator()
-    old.add(zip(*(before.column(n).to_pylist() for n in names), strict=True))
-    new = DigestAccumulator()
-    new.add(now)
-    parent = TableDigest.from_json(table, parent_table["digest"])
-    derived = parent.changed(old.result(table), new.result(table))
-    if derived.rows < 0:
-        return "the previous backup's digest counts fewer rows than it holds"
-    return derived
+class DigestDerivation:
+    """The table's digest from its parent's: the touched keys' rows now in (added slice by
+    slice, :meth:`add_now`), their rows in the parent out (:meth:`result`); or why not
+    (``problem``, set as soon as it is known)."""
+
+    def __init__(
+        self,
+        parent_table: dict[str, Any],
+        definition: TableDefinition,
+        types: Sequence[ColumnType],
+    ):
+        self.definition = definition
+        self.parent_table = parent_table
+        self.now = DigestAccumulator()
+        self.problem: str | None = None
+        natives = [_NATIVE.get(id(t)) for t in types]
+        self._doubles = [i for i, kind in enumerate(natives) if kind is float]
+        if "digest" not in parent_table:
+            self.problem = "the previous backup records no digest of it"
+        elif parent_table.get("widened_columns") or parent_table.get("restored_digest"):
+            self.problem = (
+                "the previous backup widened a column, so its values are not the native ones"
+            )
+        elif None in natives:
+            self.problem = "a column is kept as text"
+
+    def add_now(self, rows: Sequence[tuple], columns: Sequence[Sequence[object]]) -> None:
+        """Touched rows at this cut (native values), and the same rows as columns."""
+        if self.problem is not None:
+            return
+        for i in self._doubles:
+            if int in set(map(type, columns[i])):
+                name = self.definition.columns[i].name
+                self.problem = f"column {name!r} holds an integer in a DOUBLE column"
+                return
+        self.now.add(rows, columns)
+
+    def result(self, before: pa.Table) -> TableDigest | str:
+        """``before``: the touched keys' rows in the parent (backup values)."""
+        if self.problem is not None:
+            return self.problem
+        table = self.definition.table
+        names = list(self.definition.column_names)
+        if before.column_names != names:
+            return "the previous backup's columns are not the table's"
+        old = DigestAccumulator()
+        for batch in before.to_batches(max_chunksize=ENCODE_ROWS):  # Python values per slice
+            arrays = list(batch.columns)
+            columns = [a.to_pylist() for a in arrays]
+            old.add(list(zip(*columns, strict=True)), columns, arrays)
+        parent = TableDigest.from_json(table, self.parent_table["digest"])
+        derived = parent.changed(old.result(table), self.now.result(table))
+        if derived.rows < 0:
+            return "the previous backup's digest counts fewer rows than it holds"
+        return derived

@@ -359,3 +359,65 @@ def test_the_parents_rows_are_looked_up_in_bounded_memory_or_again_without_a_bou
     assert_same_as_full(second, full)
     assert second.tables["accounts"]["changed"] == 3000
     assert bounds == ([memory, None] if memory == "1MB" else [memory])
+
+
+def test_touched_keys_and_rows_read_in_many_slices_make_the_same_incremental(
+    replica, tmp_path, monkeypatch
+):
+    """Slices of 3: every slice is checked, hashed and turned into Arrow on its own; the
+    incremental, its counts and its derived digest are those of one slice."""
+    slices: list[int] = []
+    real = changed_keys._slices
+
+    def counted(conn, sql, params, slice_rows):
+        for rows in real(conn, sql, params, slice_rows):
+            slices.append(len(rows))
+            yield rows
+
+    monkeypatch.setattr(changed_keys, "SLICE_ROWS", 3)
+    monkeypatch.setattr(changed_keys, "_slices", counted)
+    replica.apply([ins(ACCOUNTS, acc(i, f"owner {i}", i * 0.5)) for i in range(1, 61)])
+    both(replica, tmp_path, 1)
+    replica.apply(
+        [upd(ACCOUNTS, {"id": i}, acc(i, f"renamed {i}", i * 2.0)) for i in range(1, 41, 2)]
+        + [dele(ACCOUNTS, {"id": i}) for i in range(2, 20, 4)]
+        + [ins(ACCOUNTS, acc(i, f"new {i}")) for i in range(61, 70)]
+        + [ins(ACCOUNTS, acc(6, "back again", 6.25))]
+    )
+    slices.clear()
+    full, second = both(replica, tmp_path, 2)
+    assert second.tables["accounts"]["changes_from"] == "the keys the replica recorded as changed"
+    assert_same_as_full(second, full)
+    assert (second.tables["accounts"]["changed"], second.tables["accounts"]["deleted"]) == (30, 4)
+    assert len(slices) > 2 * len(replica.shards) and max(slices) == 3
+
+
+def test_a_type_change_in_any_slice_is_refused_by_the_keyed_path(replica, tmp_path, monkeypatch):
+    """TEXT in the REAL column of one touched key only: its slice gives the column another
+    type, so the keyed path refuses (the backup then finds the table's type changed and is
+    written full), whichever slice holds that row."""
+    from consumers import snapshotter
+
+    answers: list[object] = []
+    real = snapshotter.write_keyed_changes
+
+    def spy(db, connections, definition, parent):
+        answer = real(db, connections, definition, parent)
+        if definition.table == "accounts":
+            answers.append(answer)
+        return answer
+
+    monkeypatch.setattr(changed_keys, "SLICE_ROWS", 2)
+    monkeypatch.setattr(snapshotter, "write_keyed_changes", spy)
+    replica.apply([ins(ACCOUNTS, acc(i, f"owner {i}", float(i))) for i in range(1, 31)])
+    both(replica, tmp_path, 1)
+    replica.apply(
+        [upd(ACCOUNTS, {"id": i}, acc(i, f"renamed {i}", i + 0.5)) for i in range(1, 30)]
+        + [upd(ACCOUNTS, {"id": 30}, {"id": 30, "owner": "text", "balance": "not a number"})]
+    )
+    answers.clear()
+    full, second = both(replica, tmp_path, 2)
+    assert answers == ["column 'balance' might not keep its type DOUBLE"]
+    assert second.kind == "full" and "column types" in second.manifest["kind_reason"]
+    assert rows_of(second.duckdb_path, "accounts") == rows_of(full.duckdb_path, "accounts")
+    assert verify_backup(second) == []
