@@ -196,17 +196,14 @@ def touched_keys(
     conn: sqlite3.Connection,
     definition: TableDefinition,
     parent_marker_id: int,
-    slice_rows: int | None = None,
 ) -> Iterator[list[tuple]]:
     """Keys inserted, updated or deleted after the cut of ``parent_marker_id``, in slices
-    of at most ``slice_rows`` (default ``SLICE_ROWS``): a reader holds one slice as Python
-    objects at a time."""
+    of at most ``SLICE_ROWS``: a reader holds one slice as Python objects at a time."""
     cols = ", ".join(quote_identifier(k) for k in definition.key_columns)
     yield from _slices(
         conn,
         f"SELECT {cols} FROM {changed_table(definition.table)} WHERE after_marker >= ?",
         (parent_marker_id,),
-        slice_rows,
     )
 
 
@@ -214,7 +211,6 @@ def touched_rows(
     conn: sqlite3.Connection,
     definition: TableDefinition,
     parent_marker_id: int,
-    slice_rows: int | None = None,
 ) -> Iterator[list[tuple]]:
     """The current rows of the touched keys (each a key lookup in T), in slices."""
     cols = ", ".join(f"t.{quote_identifier(c)}" for c in definition.column_names)
@@ -226,16 +222,13 @@ def touched_rows(
         f"SELECT {cols} FROM {changed_table(definition.table)} c "
         f"JOIN {quote_identifier(definition.table)} t ON {on} WHERE c.after_marker >= ?",
         (parent_marker_id,),
-        slice_rows,
     )
 
 
-def _slices(
-    conn: sqlite3.Connection, sql: str, params: tuple, slice_rows: int | None
-) -> Iterator[list[tuple]]:
+def _slices(conn: sqlite3.Connection, sql: str, params: tuple) -> Iterator[list[tuple]]:
     cursor = conn.execute(sql, params)
     try:
-        while rows := cursor.fetchmany(slice_rows or SLICE_ROWS):
+        while rows := cursor.fetchmany(SLICE_ROWS):
             yield rows
     finally:
         cursor.close()

@@ -85,10 +85,10 @@ def write_keyed_changes(
     for conn in connections:
         for rows in changed_keys.touched_rows(conn, definition, parent.marker_id):
             columns = list(zip(*rows, strict=True))
-            for column, values, ctype in zip(definition.columns, columns, types, strict=True):
+            checks = zip(definition.columns, parent_table["columns"], columns, types, strict=True)
+            for column, before, values, ctype in checks:
                 if column_type(column.declared_type, list(values)) is not ctype:
-                    before = parent_table["columns"][names.index(column.name)]["type"]
-                    return f"column {column.name!r} might not keep its type {before}"
+                    return f"column {column.name!r} might not keep its type {before['type']}"
             derivation.add_now(rows, columns)
             arrays = [to_array(v, t) for v, t in zip(columns, types, strict=True)]
             batches.append(pa.record_batch(arrays, schema=schema))
@@ -101,9 +101,8 @@ def write_keyed_changes(
     try:
         for conn in connections:
             for touched in changed_keys.touched_keys(conn, definition, parent.marker_id):
-                arrays = [
-                    to_array(tuple(k[i] for k in touched), t) for i, t in enumerate(key_types)
-                ]
+                values = zip(*touched, strict=True)
+                arrays = [to_array(v, t) for v, t in zip(values, key_types, strict=True)]
                 key_batches.append(pa.record_batch(arrays, schema=key_schema))
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
         return "a changed key does not fit its column's backup type"

@@ -369,8 +369,8 @@ def test_touched_keys_and_rows_read_in_many_slices_make_the_same_incremental(
     slices: list[int] = []
     real = changed_keys._slices
 
-    def counted(conn, sql, params, slice_rows):
-        for rows in real(conn, sql, params, slice_rows):
+    def counted(conn, sql, params):
+        for rows in real(conn, sql, params):
             slices.append(len(rows))
             yield rows
 
