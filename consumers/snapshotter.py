@@ -43,12 +43,10 @@ from backups.catalog import MANIFEST, MANIFEST_FORMAT, Backup, backup_dir_name, 
 from backups.chain import DELETED_SCHEMA, INCREMENTAL, ChainError, resolved_database
 from backups.incremental import (
     BLOCK_SIZE,
-    PREVIOUS,
     KindChoice,
     NeedsFull,
     choose_kind,
     types_mismatch,
-    write_changes,
 )
 from backups.storage.local.durable import TEMP_PREFIX, publish_directory, sha256_of
 from backups.writer.avro_blocks import ContainerWriter
@@ -63,6 +61,7 @@ from backups.writer.column_types import (  # noqa: F401  (affinity, column_type:
 )
 from backups.writer.duckdb_format import DuckDBFile, writer_config, written_with
 from backups.writer.keyed_changes import KeyedChanges, write_keyed_changes
+from backups.writer.staged_diff import STAGED, STAGED_DIR, StagedDiff
 from backups.writer.table_proof import ProofAccumulator, shard_chunks
 from backups.writer.table_stream import (
     BATCH_ROWS,
@@ -84,7 +83,7 @@ from consumers.replica import load_definitions, open_readonly, read_state, shard
 from cutline import failpoints
 from cutline.errors import CutlineError
 from producers.markers import format_time
-from producers.sqlite_changelog import quote_identifier, quote_text
+from producers.sqlite_changelog import quote_identifier
 from schemas.records import TableDefinition
 
 DUCKDB_FILE = "backup.duckdb"
@@ -356,13 +355,12 @@ def _write_files(
                 if mismatch:
                     raise NeedsFull(mismatch)
         with contextlib.ExitStack() as previous:
+            resolved: Path | None = None  # the previous backup in full, for a full diff
             if parent is not None and types:  # a table needs the full diff
                 try:
-                    path = previous.enter_context(resolved_database(parent))
+                    resolved = previous.enter_context(resolved_database(parent))
                 except ChainError as exc:
                     raise NeedsFull(f"the previous backup cannot be resolved: {exc}") from exc
-                db.execute(f"ATTACH {quote_text(str(path))} AS {PREVIOUS} (READ_ONLY)")
-                previous.callback(db.execute, f"DETACH {PREVIOUS}")
             avro_files = avro_names([d.table for d in definitions])
             for definition, avro_base in zip(definitions, avro_files, strict=True):
                 avro_rel = f"{AVRO_DIR}/{avro_base}.avro"
@@ -383,7 +381,7 @@ def _write_files(
                         plan,
                         t2_us,
                         codec,
-                        parent,
+                        resolved,
                         on_batch,
                         presumed=definition.table in presumed,
                     )
@@ -427,11 +425,12 @@ def _write_table(
     plan: CutPlan,
     t2_us: int,
     codec: str,
-    parent: Backup | None = None,
+    previous: Path | None = None,
     on_batch: BatchObserver | None = None,
     presumed: bool = False,
 ) -> dict[str, Any]:
-    """Write one table; with ``parent`` (attached, resolved) only what changed since it.
+    """Write one table; with ``previous`` (the previous backup's DuckDB file, resolved)
+    only what changed since it, by a diff of the whole table.
 
     ``types`` were decided before, from a summary of every shard, or (``presumed``, a full
     backup) from the declaration alone (``column_types.presumed_types``): then a value that
@@ -450,7 +449,7 @@ def _write_table(
             plan,
             t2_us,
             codec,
-            parent,
+            previous,
             on_batch,
             presumed=presumed,
         )
@@ -474,56 +473,61 @@ def _stream_table(
     plan: CutPlan,
     t2_us: int,
     codec: str,
-    parent: Backup | None = None,
+    previous: Path | None = None,
     on_batch: BatchObserver | None = None,
     presumed: bool = False,
 ) -> dict[str, Any]:
     """The rows stream: each shard is read in Arrow batches of at most ``BATCH_ROWS`` rows,
     each batch goes to ``on_batch``, into DuckDB and (full backup) into the Avro file, then
     is dropped. The same pass takes the table's digest from the native rows
-    (``backups.writer.table_proof``). A full backup renews the DuckDB connection every
-    ``DuckDBFile.RENEW_ROWS`` rows, so DuckDB's memory stays bounded."""
-    db = file.conn
+    (``backups.writer.table_proof``). The connection the rows go into (the backup's own
+    for a full backup, a scratch file's for a whole-table diff, ``StagedDiff``) is renewed
+    every ``DuckDBFile.RENEW_ROWS`` rows, so DuckDB's memory stays bounded."""
     names = list(definition.column_names)
     schema = _avro_schema(definition, types)
     metadata = _avro_metadata(definition, plan, t2_us)
     target = quote_identifier(definition.table)
-    # A full backup fills the table itself; an incremental fills a temp table to compare.
-    into = target if parent is None else "_cutline_rows"
-    temp_kw = "" if parent is None else "TEMP "
-    db.register(_BATCH_VIEW, arrow_schema(names, types).empty_table())
-    db.execute(f"CREATE {temp_kw}TABLE {into} AS SELECT * FROM {_BATCH_VIEW}")
-    rows = since_renew = 0
-    with open(temp / avro_rel, "wb") as out:
-        with contextlib.ExitStack() as stack:
-            avro = None  # an incremental's Avro file holds only the changes: written below
-            if parent is None:
-                avro = stack.enter_context(ContainerWriter(out, schema, codec, metadata))
-            proof = ProofAccumulator(definition, types)
-            batches = shard_batches(
-                connections, definition, types, BATCH_ROWS, proof.add, presumed=presumed
-            )
-            for batch in batches:
-                if on_batch is not None:
-                    on_batch(definition.table, batch)
-                db.register(_BATCH_VIEW, batch)
-                db.execute(f"INSERT INTO {into} SELECT * FROM {_BATCH_VIEW}")
-                if avro is not None:
-                    avro.write(batch)
-                rows += batch.num_rows
-                since_renew += batch.num_rows
-                if parent is None and since_renew >= file.RENEW_ROWS:
-                    db = file.renew()  # a full backup's own table: nothing TEMP or ATTACHed
-                    since_renew = 0
-        db.unregister(_BATCH_VIEW)
-        changes: dict[str, Any] | None = None
-        if parent is not None:
-            changes = write_changes(
-                db, "_cutline_rows", definition.table, names, list(definition.key_columns)
-            )
-            db.execute("DROP TABLE _cutline_rows")
-            with ContainerWriter(out, schema, codec, metadata) as avro:
-                _copy_to_avro(db, f"SELECT * FROM {target}", avro)
+    with contextlib.ExitStack() as scratch:
+        staged: StagedDiff | None = None
+        sink, into = file, target  # a full backup fills the table itself
+        if previous is not None:  # an incremental stages the rows to compare them
+            staged = StagedDiff(temp / STAGED_DIR, previous)
+            scratch.callback(staged.close)
+            sink, into = staged.file, STAGED
+        conn = sink.conn
+        conn.register(_BATCH_VIEW, arrow_schema(names, types).empty_table())
+        conn.execute(f"CREATE TABLE {into} AS SELECT * FROM {_BATCH_VIEW}")
+        rows = since_renew = 0
+        with open(temp / avro_rel, "wb") as out:
+            with contextlib.ExitStack() as stack:
+                avro = None  # an incremental's Avro file holds only the changes: written below
+                if staged is None:
+                    avro = stack.enter_context(ContainerWriter(out, schema, codec, metadata))
+                proof = ProofAccumulator(definition, types)
+                batches = shard_batches(
+                    connections, definition, types, BATCH_ROWS, proof.add, presumed=presumed
+                )
+                for batch in batches:
+                    if on_batch is not None:
+                        on_batch(definition.table, batch)
+                    conn.register(_BATCH_VIEW, batch)
+                    conn.execute(f"INSERT INTO {into} SELECT * FROM {_BATCH_VIEW}")
+                    if avro is not None:
+                        avro.write(batch)
+                    rows += batch.num_rows
+                    since_renew += batch.num_rows
+                    if since_renew >= sink.RENEW_ROWS:
+                        conn = sink.renew()  # nothing TEMP or ATTACHed on it yet
+                        since_renew = 0
+            conn.unregister(_BATCH_VIEW)
+            changes: dict[str, Any] | None = None
+            if staged is not None:
+                changes = staged.diff_into(
+                    file.conn, definition.table, names, list(definition.key_columns)
+                )
+                with ContainerWriter(out, schema, codec, metadata) as avro:
+                    _copy_to_avro(file.conn, f"SELECT * FROM {target}", avro)
+    db = file.conn
     meta = _table_meta(definition, types, rows, avro_rel)
     meta.update(proof.fields(shard_chunks(connections, definition)))
     if changes is not None:

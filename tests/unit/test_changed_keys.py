@@ -421,3 +421,98 @@ def test_a_type_change_in_any_slice_is_refused_by_the_keyed_path(replica, tmp_pa
     assert second.kind == "full" and "column types" in second.manifest["kind_reason"]
     assert rows_of(second.duckdb_path, "accounts") == rows_of(full.duckdb_path, "accounts")
     assert verify_backup(second) == []
+
+
+def test_a_whole_table_diff_staged_on_disk_in_renewed_connections_is_the_same_incremental(
+    replica, tmp_path, monkeypatch
+):
+    """The whole-table diff (rowid keys, NULL keys, an old parent) stages the table in a
+    scratch DuckDB file renewed every few rows, and diffs there under a memory bound; a
+    diff that does not fit is run again unbounded. Either way: the full backup's result."""
+    from backups.writer import staged_diff
+    from backups.writer.duckdb_format import DuckDBFile
+    from consumers import snapshotter
+
+    replica.apply(
+        [ins(ACCOUNTS, acc(i)) for i in range(1, 31)]
+        + [ins(LOG, {"level": "info", "msg": f"m{i % 4}", "rowid": i}) for i in range(1, 41)]
+        + [ins(CODES, {"code": f"c{i}", "label": "x"}) for i in range(10)]
+    )
+    both(replica, tmp_path, 1)
+    renewed: list[Path] = []
+    original_renew = DuckDBFile.renew
+
+    def counted(self):
+        renewed.append(self.path)
+        return original_renew(self)
+
+    monkeypatch.setattr(snapshotter, "BATCH_ROWS", 3)
+    monkeypatch.setattr(DuckDBFile, "RENEW_ROWS", 5)
+    monkeypatch.setattr(DuckDBFile, "renew", counted)
+    # duplicates in a rowid table are whole-row multisets: one of two equal rows goes
+    replica.apply(
+        [ins(LOG, {"level": "info", "msg": "m1", "rowid": 41})]
+        + [dele(LOG, {"rowid": i}) for i in (2, 3)]
+        + [upd(LOG, {"rowid": 7}, {"level": "warn", "msg": "m3", "rowid": 7})]
+        + [ins(CODES, {"code": None, "label": "unknown"}), dele(CODES, {"code": "c4"})]
+    )
+    full, second = both(replica, tmp_path, 2)
+    assert second.kind == "incremental"
+    assert_same_as_full(second, full)
+    assert "rowid" in second.tables["log"]["changes_from"]
+    assert "NULL" in second.tables["codes"]["changes_from"]
+    assert (second.tables["log"]["changed"], second.tables["log"]["deleted"]) == (2, 3)
+    staged = [p for p in renewed if p.name == "rows.duckdb"]
+    assert len(staged) >= 8  # 41 + 10 rows staged in renewed connections, then one per diff
+    assert not any(p.name == staged_diff.STAGED_DIR for p in second.path.rglob("*"))
+
+    # a diff DuckDB cannot fit in DIFF_MEMORY runs again without the bound
+    calls: list[str] = []
+    real = staged_diff.write_changes
+
+    def out_of_memory_once(conn, current, table, columns, keys):
+        calls.append(table)
+        if calls.count(table) == 1:
+            conn.execute(f"CREATE TABLE {quote_identifier(table)} AS SELECT 1 AS partial")
+            raise duckdb.OutOfMemoryException("failed to allocate data")
+        return real(conn, current, table, columns, keys)
+
+    monkeypatch.setattr(staged_diff, "write_changes", out_of_memory_once)
+    replica.apply([dele(LOG, {"rowid": 9}), ins(CODES, {"code": "c99", "label": "new"})])
+    full, third = both(replica, tmp_path, 3)
+    assert third.kind == "incremental" and sorted(set(calls)) == ["codes", "log"]
+    assert all(calls.count(t) == 2 for t in set(calls))
+    assert_same_as_full(third, full)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_sorted_uniqueness_check_agrees_with_distinct(seed):
+    """``_unique`` (sort and compare neighbours, which spills) answers as DISTINCT does,
+    NULLs equal, on one and two key columns, including a NULL key sorted first."""
+    import random
+
+    from backups.incremental import _unique
+
+    rng = random.Random(seed)
+    db = duckdb.connect()
+    try:
+        for _ in range(40):
+            rows = [
+                (rng.choice([None, *range(6)]), rng.choice([None, "a", "b"]))
+                for _ in range(rng.randint(0, 7))
+            ]
+            db.execute("CREATE OR REPLACE TABLE k(a INTEGER, b VARCHAR)")
+            if rows:
+                db.executemany("INSERT INTO k VALUES (?, ?)", rows)
+            for keys in (["a"], ["a", "b"]):
+                cols = ", ".join(keys)
+                distinct = db.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM k)")
+                expected = distinct.fetchall()[0][0] == len(rows)
+                assert _unique(db, "k", keys) is expected, (rows, keys)
+        db.execute("CREATE OR REPLACE TABLE k(a INTEGER)")
+        db.execute("INSERT INTO k VALUES (NULL)")  # the first row's lag() is NULL as well
+        assert _unique(db, "k", ["a"]) is True
+        db.execute("INSERT INTO k VALUES (NULL)")
+        assert _unique(db, "k", ["a"]) is False
+    finally:
+        db.close()
