@@ -143,44 +143,95 @@ def apply_link_table(
     )
 
 
+RESOLVE_MEMORY = "256MB"  # DuckDB's memory_limit while resolving (it spills beyond it)
+
+
 def build_resolved(backup: Backup, out: Path) -> None:
-    """Write every table of ``backup`` in full (its chain applied in order) to ``out``."""
+    """Write every table of ``backup`` in full (its chain applied in order) to ``out``.
+
+    What it costs follows the changes, not the tables: the base's file is copied as it is
+    (no row goes through DuckDB), then each link is applied in place: with ``"match":
+    "key"`` a delete of the changed and deleted keys and an insert of the changed rows;
+    only a ``"match": "row"`` table (rowid or repeated keys) is rewritten whole, as a
+    multiset difference. DuckDB works within ``RESOLVE_MEMORY``, spilling next to
+    ``out``; a chain it cannot fit in that is resolved again without the bound.
+    """
+    try:
+        _build_resolved(backup, out, RESOLVE_MEMORY)
+    except duckdb.OutOfMemoryException:
+        out.unlink(missing_ok=True)
+        _build_resolved(backup, out, None)
+
+
+def _build_resolved(backup: Backup, out: Path, memory: str | None) -> None:
     chain = chain_of(backup)
     base = chain[0]
-    db = duckdb.connect(str(out), config=writer_config())  # as readable as the backups
+    for link in chain:
+        if not link.duckdb_path.is_file():
+            raise ChainError(
+                f"backup {link.marker_id} (needed by {backup.marker_id}) lacks its "
+                f"DuckDB file {link.duckdb_path}"
+            )
+    shutil.copyfile(base.duckdb_path, out)
+    bound = {} if memory is None else {"memory_limit": memory}
+    spill = out.with_name(out.name + ".spill")
+    config = writer_config(temp_directory=str(spill), preserve_insertion_order="false", **bound)
     try:
-        for i, link in enumerate(chain):
+        db = duckdb.connect(str(out), config=config)
+    except duckdb.Error as exc:
+        raise _unresolvable(backup, chain, exc) from exc
+    try:
+        for i, link in enumerate(chain[1:], start=1):
             alias = f"link{i}"
-            if not link.duckdb_path.is_file():
-                raise ChainError(
-                    f"backup {link.marker_id} (needed by {backup.marker_id}) lacks its "
-                    f"DuckDB file {link.duckdb_path}"
-                )
+            _check_same_tables(base, link)
             db.execute(f"ATTACH {quote_text(str(link.duckdb_path))} AS {alias} (READ_ONLY)")
             try:
-                if i == 0:
-                    for table in base.manifest["tables"]:
-                        db.execute(
-                            f"CREATE TABLE {quote_identifier(table)} AS "
-                            f"SELECT * FROM {alias}.main.{quote_identifier(table)}"
-                        )
-                else:
-                    _check_same_tables(base, link)
-                    apply_link(db, alias, link)
+                for table, info in link.manifest["tables"].items():
+                    _apply_link_table_in_place(db, alias, table, info)
                 if link is backup:
                     for meta in METADATA_TABLES:
-                        db.execute(f"CREATE TABLE {meta} AS SELECT * FROM {alias}.main.{meta}")
+                        db.execute(
+                            f"CREATE OR REPLACE TABLE {meta} AS SELECT * FROM {alias}.main.{meta}"
+                        )
             finally:
                 db.execute(f"DETACH {alias}")
         db.execute("CHECKPOINT")
+    except duckdb.OutOfMemoryException:
+        raise
     except duckdb.Error as exc:
-        raise ChainError(
-            f"cannot resolve backup {backup.marker_id} from its chain "
-            f"({', '.join(str(b.marker_id) for b in chain)}): {exc}; run `cutline verify` on "
-            f"the backups directory to find the damaged file"
-        ) from exc
+        raise _unresolvable(backup, chain, exc) from exc
     finally:
         db.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _apply_link_table_in_place(
+    db: duckdb.DuckDBPyConnection, alias: str, table: str, info: dict[str, Any]
+) -> None:
+    """:func:`apply_link_table`, touching only the changed keys' rows when it can."""
+    if info.get("match", MATCH_KEY) == MATCH_ROW:
+        apply_link_table(db, alias, table, info)
+        return
+    target = quote_identifier(table)
+    changed = f"{alias}.main.{target}"
+    deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
+    keys = [quote_identifier(k) for k in info["key_columns"]]
+    key_list = ", ".join(keys)
+    on = " AND ".join(f"{target}.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
+    db.execute(
+        f"DELETE FROM {target} USING "
+        f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
+        f"WHERE {on}"
+    )
+    db.execute(f"INSERT INTO {target} SELECT * FROM {changed}")
+
+
+def _unresolvable(backup: Backup, chain: list[Backup], exc: Exception) -> ChainError:
+    return ChainError(
+        f"cannot resolve backup {backup.marker_id} from its chain "
+        f"({', '.join(str(b.marker_id) for b in chain)}): {exc}; run `cutline verify` on "
+        f"the backups directory to find the damaged file"
+    )
 
 
 @contextmanager
