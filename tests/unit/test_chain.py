@@ -428,3 +428,45 @@ def test_manifest_without_kind_is_a_full_backup(tmp_path):
     backup = Backup(path, manifest)
     assert backup.kind == "full"
     assert [b.marker_id for b in chain_of(backup)] == [1]
+
+
+def test_resolving_leaves_the_base_untouched_and_retries_unbounded_when_it_cannot_fit(
+    replica, tmp_path, monkeypatch
+):
+    """The base's file is copied and the copy changed in place, never the base itself;
+    a link DuckDB cannot apply within RESOLVE_MEMORY makes the chain resolve again
+    without the bound, to the same content."""
+    import hashlib
+
+    from backups import chain
+
+    backups = tmp_path / "b"
+    made = [
+        write_backup(
+            replica.root, backups, replica.cut(marker_id, contents), writer="t", full_every=5
+        )
+        for marker_id, contents in enumerate(HISTORY[:3], start=1)
+    ]
+    base, last = made[0], made[-1]
+    fulls = tmp_path / "full"
+    oracle = write_backup(replica.root, fulls, replica.cut(3, HISTORY[2]), writer="t")
+    before = hashlib.sha256(base.duckdb_path.read_bytes()).hexdigest()
+    assert_same_as_full(last, oracle)
+    assert hashlib.sha256(base.duckdb_path.read_bytes()).hexdigest() == before
+
+    calls: list[str] = []
+    real = chain._apply_link_table_in_place
+
+    def out_of_memory_first(db, alias, table, info):
+        calls.append(table)
+        if len(calls) == 1:
+            raise duckdb.OutOfMemoryException("failed to allocate data")
+        return real(db, alias, table, info)
+
+    monkeypatch.setattr(chain, "_apply_link_table_in_place", out_of_memory_first)
+    with resolved_database(last, tmp_dir=tmp_path) as path:
+        assert not list(path.parent.glob("*.spill"))  # the spill directory is gone
+        for table in oracle.tables:
+            assert table_rows(path, table) == table_rows(oracle.duckdb_path, table), table
+    assert len(calls) > len(oracle.tables)  # the first attempt failed, then all links ran
+    assert hashlib.sha256(base.duckdb_path.read_bytes()).hexdigest() == before
