@@ -125,6 +125,51 @@ def test_verify_compares_avro_contents_not_just_checksums(chain, tmp_path):
     assert "1 rows of the DuckDB table are not in it" in problems[0]
 
 
+@pytest.mark.parametrize("batch_rows", [1, 3])
+def test_verify_streams_avro_rows_in_batches_and_still_sees_one_changed_row(
+    chain, tmp_path, monkeypatch, batch_rows
+):
+    """The Avro side goes into a scratch DuckDB file in batches, its connection renewed
+    every few rows: an intact chain verifies, and one changed value is one row each way."""
+    import tempfile
+
+    from backups import verify as verify_module
+    from backups.writer.duckdb_format import DuckDBFile
+
+    renewals: list[int] = []
+    original = DuckDBFile.renew
+
+    def counted(self):
+        renewals.append(1)
+        return original(self)
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(verify_module, "AVRO_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(DuckDBFile, "RENEW_ROWS", 2)
+    monkeypatch.setattr(DuckDBFile, "renew", counted)
+    assert all(verify_backup(b) == [] for b in chain)
+    assert len(renewals) > len(chain)  # within tables, not only before each comparison
+    backup = chain[0]
+    avro = backup.avro_path("accounts")
+    with open(avro, "rb") as f:
+        reader = fastavro.reader(f)
+        schema, records = reader.writer_schema, list(reader)
+        header = {k: v for k, v in reader.metadata.items() if k.startswith("cutline.")}
+    records[-1]["owner"] = "someone else"
+    with open(avro, "wb") as f:
+        fastavro.writer(f, schema, records, metadata=header)
+    manifest = json.loads((backup.path / MANIFEST).read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == manifest["tables"]["accounts"]["avro"]:
+            entry["bytes"], entry["sha256"] = avro.stat().st_size, sha256_of(avro)
+    (backup.path / MANIFEST).write_text(json.dumps(manifest))
+    (problem,) = verify_backup(Backup(backup.path, manifest))
+    assert "1 rows of the DuckDB table are not in it and 1 of its rows are not" in problem
+    assert list(scratch.iterdir()) == []  # the scratch files are gone
+
+
 def test_verify_checks_row_counts(chain):
     backup = chain[1]  # an incremental: its changed count and its resolved full count
     manifest = json.loads((backup.path / MANIFEST).read_text())
