@@ -14,6 +14,7 @@ primary (``5`` and ``'5'`` are the same integer), so a type change alone is no c
 from __future__ import annotations
 
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -25,7 +26,7 @@ import duckdb
 from backups.catalog import Backup
 from backups.chain import resolved_database
 from cutline.errors import ConfigError, CutlineError
-from producers.sqlite_changelog import quote_identifier
+from producers.sqlite_changelog import quote_identifier, quote_text
 
 Row = dict[str, Any]
 _NULL = ("z", None)  # the canonical form of NULL
@@ -78,10 +79,24 @@ class _Side:
     columns: list[str]
     types: dict[str, str]
     rows: list[tuple[Any, ...]]
+    alias: str = ""  # the backup's database in the diff's DuckDB connection
+
+
+DIFF_MEMORY = "256MB"  # DuckDB's memory_limit while it sets aside the rows both hold
+_OLD, _NEW = "_cutline_from", "_cutline_to"  # the two backups, attached side by side
 
 
 def diff_backups(before: Backup, after: Backup, *, table: str | None = None) -> BackupDiff:
-    """Rows added, removed and changed from ``before`` to ``after``, table by table."""
+    """Rows added, removed and changed from ``before`` to ``after``, table by table.
+
+    Where a table has the same columns and backup types in both, DuckDB first takes out
+    the rows both backups hold (``EXCEPT ALL`` each way, within ``DIFF_MEMORY``, spilling
+    to disk), so Python matches only the rows that differ: its memory and time follow the
+    changes, not the table. The result is the same, since a row both hold, equal value for
+    value, is neither added, removed nor changed (keys that repeat, NULL keys, are
+    compared as multisets, where common rows cancel out). Otherwise (a column added, a
+    type changed) every row is compared, value by value as the primary held it.
+    """
     names = sorted(set(before.tables) | set(after.tables))
     if table is not None:
         if table not in names:
@@ -92,40 +107,73 @@ def diff_backups(before: Backup, after: Backup, *, table: str | None = None) -> 
         names = [table]
     result: dict[str, TableDiff] = {}
     with ExitStack() as stack:
-        old = _open(stack, before)
-        new = _open(stack, after)
+        spill = stack.enter_context(tempfile.TemporaryDirectory(prefix="cutline-diff-"))
+        conn = duckdb.connect(
+            config={
+                "memory_limit": DIFF_MEMORY,
+                "temp_directory": spill,
+                "preserve_insertion_order": "false",
+            }
+        )
+        stack.callback(conn.close)
+        _attach(stack, conn, before, _OLD)
+        _attach(stack, conn, after, _NEW)
         for name in names:
             in_old, in_new = name in before.tables, name in after.tables
-            a = _read(old, before, name) if in_old else None
-            b = _read(new, after, name) if in_new else None
+            a = _columns(conn, _OLD, before, name) if in_old else None
+            b = _columns(conn, _NEW, after, name) if in_new else None
+            if a is not None and b is not None and _comparable(a, b):
+                a = _rows(conn, before, name, a, f"EXCEPT ALL {_select(_NEW, name, b)}")
+                b = _rows(conn, after, name, b, f"EXCEPT ALL {_select(_OLD, name, a)}")
+            else:
+                a = None if a is None else _rows(conn, before, name, a)
+                b = None if b is None else _rows(conn, after, name, b)
             keys = (after if in_new else before).tables[name].get("key_columns", [])
             result[name] = diff_rows(a, b, list(keys))
     return BackupDiff(before, after, result)
 
 
-def _open(stack: ExitStack, backup: Backup) -> duckdb.DuckDBPyConnection:
+def _comparable(a: _Side, b: _Side) -> bool:
+    """DuckDB's equality is the diff's own here: the same columns, of the same types."""
+    return (a.columns, a.types) == (b.columns, b.types)
+
+
+def _attach(stack: ExitStack, conn: duckdb.DuckDBPyConnection, backup: Backup, alias: str) -> None:
     path = stack.enter_context(resolved_database(backup))
     try:
-        conn = duckdb.connect(str(path), read_only=True)
+        conn.execute(f"ATTACH {quote_text(str(path))} AS {alias} (READ_ONLY)")
     except duckdb.Error as exc:
         raise DiffError(f"cannot open backup {backup.marker_id} ({path}): {exc}") from exc
-    stack.callback(conn.close)
-    return conn
 
 
-def _read(conn: duckdb.DuckDBPyConnection, backup: Backup, table: str) -> _Side:
+def _select(alias: str, table: str, side: _Side) -> str:
+    names = ",".join(quote_identifier(c) for c in side.columns)
+    return f"SELECT {names} FROM {alias}.main.{quote_identifier(table)}"
+
+
+def _columns(conn: duckdb.DuckDBPyConnection, alias: str, backup: Backup, table: str) -> _Side:
+    """The table's columns and their DuckDB types in ``backup`` (no rows yet)."""
     columns = [c["name"] for c in backup.tables[table]["columns"]]
     try:
         info = conn.execute(
             "SELECT column_name, data_type FROM duckdb_columns() "
-            "WHERE schema_name = 'main' AND table_name = ?",
-            [table],
+            "WHERE database_name = ? AND schema_name = 'main' AND table_name = ?",
+            [alias, table],
         ).fetchall()
-        names = ",".join(quote_identifier(c) for c in columns)
-        rows = conn.execute(f"SELECT {names} FROM {quote_identifier(table)}").fetchall()
     except duckdb.Error as exc:
         raise DiffError(f"cannot read table {table!r} of backup {backup.marker_id}: {exc}") from exc
-    return _Side(columns, {str(n): str(t) for n, t in info}, rows)
+    return _Side(columns, {str(n): str(t) for n, t in info}, [], alias)
+
+
+def _rows(
+    conn: duckdb.DuckDBPyConnection, backup: Backup, table: str, side: _Side, rest: str = ""
+) -> _Side:
+    """``side`` with its rows: all of them, or those the query's ``rest`` keeps."""
+    try:
+        rows = conn.execute(f"{_select(side.alias, table, side)} {rest}").fetchall()
+    except duckdb.Error as exc:
+        raise DiffError(f"cannot read table {table!r} of backup {backup.marker_id}: {exc}") from exc
+    return _Side(side.columns, side.types, rows, side.alias)
 
 
 def diff_rows(before: _Side | None, after: _Side | None, key_columns: list[str]) -> TableDiff:
