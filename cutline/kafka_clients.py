@@ -39,9 +39,20 @@ _client_log = logging.getLogger("cutline.kafka.librdkafka")
 _last_problem: dict[str, KafkaError] = {}
 
 
+def _more_telling(new: KafkaError | None, old: KafkaError | None) -> KafkaError | None:
+    """The problem to keep: "all brokers are down" only sums up the one before it (e.g.
+    "connection refused"), so it never replaces a problem already seen."""
+    if new is None or (old is not None and new.code() == KafkaError._ALL_BROKERS_DOWN):
+        return old
+    return new
+
+
 def _error_cb(bootstrap: str):
     def record(error: KafkaError) -> None:
-        _last_problem[str(bootstrap)] = error
+        key = str(bootstrap)
+        kept = _more_telling(error, _last_problem.get(key))
+        if kept is not None:
+            _last_problem[key] = kept
         log.debug("Kafka client error: %s", error.str())
 
     return record
@@ -149,7 +160,7 @@ def wait_for_cluster(bootstrap: str, deadline_s: float = 15.0) -> int:
         except KafkaException as exc:
             failed = exc.args[0]
         admin.poll(0)
-        reported = _last_problem.pop(str(bootstrap), None) or reported
+        reported = _more_telling(_last_problem.pop(str(bootstrap), None), reported)
         if reported is not None and classify(reported).final:
             detail = tls_verify_problem(bootstrap) if classify(reported).kind == TLS else None
             raise BrokerError(f"Kafka at {bootstrap}: {describe(reported, detail=detail)}")

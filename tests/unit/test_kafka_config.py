@@ -168,3 +168,30 @@ def test_errors_are_classified() -> None:
         operation="Read",
     )
     assert "Read on topic cutline.s.ops" in named.message
+
+
+def test_all_brokers_down_never_hides_the_problem_it_sums_up():
+    """librdkafka reports "Connection refused", then "1/1 brokers are down": the error
+    kept for the message is the first, whichever order the two reach the callback in."""
+    from confluent_kafka import KafkaError
+
+    from cutline import kafka_clients
+
+    refused = KafkaError(
+        KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:9 failed: Connection refused"
+    )
+    down = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
+    record = kafka_clients._error_cb("127.0.0.1:9")
+    kafka_clients._last_problem.pop("127.0.0.1:9", None)
+    try:
+        record(refused)
+        record(down)
+        assert kafka_clients._last_problem["127.0.0.1:9"] is refused
+        kafka_clients._last_problem.pop("127.0.0.1:9")
+        record(down)  # alone, it is all there is to say
+        assert kafka_clients._last_problem["127.0.0.1:9"] is down
+        assert kafka_clients._more_telling(down, refused) is refused
+        assert kafka_clients._more_telling(refused, down) is refused
+        assert kafka_clients._more_telling(None, refused) is refused
+    finally:
+        kafka_clients._last_problem.pop("127.0.0.1:9", None)
