@@ -118,28 +118,48 @@ def apply_link(db: duckdb.DuckDBPyConnection, alias: str, link: Backup) -> None:
         apply_link_table(db, alias, table, info)
 
 
+class _LinkTable:
+    """The relations one table of an incremental (attached as ``alias``) is applied from."""
+
+    def __init__(self, alias: str, table: str, info: dict[str, Any]) -> None:
+        self.target = quote_identifier(table)
+        self.changed = f"{alias}.main.{self.target}"
+        self.deleted = f"{alias}.{DELETED_SCHEMA}.{self.target}"
+        self.by_row = info.get("match", MATCH_KEY) == MATCH_ROW
+        self.keys = [] if self.by_row else [quote_identifier(k) for k in info["key_columns"]]
+
+    def touched_keys(self) -> str:
+        """A subquery ``x`` of every key the link changed or deleted."""
+        key_list = ", ".join(self.keys)
+        return (
+            f"(SELECT {key_list} FROM {self.changed} "
+            f"UNION ALL SELECT {key_list} FROM {self.deleted}) x"
+        )
+
+    def same_key(self, left: str) -> str:
+        return " AND ".join(f"{left}.{k} IS NOT DISTINCT FROM x.{k}" for k in self.keys)
+
+    def rewrite_by_row(self, db: duckdb.DuckDBPyConnection) -> None:
+        """Take away the removed rows (as a multiset) and add the changed rows."""
+        db.execute(
+            f"CREATE OR REPLACE TABLE {self.target} AS "
+            f"(SELECT * FROM {self.target} EXCEPT ALL SELECT * FROM {self.deleted}) "
+            f"UNION ALL SELECT * FROM {self.changed}"
+        )
+
+
 def apply_link_table(
     db: duckdb.DuckDBPyConnection, alias: str, table: str, info: dict[str, Any]
 ) -> None:
     """Apply one table of an incremental (attached as ``alias``) to table ``table`` in ``db``."""
-    target = quote_identifier(table)
-    changed = f"{alias}.main.{target}"
-    deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
-    if info.get("match", MATCH_KEY) == MATCH_ROW:
-        db.execute(
-            f"CREATE OR REPLACE TABLE {target} AS "
-            f"(SELECT * FROM {target} EXCEPT ALL SELECT * FROM {deleted}) "
-            f"UNION ALL SELECT * FROM {changed}"
-        )
+    link = _LinkTable(alias, table, info)
+    if link.by_row:
+        link.rewrite_by_row(db)
         return
-    keys = [quote_identifier(k) for k in info["key_columns"]]
-    key_list = ", ".join(keys)
-    on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
     db.execute(
-        f"CREATE OR REPLACE TABLE {target} AS "
-        f"SELECT t.* FROM {target} t ANTI JOIN "
-        f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
-        f"ON {on} UNION ALL SELECT * FROM {changed}"
+        f"CREATE OR REPLACE TABLE {link.target} AS "
+        f"SELECT t.* FROM {link.target} t ANTI JOIN {link.touched_keys()} "
+        f"ON {link.same_key('t')} UNION ALL SELECT * FROM {link.changed}"
     )
 
 
@@ -209,21 +229,14 @@ def _apply_link_table_in_place(
     db: duckdb.DuckDBPyConnection, alias: str, table: str, info: dict[str, Any]
 ) -> None:
     """:func:`apply_link_table`, touching only the changed keys' rows when it can."""
-    if info.get("match", MATCH_KEY) == MATCH_ROW:
-        apply_link_table(db, alias, table, info)
+    link = _LinkTable(alias, table, info)
+    if link.by_row:
+        link.rewrite_by_row(db)
         return
-    target = quote_identifier(table)
-    changed = f"{alias}.main.{target}"
-    deleted = f"{alias}.{DELETED_SCHEMA}.{target}"
-    keys = [quote_identifier(k) for k in info["key_columns"]]
-    key_list = ", ".join(keys)
-    on = " AND ".join(f"{target}.{k} IS NOT DISTINCT FROM x.{k}" for k in keys)
     db.execute(
-        f"DELETE FROM {target} USING "
-        f"(SELECT {key_list} FROM {changed} UNION ALL SELECT {key_list} FROM {deleted}) x "
-        f"WHERE {on}"
+        f"DELETE FROM {link.target} USING {link.touched_keys()} WHERE {link.same_key(link.target)}"
     )
-    db.execute(f"INSERT INTO {target} SELECT * FROM {changed}")
+    db.execute(f"INSERT INTO {link.target} SELECT * FROM {link.changed}")
 
 
 def _unresolvable(backup: Backup, chain: list[Backup], exc: Exception) -> ChainError:

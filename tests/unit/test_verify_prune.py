@@ -103,22 +103,33 @@ def test_verify_json_names_marker_and_file(chain, tmp_path, capsys):
     assert next(b for b in report["backups"] if b["marker_id"] == 7)["ok"] is True
 
 
-def test_verify_compares_avro_contents_not_just_checksums(chain, tmp_path):
-    """An Avro file with other rows, its manifest checksum updated, is still caught."""
-    backup = chain[0]
-    avro = backup.avro_path("accounts")
+def _rewrite_avro(backup: Backup, table: str, change) -> dict:
+    """Rewrite ``table``'s Avro file with ``change`` applied to its records, and give the
+    manifest the new file's size and checksum, so only a comparison of contents sees it."""
+    avro = backup.avro_path(table)
     with open(avro, "rb") as f:
         reader = fastavro.reader(f)
         schema, records = reader.writer_schema, list(reader)
         header = {k: v for k, v in reader.metadata.items() if k.startswith("cutline.")}
-    records[0]["balance"] = records[0]["balance"] + 1
+    change(records)
     with open(avro, "wb") as f:
         fastavro.writer(f, schema, records, metadata=header)
     manifest = json.loads((backup.path / MANIFEST).read_text())
     for entry in manifest["files"]:
-        if entry["path"] == manifest["tables"]["accounts"]["avro"]:
+        if entry["path"] == manifest["tables"][table]["avro"]:
             entry["bytes"], entry["sha256"] = avro.stat().st_size, sha256_of(avro)
     (backup.path / MANIFEST).write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_verify_compares_avro_contents_not_just_checksums(chain, tmp_path):
+    """An Avro file with other rows, its manifest checksum updated, is still caught."""
+    backup = chain[0]
+
+    def change(records):
+        records[0]["balance"] = records[0]["balance"] + 1
+
+    manifest = _rewrite_avro(backup, "accounts", change)
     problems = verify_backup(Backup(backup.path, manifest))
     assert len(problems) == 1
     assert "does not hold the rows of table 'accounts'" in problems[0]
@@ -152,19 +163,11 @@ def test_verify_streams_avro_rows_in_batches_and_still_sees_one_changed_row(
     assert all(verify_backup(b) == [] for b in chain)
     assert len(renewals) > len(chain)  # within tables, not only before each comparison
     backup = chain[0]
-    avro = backup.avro_path("accounts")
-    with open(avro, "rb") as f:
-        reader = fastavro.reader(f)
-        schema, records = reader.writer_schema, list(reader)
-        header = {k: v for k, v in reader.metadata.items() if k.startswith("cutline.")}
-    records[-1]["owner"] = "someone else"
-    with open(avro, "wb") as f:
-        fastavro.writer(f, schema, records, metadata=header)
-    manifest = json.loads((backup.path / MANIFEST).read_text())
-    for entry in manifest["files"]:
-        if entry["path"] == manifest["tables"]["accounts"]["avro"]:
-            entry["bytes"], entry["sha256"] = avro.stat().st_size, sha256_of(avro)
-    (backup.path / MANIFEST).write_text(json.dumps(manifest))
+
+    def change(records):
+        records[-1]["owner"] = "someone else"
+
+    manifest = _rewrite_avro(backup, "accounts", change)
     (problem,) = verify_backup(Backup(backup.path, manifest))
     assert "1 rows of the DuckDB table are not in it and 1 of its rows are not" in problem
     assert list(scratch.iterdir()) == []  # the scratch files are gone
