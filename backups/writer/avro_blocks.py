@@ -26,6 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 CODECS = ("null", "deflate")
+# zlib's fastest level. Why: at the default (6) deflate took 1.35 us a row of the scale
+# table against 0.26 us at 1, for a block 7 % smaller (375 KB against 403 KB for 32,768
+# rows); in a full backup that was a third of the writer's CPU, on a core replication and
+# the primary's digest need. Readers do not care: any level is the same RFC 1951 stream.
+DEFLATE_LEVEL = 1
 ENCODE_ROWS = 8192  # rows encoded at once (see encode_rows)
 _NULL_INDEX = 0  # zigzag(0): the union's first branch, "null"
 _VALUE_INDEX = 2  # zigzag(1): the union's second branch, the column's type
@@ -168,7 +173,7 @@ def _long(value: int) -> bytes:
 
 def _block(rows: int, data: bytes, codec: str, sync: bytes) -> bytes:
     if codec == "deflate":  # raw deflate (no zlib header), as the Avro spec says
-        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
         data = compressor.compress(data) + compressor.flush()
     return _long(rows) + _long(len(data)) + data + sync
 
