@@ -54,6 +54,7 @@ from cutline.settings import Topics
 from cutline.stopping import interruptible
 from producers.background_marks import BackgroundMarks
 from producers.backlog import capture_backlog
+from producers.change_runs import RunEncoder
 from producers.chunk_records import chunk_records, partitions_of
 from producers.digest_records import digest_record
 from producers.initial_snapshot import CHUNK_ROWS, Chunk, InitialSnapshots, changes_after
@@ -75,9 +76,12 @@ from producers.sources import (
     save_cursor,
 )
 from producers.sqlite_changelog import (
+    KIND_DELETE,
     KIND_DIGEST,
+    KIND_INSERT,
     KIND_MARKER,
     KIND_SCHEMA,
+    KIND_UPDATE,
     ChangeRow,
     connect,
     describe_table,
@@ -99,6 +103,7 @@ DEFAULT_PARTITIONS = 4
 MARKER_KEY = b"\x00cutline-marker"
 TABLE_KEY = b"\x00cutline-table"
 POSITION_KEY = b"position"
+_CHANGE_KINDS = frozenset((KIND_INSERT, KIND_UPDATE, KIND_DELETE))  # rows of a table's runs
 
 
 @dataclass
@@ -161,7 +166,7 @@ class Capture:
         self._conn = None
         self._producer = None
         self._layouts: dict[str, TableLayout] = {}
-        self._builders: dict[str, RecordBuilder] = {}  # per table, for its current layout
+        self._encoders: dict[str, RunEncoder] = {}  # per table, for its current layout
         self.partitions = 0
         self._seq = 0
         self._marker_id = 0
@@ -409,7 +414,17 @@ class Capture:
         produced: dict[str, int] = {"ops": 0, "markers": 0}
 
         def body() -> None:
+            run: list[ChangeRow] = []  # consecutive changes of one table, encoded together
             for row in rows:
+                if row.kind in _CHANGE_KINDS:
+                    if run and run[0].table != row.table:
+                        produced["ops"] += self._produce_run(run)
+                        run = []
+                    run.append(row)
+                    continue
+                if run:
+                    produced["ops"] += self._produce_run(run)
+                    run = []
                 if row.kind == KIND_MARKER:
                     self._snapshots.check_marker(row)
                     self._produce_marker(row.marker_id or 0, row.at_us, row.seq)
@@ -420,7 +435,9 @@ class Capture:
                 elif row.kind == KIND_DIGEST:
                     self._produce(self.topics.control, *digest_record(self.config.source, row))
                 else:
-                    produced["ops"] += self._produce_change(row)
+                    produced["ops"] += self._produce_run([row])  # a kind it will refuse
+            if run:
+                produced["ops"] += self._produce_run(run)
             if chunk is not None:
                 produced["ops"] += self._produce_chunk(chunk)
             failpoints.hit("capture.batch_produced")
@@ -625,42 +642,54 @@ class Capture:
         self.progress(f"{exc}; publishing the batch again (retrying for {waited:.0f} s)")
         time.sleep(min(2.0, 0.2 * self.stats.retried))
 
-    def _produce_change(self, row) -> int:
-        layout = self._layouts.get(row.table)
+    def _produce_run(self, run: list[ChangeRow]) -> int:
+        """Consecutive change rows of one table, in order (see ``producers/change_runs.py``)."""
+        table = run[0].table or ""
+        layout = self._layouts.get(table)
         if layout is None:
             return 0  # a table another source on this database captures, not this one
-        if row.seq <= self._table_starts.get(row.table, 0):
-            return 0  # before this source's own snapshot of a table it added later
-        builder = self._builders.get(row.table)
-        if builder is None or builder.layout is not layout:
+        start = self._table_starts.get(table, 0)
+        if run[0].seq <= start:  # before this source's own snapshot of a table added later
+            run = [row for row in run if row.seq > start]
+        encoder = self._encoders.get(table)
+        if encoder is None or encoder.builder.layout is not layout:
             builder = RecordBuilder(layout, self.config.source, OPERATION_HEADER)
-            self._builders[row.table] = builder
-        records = builder.records(row)
-        if self._snapshots.under_way(row.table):  # a key no chunk covered yet: not published
-            records = self._snapshots.keep(self._conn, row, layout, records)
+            encoder = RunEncoder(builder, self.config.source, OPERATION_HEADER)
+            self._encoders[table] = encoder
+        filtering = self._snapshots.under_way(table)  # keys no chunk covered: not published
         # the per-operation path, with every lookup hoisted: it runs once per captured row
         produce, topic, counts = self._producer.produce, self.topics.ops, self._counts
         partitions, limit = self.partitions, self._max_record
-        for key, value in records:
-            p = partition_for(key, partitions)
-            if len(value) + len(key) > limit:
-                operation = next(  # the operation behind this record, for the message
-                    op for k, op in to_operations(row, layout, self.config.source) if k == key
-                )
-                raise RecordTooLarge(
-                    f"change {row.seq} ({operation.op} on table {row.table!r}, key "
-                    f"{_short(operation.key)}) is a {len(value) + len(key):,}-byte record, over "
-                    f"the {self._max_record:,} bytes topic {self.topics.ops} takes; capture "
-                    "stopped without skipping it. Shrink that row (keep large payloads outside "
-                    "captured tables), or raise the topic's max.message.bytes if it is below "
-                    f"{MAX_RECORD_BYTES:,}"
-                )
-            try:
-                produce(topic, value, key, p)
-            except BufferError:
-                self._produce(topic, value, key, p)  # waits for room in the queue
-            counts[p] += 1
-        return len(records)
+        produced = 0
+        for row, records in zip(run, encoder.records(run), strict=True):
+            if filtering:
+                records = self._snapshots.keep(self._conn, row, layout, records)
+            for key, value in records:
+                p = partition_for(key, partitions)
+                if len(value) + len(key) > limit:
+                    raise self._too_large(row, layout, key, len(value) + len(key))
+                try:
+                    produce(topic, value, key, p)
+                except BufferError:
+                    self._produce(topic, value, key, p)  # waits for room in the queue
+                counts[p] += 1
+            produced += len(records)
+        return produced
+
+    def _too_large(
+        self, row: ChangeRow, layout: TableLayout, key: bytes, size: int
+    ) -> RecordTooLarge:
+        operation = next(  # the operation behind this record, for the message
+            op for k, op in to_operations(row, layout, self.config.source) if k == key
+        )
+        return RecordTooLarge(
+            f"change {row.seq} ({operation.op} on table {row.table!r}, key "
+            f"{_short(operation.key)}) is a {size:,}-byte record, over "
+            f"the {self._max_record:,} bytes topic {self.topics.ops} takes; capture "
+            "stopped without skipping it. Shrink that row (keep large payloads outside "
+            "captured tables), or raise the topic's max.message.bytes if it is below "
+            f"{MAX_RECORD_BYTES:,}"
+        )
 
     def _produce_marker(self, marker_id: int, t1_us: int, seq: int) -> None:
         marker = ConsistencyMarker(

@@ -13,6 +13,7 @@ lands in the same partition.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from itertools import repeat
 from zlib import crc32
 
@@ -28,7 +29,7 @@ _pack_double = struct.Struct("<d").pack
 _NULL, _LONG, _DOUBLE, _STRING, _BYTES = 0, 2, 4, 6, 8  # zig-zag union branch indexes
 
 
-def _string(s: str) -> bytes:
+def avro_string(s: str) -> bytes:
     b = s.encode("utf-8")
     return varint(len(b)) + b
 
@@ -56,18 +57,16 @@ def _value(v: Value) -> bytes:
     raise TypeError(f"value of type {t.__name__} is not a SQLite storage class")
 
 
-def _ints(values: tuple) -> list[bytes]:
-    """A column of ints: zig-zag varints computed for the whole column at once."""
-    try:
-        n = np.array(values, dtype=np.int64)
-    except OverflowError:
-        return [_value(v) for v in values]  # over 64 bits: _value says so
+def _zigzag_varints(n: np.ndarray, branch: int | None) -> list[bytes]:
+    """Each int64 of ``n`` as a zig-zag varint, after ``branch`` (a union index) if given."""
     z = ((n << 1) ^ (n >> 63)).view(np.uint64)
-    width = 11  # the branch byte and at most 10 varint bytes
-    out = np.zeros((len(values), width), dtype=np.uint8)
-    out[:, 0] = _LONG
-    lengths = np.full(len(values), 2, dtype=np.int64)
-    for k in range(1, width):
+    first = 0 if branch is None else 1
+    width = first + 10  # at most 10 varint bytes
+    out = np.zeros((len(n), width), dtype=np.uint8)
+    if branch is not None:
+        out[:, 0] = branch
+    lengths = np.full(len(n), first + 1, dtype=np.int64)
+    for k in range(first, width):
         rest = z >> np.uint64(7)
         more = rest != 0
         out[:, k] = (z & np.uint64(0x7F)).astype(np.uint8) | (more.astype(np.uint8) << 7)
@@ -76,8 +75,22 @@ def _ints(values: tuple) -> list[bytes]:
         if not more.any():
             break
     flat = out.tobytes()
-    starts = range(0, len(values) * width, width)
+    starts = range(0, len(n) * width, width)
     return [flat[s : s + k] for s, k in zip(starts, lengths.tolist(), strict=True)]
+
+
+def varints(values: Sequence[int]) -> list[bytes]:
+    """``operation_codec.varint`` of each value (Avro longs), computed all at once."""
+    return _zigzag_varints(np.array(values, dtype=np.int64), None)
+
+
+def _ints(values: tuple) -> list[bytes]:
+    """A column of ints: zig-zag varints computed for the whole column at once."""
+    try:
+        n = np.array(values, dtype=np.int64)
+    except OverflowError:
+        return [_value(v) for v in values]  # over 64 bits: _value says so
+    return _zigzag_varints(n, _LONG)
 
 
 def _floats(values: tuple) -> list[bytes]:
@@ -123,10 +136,10 @@ def chunk_records(
         return [], []
     columns = list(zip(*rows, strict=True))
     encoded = [column_bytes(columns[i]) for i in range(count)]
-    names = [_string(c) for c in chunk.columns]
+    names = [avro_string(c) for c in chunk.columns]
     keys = chunk.key_positions
     pieces: list = []
-    constant = header + _string(source) + varint(chunk.seq) + _string(chunk.table) + b"\x00"
+    constant = header + avro_string(source) + varint(chunk.seq) + avro_string(chunk.table) + b"\x00"
     constant += varint(len(keys))  # the key map: one block
     for i in keys:
         pieces += [repeat(constant + names[i]), encoded[i]]
