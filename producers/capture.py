@@ -435,7 +435,7 @@ class Capture:
                 elif row.kind == KIND_DIGEST:
                     self._produce(self.topics.control, *digest_record(self.config.source, row))
                 else:
-                    produced["ops"] += self._produce_run([row])  # a kind it will refuse
+                    produced["ops"] += self._produce_run([row])  # an unknown kind: as before
             if run:
                 produced["ops"] += self._produce_run(run)
             if chunk is not None:
@@ -644,9 +644,9 @@ class Capture:
 
     def _produce_run(self, run: list[ChangeRow]) -> int:
         """Consecutive change rows of one table, in order (see ``producers/change_runs.py``)."""
-        table = run[0].table or ""
-        layout = self._layouts.get(table)
-        if layout is None:
+        table = run[0].table
+        layout = None if table is None else self._layouts.get(table)
+        if table is None or layout is None:
             return 0  # a table another source on this database captures, not this one
         start = self._table_starts.get(table, 0)
         if run[0].seq <= start:  # before this source's own snapshot of a table added later

@@ -8,15 +8,19 @@ snapshot's chunk is: ``chunk_records.column_bytes``); every record is its column
 joined between constant pieces (source, table, column names).
 
 The records are exactly :meth:`operations.RecordBuilder.records`' for each row (a unit test
-compares them on random rows). A row this path does not take as it is (an image in the
-earlier literal format, TEXT that is not UTF-8, an image that does not decode or has the
-wrong number of values, an UPDATE that moves its key, a value no Avro long holds) is handed
-to that per-row builder, in its place, so its records and its errors stay what they were.
+compares them on random rows), and so are the errors: a row this path does not take as it
+is (an image in the earlier literal format, TEXT that is not UTF-8, an image that does not
+decode or has the wrong number of values, an UPDATE that moves its key) is handed to that
+per-row builder when its turn comes, and if encoding any column of the run fails (a value
+no Avro long holds, a malformed tag), the whole run goes through the builder row by row.
+Records are given row by row, in order, so capture's own checks between rows (a record too
+large for the topic) still come first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
 
@@ -29,7 +33,7 @@ from schemas.records import OpType, Value
 
 Record = tuple[bytes, bytes]  # (Kafka key, value)
 
-_scan = __import__("json").JSONDecoder().scan_once  # the C scanner, as row_images uses
+_scan = json.JSONDecoder().scan_once  # the C scanner, as row_images uses
 _KINDS = {KIND_INSERT: OpType.INSERT, KIND_UPDATE: OpType.UPDATE, KIND_DELETE: OpType.DELETE}
 _first = itemgetter(0)
 
@@ -91,34 +95,31 @@ class RunEncoder:
         self._head = header + avro_string(source)
         self._table_name = avro_string(self._table)
 
-    def records(self, rows: Sequence[ChangeRow]) -> list[list[Record]]:
-        """Per row of ``rows`` (all of this encoder's table), its records in order."""
-        out: list[list[Record]] = [[] for _ in rows]
+    def records(self, rows: Sequence[ChangeRow]) -> Iterator[list[Record]]:
+        """Per row of ``rows`` (all of this encoder's table), its records, in order."""
+        taken = [self._take(i, row) for i, row in enumerate(rows)]
         groups: dict[str, list[_Row]] = {}
-        for i, row in enumerate(rows):
-            taken = self._take(i, row)
-            if taken is None:
-                out[i] = self.builder.records(row)
-            else:
-                groups.setdefault(row.kind, []).append(taken)
-        for kind, members in groups.items():
-            members, keys = self._keys(kind, members, out)
-            try:
+        for t in taken:
+            if t is not None:
+                groups.setdefault(t.row.kind, []).append(t)
+        encoded: dict[int, list[Record]] = {}
+        try:
+            for kind, members in groups.items():
+                members, keys = self._keys(kind, members)
                 values = self._encode(kind, members) if members else []
-            except (ValueError, TypeError, OverflowError):
-                values = None  # e.g. an integer no Avro long holds: the builder says so
-            if values is None:
-                for m in members:
-                    out[m.at] = self.builder.records(m.row)
-                continue
-            for m, key, value in zip(members, keys, values, strict=True):
-                out[m.at] = [(key, value)]
-        return out
+                for m, key, value in zip(members, keys, values, strict=True):
+                    encoded[m.at] = [(key, value)]
+        except Exception:  # the builder raises the same, at the same row, or encodes it
+            encoded = {}
+        builder = self.builder
+        for i, row in enumerate(rows):
+            records = encoded.get(i)
+            yield builder.records(row) if records is None else records
 
     def _take(self, at: int, row: ChangeRow) -> _Row | None:
         """The row with its images decoded, or None for the per-row builder."""
         kind = row.kind
-        if row.raw_text or kind not in _KINDS or not self._key_positions:
+        if row.raw_text or kind not in _KINDS:
             return None
         if (row.before is None) != (kind == KIND_INSERT):
             return None
@@ -131,9 +132,7 @@ class RunEncoder:
             return None
         return _Row(at, row, before, after)
 
-    def _keys(
-        self, kind: str, members: list[_Row], out: list[list[Record]]
-    ) -> tuple[list[_Row], list[bytes]]:
+    def _keys(self, kind: str, members: list[_Row]) -> tuple[list[_Row], list[bytes]]:
         """The Kafka key of each member (its key columns' literals), a column at a time. An
         UPDATE that moves its key (a DELETE and an INSERT) goes to the builder instead."""
         images = [m.before if kind == KIND_DELETE else m.after for m in members]
@@ -147,9 +146,7 @@ class RunEncoder:
                 if old != column:
                     pairs = enumerate(zip(column, old, strict=True))
                     moved.update(i for i, (a, b) in pairs if a != b)
-            if moved:
-                for i in sorted(moved):
-                    out[members[i].at] = self.builder.records(members[i].row)
+            if moved:  # the builder takes these in their turn
                 keep = [i for i in range(len(members)) if i not in moved]
                 members = [members[i] for i in keep]
                 literals = [[column[i] for i in keep] for column in literals]

@@ -80,7 +80,12 @@ def _zigzag_varints(n: np.ndarray, branch: int | None) -> list[bytes]:
 
 
 def varints(values: Sequence[int]) -> list[bytes]:
-    """``operation_codec.varint`` of each value (Avro longs), computed all at once."""
+    """``operation_codec.varint`` of each value (Avro longs), computed all at once.
+
+    Only ints are taken (numpy would turn 7.9 or "7" into 7 where ``varint`` refuses them);
+    one that no Avro long holds raises OverflowError."""
+    if set(map(type, values)) - {int}:
+        raise TypeError("an Avro long must be an int")
     return _zigzag_varints(np.array(values, dtype=np.int64), None)
 
 

@@ -117,7 +117,7 @@ def _assert_same_records(layout: TableLayout, rows: list[ChangeRow]) -> int:
     reference = [RecordBuilder(layout, "src", OPERATION_HEADER).records(r) for r in rows]
     CountingBuilder.calls = 0
     encoder = RunEncoder(CountingBuilder(layout, "src", OPERATION_HEADER), "src", OPERATION_HEADER)
-    assert encoder.records(rows) == reference
+    assert list(encoder.records(rows)) == reference
     return CountingBuilder.calls
 
 
@@ -164,7 +164,7 @@ def test_an_image_the_builder_refuses_is_refused_the_same_way(primary):
     bad = ChangeRow(row.seq, row.kind, row.table, None, row.after[:-1] + ",5]", None, 1)
     encoder = RunEncoder(RecordBuilder(layout, "src", OPERATION_HEADER), "src", OPERATION_HEADER)
     with pytest.raises(ValueError, match="has 5 values for 4 columns"):
-        encoder.records([row, bad])
+        list(encoder.records([row, bad]))
 
 
 def test_column_varints_are_avro_longs():
@@ -196,3 +196,58 @@ def test_a_ledger_workload_takes_every_column_path(primary):
     rows = read_changes(conn, 0, 10_000)
     assert {r.kind for r in rows} == {"I", "U", "D"}
     assert _assert_same_records(layout, rows) == 0
+
+
+def _outcome(produce):
+    try:
+        return "ok", produce()
+    except Exception as exc:  # the outcome compared: records, or the error itself
+        return type(exc).__name__, str(exc)
+
+
+MALFORMED = {  # hand-written change rows no trigger writes: the builder's errors must stay
+    "a REAL tag around an integer key": [("I", None, '[[1],[5],"a",null,null]')],
+    "a REAL tag around NULL": [("I", None, '[[1],1,"a",[null],null]')],
+    "an empty tag": [("I", None, '[[1],1,"a",[],null]')],
+    "a BLOB tag that is not hex": [("I", None, '[[1],1,"a",1.5,{"x":"zz"}]')],
+    "an integer beyond 64 bits, then a row a value short": [
+        ("I", None, '[[1],2,"a",18446744073709551616,null]'),
+        ("I", None, '[[1],3,"a",null]'),
+    ],
+    "a bad UPDATE before a bad INSERT": [
+        ("U", '[[1],1,"a",1.5,null]', '[[1],1,"a",[],null]'),
+        ("I", None, '[[1],true,"a",1.5,null]'),
+    ],
+    "a commit time that is not an integer": [("I", None, '[[1],1,"a",1.5,null]', 7.9)],
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_run_fails_as_the_per_row_builder_does(primary, case):
+    """Same error type and message, from the same row, whatever the run's other rows."""
+    conn, _ = primary
+    layout = _layouts(conn)["alias"]
+    rows = [
+        ChangeRow(10 + i, kind, "alias", before, after, None, at[0] if at else 7)
+        for i, (kind, before, after, *at) in enumerate(MALFORMED[case])
+    ]
+    builder = RecordBuilder(layout, "src", OPERATION_HEADER)
+    per_row = _outcome(lambda: [builder.records(r) for r in rows])
+    encoder = RunEncoder(builder, "src", OPERATION_HEADER)
+    assert per_row[0] != "ok"
+    assert _outcome(lambda: list(encoder.records(rows))) == per_row
+
+
+def test_records_come_row_by_row_so_a_check_between_rows_still_comes_first(primary):
+    """Capture checks each row's records (size against the topic's limit) before the next
+    row is encoded: a later row's error must not surface before an earlier row's check."""
+    conn, app = primary
+    layout = _layouts(conn)["alias"]
+    app.execute("INSERT INTO alias VALUES (1, 'a', 1.5, NULL)")
+    (good,) = read_changes(conn, 0, 1000)
+    bad = ChangeRow(good.seq + 1, "I", "alias", None, "[[1],2,3]", None, 7)  # too few values
+    encoder = RunEncoder(RecordBuilder(layout, "src", OPERATION_HEADER), "src", OPERATION_HEADER)
+    given = encoder.records([good, bad])
+    assert next(given) == RecordBuilder(layout, "src", OPERATION_HEADER).records(good)
+    with pytest.raises(ValueError, match="has 2 values for 4 columns"):
+        next(given)
