@@ -19,21 +19,25 @@ large for the topic) still come first.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
 
 from producers.chunk_records import avro_string, column_bytes, varints
-from producers.operations import KEY_SEPARATOR, RecordBuilder
-from producers.row_images import FORMAT_TAG, element_literal
+from producers.operations import RecordBuilder, message_key
+from producers.row_images import (
+    ImageFormatError,
+    element_literal,
+    is_json_image,
+    json_elements,
+    untagged,
+)
 from producers.sqlite_changelog import KIND_DELETE, KIND_INSERT, KIND_UPDATE, ChangeRow
 from schemas.operation_codec import OP_INDEX, varint
 from schemas.records import OpType, Value
 
 Record = tuple[bytes, bytes]  # (Kafka key, value)
 
-_scan = json.JSONDecoder().scan_once  # the C scanner, as row_images uses
 _KINDS = {KIND_INSERT: OpType.INSERT, KIND_UPDATE: OpType.UPDATE, KIND_DELETE: OpType.DELETE}
 _first = itemgetter(0)
 
@@ -43,19 +47,16 @@ class _NotThisPath(Exception):
 
 
 def _elements(image: str, columns: int) -> list:
-    """The image's decoded elements after the format tag (still tagged), as
-    ``row_images.json_elements`` gives them; anything else is not this path's."""
-    if image[:1] != "[":
+    """The image's elements after the format tag (still tagged), when it is a JSON image of
+    ``columns`` values; anything else is the per-row builder's (its errors included)."""
+    if not is_json_image(image):
         raise _NotThisPath  # the earlier literal format
     try:
-        elements, end = _scan(image, 0)
-    except (ValueError, StopIteration):
+        elements = json_elements(image)
+    except ImageFormatError:
         raise _NotThisPath from None
-    if end != len(image) or type(elements) is not list or len(elements) != columns + 1:
+    if len(elements) != columns:
         raise _NotThisPath
-    if elements[0] != FORMAT_TAG:
-        raise _NotThisPath
-    del elements[0]
     return elements
 
 
@@ -67,10 +68,7 @@ def _untagged(column: Sequence[object]) -> Sequence[Value]:
         return column  # type: ignore[return-value]
     if kinds == {list}:
         return list(map(float, map(_first, column)))
-    return [
-        float(e[0]) if (k := type(e)) is list else bytes.fromhex(e["x"]) if k is dict else e  # type: ignore[index]
-        for e in column
-    ]
+    return untagged(column)  # type: ignore[arg-type]
 
 
 class _Row:
@@ -150,12 +148,8 @@ class RunEncoder:
                 keep = [i for i in range(len(members)) if i not in moved]
                 members = [members[i] for i in keep]
                 literals = [[column[i] for i in keep] for column in literals]
-        prefix = self._table + KEY_SEPARATOR
-        if len(literals) == 1:
-            texts = [prefix + lit for lit in literals[0]]
-        else:
-            texts = [prefix + KEY_SEPARATOR.join(lits) for lits in zip(*literals, strict=True)]
-        return members, [t.encode("utf-8", "surrogateescape") for t in texts]
+        table = self._table
+        return members, [message_key(table, list(lits)) for lits in zip(*literals, strict=True)]
 
     def _encode(self, kind: str, members: list[_Row]) -> list[bytes]:
         """The record values of rows of one kind, a column at a time."""
